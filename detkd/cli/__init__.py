@@ -1,0 +1,56 @@
+"""``detkd`` command line: one module per sub-command under :mod:`detkd.cli`.
+
+Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors a user can cause (:class:`detkd.errors.DetKDError`) are printed as one clear message, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-commands in the order `detkd --help` lists them. A module that is not there yet is skipped.
+COMMANDS = ("demo", "distill", "eval", "bench", "export", "compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detkd",
+        description="Knowledge distillation for YOLO detectors: distill, evaluate (COCO), benchmark, export, compare.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"detkd.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"detkd.cli.{name}":
+                continue
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detkd.errors import DetKDError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except DetKDError as e:
+        print(f"\ndetkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ndetkd {args.command}: interrupted. Resume a training run with --resume path/to/last.pt", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Resolve and load detector weights without ever downloading.
+
+A model is named either by a checkpoint (``*.pt``) that must exist on disk, or by a model YAML (``yolov8n.yaml``:
+a file, or one of Ultralytics' bundled configs) that builds a randomly initialised model — what you train from
+scratch with. Missing files raise :class:`~detkd.errors.WeightsNotFoundError` with the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detkd import offline
+from detkd.errors import WeightsNotFoundError
+
+offline.install()
+
+WEIGHT_SUFFIXES = (".pt", ".pth")
+YAML_SUFFIXES = (".yaml", ".yml")
+REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repo's weights/ folder (source checkouts)
+
+
+def _search_dirs() -> list[Path]:
+    from ultralytics.utils import WEIGHTS_DIR
+
+    return [Path.cwd() / "weights", REPO_WEIGHTS_DIR, Path(WEIGHTS_DIR)]
+
+
+def resolve_model_path(model: str | Path, role: str = "model") -> str:
+    """Return a local path (or bundled YAML name) for ``model``; raise a clear error when it does not exist.
+
+    ``role`` ("teacher", "student", "model") only flavours the message.
+    """
+    name = str(model).strip()
+    if name.lower().startswith(("http://", "https://", "ul://", "hub.")):
+        raise WeightsNotFoundError(
+            f"{role} '{name}' is a URL: detkd never downloads. Download it yourself and pass the local path."
+        )
+    path = Path(name).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in YAML_SUFFIXES:
+        if path.is_file():
+            return str(path)
+        from ultralytics.utils.checks import check_yaml
+
+        try:
+            return str(check_yaml(name, hard=True))  # bundled configs: yolov8n.yaml, yolo11s.yaml, ...
+        except Exception:
+            raise WeightsNotFoundError(
+                f"{role} config '{name}' not found (neither a file nor an Ultralytics model YAML such as "
+                f"'yolov8n.yaml', 'yolov8l.yaml', 'yolo11n.yaml')."
+            ) from None
+    if suffix in WEIGHT_SUFFIXES or not suffix:
+        candidates = [path] if path.is_absolute() or len(path.parts) > 1 else [path] + [d / path.name for d in _search_dirs()]
+        if not suffix:
+            candidates = [c.with_suffix(".pt") for c in candidates]
+        for c in candidates:
+            if c.is_file():
+                return str(c)
+        stem = path.stem
+        looked = ", ".join(str(c.parent) for c in candidates)
+        raise WeightsNotFoundError(
+            f"{role} weights '{name}' not found (looked in: {looked}). detkd never downloads weights. "
+            f"Put the file there (see weights/README.md), or train from scratch with the model YAML, "
+            f"e.g. '{stem}.yaml'."
+        )
+    raise WeightsNotFoundError(f"{role} '{name}': expected a .pt checkpoint or a model .yaml, got '{suffix}'.")
+
+
+def load_detection_model(model: str | Path, role: str = "model", nc: int | None = None):
+    """Load a ``DetectionModel`` (nn.Module, FP32, eval mode) from a checkpoint or build it from a YAML."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    resolved = resolve_model_path(model, role)
+    if resolved.lower().endswith(YAML_SUFFIXES):
+        net = DetectionModel(resolved, nc=nc, verbose=False)
+        net.pt_path = None
+    else:
+        try:
+            net, _ = load_checkpoint(resolved)
+        except Exception as e:
+            from detkd.errors import DetKDError
+
+            raise DetKDError(f"{role} checkpoint '{resolved}' could not be read ({type(e).__name__}: {e}). "
+                             f"Is it an Ultralytics detection checkpoint?") from None
+    if not isinstance(net, torch.nn.Module) or not hasattr(net, "model"):
+        from detkd.errors import DetKDError
+
+        raise DetKDError(f"{role} '{resolved}' is not an Ultralytics detection model.")
+    return net.float().eval()
