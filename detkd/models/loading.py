@@ -40,10 +40,11 @@ def resolve_model_path(model: str | Path, role: str = "model") -> str:
     if suffix in YAML_SUFFIXES:
         if path.is_file():
             return str(path)
-        from ultralytics.utils.checks import check_yaml
+        from ultralytics.nn.tasks import yaml_model_load
 
         try:
-            return str(check_yaml(name, hard=True))  # bundled configs: yolov8n.yaml, yolo11s.yaml, ...
+            yaml_model_load(name)  # bundled configs with a scale letter: yolov8n.yaml -> yolov8.yaml, scale 'n'
+            return name
         except Exception:
             raise WeightsNotFoundError(
                 f"{role} config '{name}' not found (neither a file nor an Ultralytics model YAML such as "

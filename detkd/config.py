@@ -1,0 +1,168 @@
+"""Distillation settings: one dataclass, validated, settable from Python, a YAML file and CLI flags.
+
+Everything that is not distillation (epochs, imgsz, batch, lr, augmentation, device, project/name, ...) stays an
+ordinary Ultralytics training argument. The KD settings travel inside the trainer's args as the single key ``kd``
+(a plain dict), so they are saved in ``args.yaml`` and in ``last.pt`` (resume) and reach DDP workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from detkd.errors import ConfigError
+from detkd.losses.feature import FEATURE_METHODS
+from detkd.losses.schedule import SCHEDULES
+from detkd.losses.weighting import ANCHOR_WEIGHTINGS
+
+CLS_MODES = ("bce", "kl")
+
+
+@dataclass
+class KDConfig:
+    """Knowledge-distillation settings (defaults = detkd's recipe; see README "Default recipe").
+
+    Attributes:
+        teacher: teacher checkpoint (.pt) or model YAML (random init: tests / from-scratch teachers).
+        cls_kd: weight of classification-logit KD (0 disables).
+        cls_mode: ``bce`` (sigmoid-aware binary KL, default) or ``kl`` (softmax over classes, Hinton).
+        cls_temperature: temperature T of the logit KD.
+        box_kd: weight of localization distillation on DFL bins (0 disables).
+        box_temperature: temperature of LD.
+        box_iou: extra weight of the 1−IoU term on decoded student vs teacher boxes (0 disables).
+        feat_kd: weight of neck-feature imitation at P3/P4/P5 (0 disables).
+        feat_method: ``cwd`` (channel-wise), ``mse`` or ``mgd``.
+        feat_temperature: τ of CWD.
+        feat_fg_mask: ``mse`` only — imitate inside ground-truth boxes only.
+        mgd_mask_ratio: ``mgd`` only — fraction of student feature cells masked.
+        anchor_weighting: ``union`` / ``teacher`` / ``assigned`` (see :mod:`detkd.losses.weighting`).
+        schedule: ``constant`` / ``linear`` / ``cosine`` multiplier on all KD weights over training.
+        schedule_final: the multiplier reached at the last epoch (linear/cosine).
+        min_teacher_map: refuse to start when the teacher's val mAP50-95 is below this (None: never refuse).
+        validate_teacher: validate the teacher on the val split at start (prints what you distil from).
+        teacher_half: run the teacher in FP16 on CUDA (fused, channels_last). False keeps FP32.
+    """
+
+    teacher: str | None = None
+    cls_kd: float = 1.0
+    cls_mode: str = "bce"
+    cls_temperature: float = 1.0
+    box_kd: float = 1.0
+    box_temperature: float = 2.0
+    box_iou: float = 0.0
+    feat_kd: float = 1.0
+    feat_method: str = "cwd"
+    feat_temperature: float = 1.0
+    feat_fg_mask: bool = False
+    mgd_mask_ratio: float = 0.65
+    anchor_weighting: str = "union"
+    schedule: str = "constant"
+    schedule_final: float = 0.0
+    min_teacher_map: float | None = None
+    validate_teacher: bool = True
+    teacher_half: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def validate(self) -> "KDConfig":
+        """Raise :class:`ConfigError` naming the bad setting and the allowed values."""
+        for name in ("cls_kd", "box_kd", "box_iou", "feat_kd"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables the term).")
+        for name in ("cls_temperature", "box_temperature", "feat_temperature"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0.")
+        choices = {
+            "cls_mode": CLS_MODES,
+            "feat_method": FEATURE_METHODS,
+            "anchor_weighting": ANCHOR_WEIGHTINGS,
+            "schedule": SCHEDULES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}='{getattr(self, name)}' is not one of {', '.join(allowed)}.")
+        if not 0.0 <= float(self.mgd_mask_ratio) < 1.0:
+            raise ConfigError(f"mgd_mask_ratio={self.mgd_mask_ratio} must be in [0, 1).")
+        if float(self.schedule_final) < 0:
+            raise ConfigError(f"schedule_final={self.schedule_final} must be >= 0.")
+        if self.min_teacher_map is not None and not 0.0 <= float(self.min_teacher_map) <= 1.0:
+            raise ConfigError(f"min_teacher_map={self.min_teacher_map} must be an mAP50-95 in [0, 1].")
+        if self.min_teacher_map is not None and not self.validate_teacher:
+            raise ConfigError("min_teacher_map needs the teacher validated at start: drop --no-teacher-val.")
+        return self
+
+    @property
+    def any_term(self) -> bool:
+        return self.cls_kd > 0 or self.box_kd > 0 or self.feat_kd > 0
+
+    # ------------------------------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KDConfig":
+        unknown = set(d) - cls.keys()
+        if unknown:
+            raise ConfigError(f"unknown distillation setting(s): {', '.join(sorted(unknown))}. "
+                              f"Known: {', '.join(sorted(cls.keys()))}.")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "KDConfig":
+        """Load a YAML with a ``kd:`` mapping (or a flat mapping of KD keys); ``overrides`` win."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping.")
+        kd = raw.get("kd", {k: v for k, v in raw.items() if k in cls.keys()})
+        return cls.from_dict({**kd, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def coerce(cls, value) -> "KDConfig":
+        """Accept a KDConfig, a dict, or a YAML path."""
+        if isinstance(value, KDConfig):
+            return value.validate()
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        if isinstance(value, (str, Path)):
+            return cls.from_yaml(value)
+        raise ConfigError(f"cannot read distillation settings from {type(value).__name__}")
+
+    def summary(self) -> str:
+        """One readable block, printed at the start of every run."""
+        rows = [f"teacher            {self.teacher}"]
+        rows.append(f"cls_kd  {self.cls_kd:<10g} mode={self.cls_mode} T={self.cls_temperature:g}")
+        rows.append(f"box_kd  {self.box_kd:<10g} LD on DFL bins T={self.box_temperature:g} iou={self.box_iou:g}")
+        extra = f" fg_mask={self.feat_fg_mask}" if self.feat_method == "mse" else (
+            f" mask_ratio={self.mgd_mask_ratio:g}" if self.feat_method == "mgd" else f" tau={self.feat_temperature:g}")
+        rows.append(f"feat_kd {self.feat_kd:<10g} method={self.feat_method}{extra} (P3/P4/P5, 1x1 adapters)")
+        rows.append(f"anchors {self.anchor_weighting:<10} schedule={self.schedule}"
+                    + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else ""))
+        return "\n".join(rows)
+
+
+def register_kd_argument() -> None:
+    """Declare detkd's one extra training argument, ``kd``, in Ultralytics' config schema (idempotent).
+
+    Ultralytics validates every argument against its default config; with ``kd`` declared (default None), the KD
+    settings ride along in the trainer's args through validators, ``args.yaml``, checkpoints (resume) and the
+    script Ultralytics generates for DDP workers — no side channel needed.
+    """
+    from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+
+    DEFAULT_CFG_DICT.setdefault("kd", None)
+    if not hasattr(DEFAULT_CFG, "kd"):
+        DEFAULT_CFG.kd = None

@@ -1,0 +1,200 @@
+"""``DistillationTrainer``: Ultralytics' ``DetectionTrainer`` plus a frozen teacher.
+
+What it changes, each at the narrowest point of the parent class:
+
+* ``__init__``      — takes the KD settings (``kd=`` or the ``kd`` key of the args, which is how resume and DDP
+                      workers get them back); refuses Ultralytics' own ``distill_model=``.
+* ``setup_model``   — after the student is built: loads the teacher (frozen), checks teacher/student/data
+                      compatibility, builds the feature adapters (restored on resume).
+* ``build_optimizer`` — adds the adapters as one more parameter group (same lr schedule/warmup, no decay).
+* ``_setup_train``  — afterwards: validates the teacher (and the student's starting point) on the val split,
+                      optimises the teacher for inference, installs :class:`DistillationLoss` as the student's
+                      criterion.
+* ``save_model``    — ``last.pt``/``best.pt`` are written by Ultralytics and hold the student only; the adapters go
+                      to ``weights/kd_adapters.pt`` for resume.
+
+Everything else — dataloaders, augmentation, assigner, EMA (student only), AMP, checkpoints, validation, DDP,
+resume, plots — is Ultralytics' own.
+"""
+
+from __future__ import annotations
+
+from copy import copy, deepcopy
+from pathlib import Path
+
+import torch
+
+from detkd import offline
+from detkd.config import KDConfig, register_kd_argument
+from detkd.engine.criterion import DistillationLoss
+from detkd.errors import ConfigError
+from detkd.models.adapters import FeatureAdapters
+from detkd.models.compat import check_compatibility
+from detkd.models.loading import YAML_SUFFIXES, load_detection_model
+from detkd.models.teacher import FrozenTeacher, feature_channels
+
+offline.install()
+register_kd_argument()
+
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+ADAPTERS_FILE = "kd_adapters.pt"
+PREFIX = colorstr("detkd: ")
+
+
+class DistillationTrainer(DetectionTrainer):
+    """Train a YOLO student with knowledge distillation from a frozen teacher.
+
+    Examples:
+        >>> from detkd import DistillationTrainer, KDConfig
+        >>> trainer = DistillationTrainer(
+        ...     overrides=dict(model="yolov8n.yaml", data="data.yaml", epochs=100, imgsz=640),
+        ...     kd=KDConfig(teacher="teacher.pt", feat_method="cwd"))
+        >>> trainer.train()
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks=None, kd=None):
+        overrides = dict(overrides or {})
+        if kd is not None:
+            overrides["kd"] = KDConfig.coerce(kd).to_dict()
+        elif overrides.get("kd") is not None:
+            overrides["kd"] = KDConfig.coerce(overrides["kd"]).to_dict()
+        if overrides.get("distill_model"):
+            raise ConfigError(_BUILTIN_DISTILL_MSG)
+        super().__init__(cfg, overrides, _callbacks)  # on resume, args (kd included) come from last.pt
+        if getattr(self.args, "distill_model", None):  # e.g. from a cfg file or a resumed Ultralytics run
+            raise ConfigError(_BUILTIN_DISTILL_MSG)
+        if not self.args.kd:
+            raise ConfigError("no distillation settings: pass kd=KDConfig(teacher=...) (CLI: --teacher PATH).")
+        self.kd = KDConfig.coerce(dict(self.args.kd))
+        if not self.kd.teacher:
+            raise ConfigError("no teacher given: pass --teacher path/to/teacher.pt (or a model .yaml).")
+        self.teacher: FrozenTeacher | None = None
+        self.adapters: FeatureAdapters | None = None
+        self._adapters_in_loss = None  # adapters, or their DDP wrapper
+        self.teacher_metrics: dict = {}
+        self.student_start_metrics: dict = {}
+        self.add_callback("on_train_epoch_start", _update_kd_progress)
+
+    # --------------------------------------------------------------------------------- model & teacher
+    def setup_model(self):
+        """Build the student (Ultralytics), then the teacher, the compatibility checks and the adapters."""
+        ckpt = super().setup_model()
+        self._attach_teacher()
+        return ckpt
+
+    def _attach_teacher(self) -> None:
+        kd = self.kd
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{PREFIX}distillation settings\n{kd.summary()}")
+        teacher_from_yaml = str(kd.teacher).lower().endswith(YAML_SUFFIXES)
+        net = load_detection_model(kd.teacher, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
+        if teacher_from_yaml:
+            net.names = self.data["names"]
+        student = unwrap_model(self.model)
+        notes = check_compatibility(net, student, self.data, box_kd=kd.box_kd > 0, teacher_from_yaml=teacher_from_yaml)
+        if RANK in {-1, 0}:
+            for n in notes:
+                LOGGER.info(f"{PREFIX}{n}")
+        self.teacher = FrozenTeacher(net, self.device)
+        self.adapters = None
+        if kd.feat_kd > 0:
+            self.adapters = FeatureAdapters(feature_channels(student), self.teacher.channels,
+                                            with_generators=kd.feat_method == "mgd").to(self.device)
+            if self.resume:
+                self._load_adapters()
+
+    def _adapters_path(self) -> Path:
+        return self.wdir / ADAPTERS_FILE
+
+    def _load_adapters(self) -> None:
+        path = Path(str(self.args.model)).parent / ADAPTERS_FILE
+        if path.is_file():
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.adapters.load_state_dict(state["adapters"])
+            LOGGER.info(f"{PREFIX}resumed feature adapters from {path}")
+        else:
+            LOGGER.warning(f"{PREFIX}{path} not found: feature adapters restart from a fresh initialisation.")
+
+    # ------------------------------------------------------------------------------------- optimizer
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer for the student, plus one parameter group for the adapters (no weight decay)."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if self.adapters is not None:
+            base = min((g for g in optimizer.param_groups if g.get("param_group") == "bn"), key=lambda g: g["lr"])
+            group = {k: v for k, v in base.items() if k != "params"}
+            group.update(params=list(self.adapters.parameters()), weight_decay=0.0, param_group="kd_adapters")
+            group.pop("use_muon", None)
+            optimizer.add_param_group(group)
+        return optimizer
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _setup_train(self):
+        super()._setup_train()
+        self._adapters_in_loss = self.adapters
+        if self.adapters is not None and self.world_size > 1:
+            self._adapters_in_loss = torch.nn.parallel.DistributedDataParallel(
+                self.adapters, device_ids=[self.device.index], find_unused_parameters=True)
+        if self.kd.validate_teacher and RANK in {-1, 0}:
+            self._know_your_teacher()
+        self.teacher.optimize(half=self.kd.teacher_half)
+        student = unwrap_model(self.model)
+        student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
+        student.criterion.progress = self.start_epoch / max(self.epochs, 1)
+
+    def _know_your_teacher(self) -> None:
+        """Validate teacher and the student's starting point once, print them side by side, apply the floor."""
+        self.teacher_metrics = self._quick_val(self.teacher.model, "teacher")
+        self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
+        t50_95, s50_95 = self.teacher_metrics.get("mAP50-95", 0.0), self.student_start_metrics.get("mAP50-95", 0.0)
+        LOGGER.info(
+            f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}):\n"
+            f"  {'model':<18}{'mAP50-95':>10}{'mAP50':>10}\n"
+            f"  {'teacher':<18}{t50_95:>10.4f}{self.teacher_metrics.get('mAP50', 0.0):>10.4f}\n"
+            f"  {'student (start)':<18}{s50_95:>10.4f}{self.student_start_metrics.get('mAP50', 0.0):>10.4f}"
+        )
+        if self.kd.min_teacher_map is not None and t50_95 < self.kd.min_teacher_map:
+            raise ConfigError(
+                f"the teacher scores mAP50-95 {t50_95:.4f} on the val split, below --min-teacher-map "
+                f"{self.kd.min_teacher_map:g}: distilling from it is unlikely to help. Train the teacher longer "
+                f"or pick a stronger one (or lower --min-teacher-map)."
+            )
+        if t50_95 <= s50_95:
+            LOGGER.warning(f"{PREFIX}the teacher ({t50_95:.4f}) is not better than the student's starting point "
+                           f"({s50_95:.4f}) on val: distilling from it is unlikely to help.")
+
+    def _quick_val(self, model, what: str) -> dict:
+        """mAP50-95 / mAP50 of ``model`` on the val loader with Ultralytics' DetectionValidator."""
+        args = copy(self.args)
+        args.plots, args.save_json, args.verbose = False, False, False
+        validator = DetectionValidator(self.test_loader, save_dir=self.save_dir / f"val_{what.split()[0]}", args=args)
+        LOGGER.info(f"{PREFIX}validating the {what} ...")
+        metrics = validator(model=model)
+        model.float().eval()
+        return {"mAP50-95": float(metrics.get("metrics/mAP50-95(B)", 0.0)),
+                "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_model(self):
+        """Student checkpoints by Ultralytics (teacher-free), adapters beside them for resume."""
+        saved = super().save_model()
+        if self.adapters is not None:
+            torch.save({"epoch": self.epoch, "adapters": self.adapters.state_dict(), "kd": self.kd.to_dict()},
+                       self._adapters_path())
+        return saved
+
+
+def _update_kd_progress(trainer: DistillationTrainer) -> None:
+    """on_train_epoch_start: let the KD weight schedule know where training is."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if isinstance(criterion, DistillationLoss):
+        criterion.progress = trainer.epoch / max(trainer.epochs, 1)
+
+
+_BUILTIN_DISTILL_MSG = (
+    "Ultralytics' built-in 'distill_model=' is set, but detkd's DistillationTrainer does its own distillation: "
+    "combining both would silently add a second, feature-only KD loss and a second teacher. Remove "
+    "'distill_model' (detkd's --feat-kd/--feat-method cover feature imitation), or train with plain Ultralytics."
+)

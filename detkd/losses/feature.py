@@ -1,0 +1,95 @@
+"""Neck-feature imitation at P3/P4/P5 (the Detect head's inputs).
+
+Student features S_l (B, C_s, H, W) pass through a learned adapter (:mod:`detkd.models.adapters`, 1×1 conv
+C_s→C_t) before they are compared with the teacher's T_l (B, C_t, H, W). Every method returns the mean over levels.
+
+* ``mse``  — L = mean_{b,c,h,w} (A(S) − T)²; with a foreground mask M (B, 1, H, W) from the ground-truth boxes
+             L = Σ M·(A(S) − T)² / (C·Σ M)  (imitate where objects are, as in FitNets/FGFI).
+* ``cwd``  — channel-wise distillation (Shu et al., ICCV 2021): each channel becomes a spatial distribution
+             φ(x_c) = softmax(x_c / τ) over H·W, and
+             L = τ² / (B·C) · Σ_{b,c} KL(φ(T_bc) ‖ φ(A(S)_bc)).
+             It makes the student attend to the same salient regions per channel, ignoring absolute scale.
+* ``mgd``  — masked generative distillation (Yang et al., ECCV 2022): random spatial mask K (keep prob 1−λ),
+             a small generator G (conv3×3-ReLU-conv3×3) must *reconstruct* the teacher feature:
+             L = mean (G(A(S)·K) − T)².
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FEATURE_METHODS = ("mse", "cwd", "mgd")
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(Masked) mean squared error. student/teacher (B, C, H, W), mask (B, 1, H, W) in {0, 1} or None."""
+    if mask is None:
+        return F.mse_loss(student, teacher)
+    sq = (student - teacher).pow(2) * mask
+    return sq.sum() / (mask.sum() * student.shape[1]).clamp(min=1.0)
+
+
+def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Channel-wise distillation: τ²·mean_{b,c} KL(softmax_hw(T/τ) ‖ softmax_hw(S/τ))."""
+    b, c, h, w = student.shape
+    log_q = F.log_softmax(student.reshape(b * c, h * w) / tau, dim=1)
+    log_p = F.log_softmax(teacher.reshape(b * c, h * w) / tau, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean() * tau**2
+
+
+def mgd_loss(student: torch.Tensor, teacher: torch.Tensor, generator, mask_ratio: float = 0.65) -> torch.Tensor:
+    """MGD: reconstruct the teacher feature from the randomly masked (aligned) student feature."""
+    b, _, h, w = student.shape
+    keep = (torch.rand(b, 1, h, w, device=student.device) >= mask_ratio).to(student.dtype)
+    return F.mse_loss(generator(student * keep), teacher)
+
+
+def boxes_to_masks(bboxes: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, shapes: list[tuple[int, int]]):
+    """Binary foreground masks, one (B, 1, H, W) per level: cells whose centre lies inside a ground-truth box.
+
+    Args:
+        bboxes: (N, 4) normalized xywh ground-truth boxes (Ultralytics batch format).
+        batch_idx: (N,) image index of each box.
+        shapes: [(H, W)] per level.
+    """
+    masks = []
+    for h, w in shapes:
+        m = torch.zeros(batch_size, 1, h, w, device=bboxes.device)
+        if len(bboxes):
+            ys = (torch.arange(h, device=bboxes.device) + 0.5) / h
+            xs = (torch.arange(w, device=bboxes.device) + 0.5) / w
+            x0, y0 = bboxes[:, 0] - bboxes[:, 2] / 2, bboxes[:, 1] - bboxes[:, 3] / 2
+            x1, y1 = bboxes[:, 0] + bboxes[:, 2] / 2, bboxes[:, 1] + bboxes[:, 3] / 2
+            inside = ((ys[None, :, None] >= y0[:, None, None]) & (ys[None, :, None] <= y1[:, None, None])
+                      & (xs[None, None, :] >= x0[:, None, None]) & (xs[None, None, :] <= x1[:, None, None]))  # (N,H,W)
+            idx = batch_idx.long().view(-1)
+            m[:, 0].index_put_((idx,), inside.float(), accumulate=True)
+            m.clamp_(max=1.0)
+        masks.append(m)
+    return masks
+
+
+def feature_kd_loss(
+    student_feats: list[torch.Tensor],
+    teacher_feats: list[torch.Tensor],
+    adapters,
+    method: str = "cwd",
+    tau: float = 1.0,
+    masks: list[torch.Tensor] | None = None,
+    mgd_ratio: float = 0.65,
+) -> torch.Tensor:
+    """Mean over levels of the chosen imitation loss between adapted student and teacher features."""
+    if method not in FEATURE_METHODS:
+        raise ValueError(f"unknown feature KD method '{method}' (expected one of {FEATURE_METHODS})")
+    aligned = adapters(student_feats)
+    losses = []
+    for i, (s, t) in enumerate(zip(aligned, teacher_feats)):
+        s, t = s.float(), t.float()
+        if method == "mse":
+            losses.append(mse_loss(s, t, None if masks is None else masks[i]))
+        elif method == "cwd":
+            losses.append(cwd_loss(s, t, tau))
+        else:
+            losses.append(mgd_loss(s, t, adapters.generators[i], mgd_ratio))
+    return torch.stack(losses).mean()

@@ -1,0 +1,95 @@
+"""Checks, before any training step, that teacher, student and data can be distilled together.
+
+Every failure raises :class:`~detkd.errors.IncompatibleModelsError` with the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from detkd.errors import IncompatibleModelsError
+from detkd.models.teacher import detect_head, feature_channels
+
+
+def _names(d) -> list[str]:
+    if isinstance(d, dict):
+        return [str(d[k]) for k in sorted(d)]
+    return [str(x) for x in (d or [])]
+
+
+def _is_placeholder(names: list[str]) -> bool:
+    """Names of a model built from a YAML are just '0', '1', ...; they carry no class meaning."""
+    return all(n == str(i) or n == f"class{i}" for i, n in enumerate(names))
+
+
+def check_head_supported(model, role: str) -> None:
+    head = detect_head(model)
+    if not all(hasattr(head, a) for a in ("nc", "reg_max", "stride", "cv2", "cv3")):
+        raise IncompatibleModelsError(
+            f"the {role}'s last layer is {type(head).__name__}, not a YOLO Detect head with box (cv2) and class (cv3) "
+            f"branches. detkd distils YOLOv8/v11-style detection models."
+        )
+
+
+def check_student_head(student) -> None:
+    """The student must train with the one-to-many v8 detection loss (end-to-end heads are not supported yet)."""
+    check_head_supported(student, "student")
+    if getattr(detect_head(student), "one2one_cv2", None) is not None:
+        raise IncompatibleModelsError(
+            "the student has an end-to-end (one-to-one, NMS-free) head, e.g. YOLOv10/YOLO26. detkd distils into "
+            "one-to-many heads (YOLOv8, YOLO11 ...): use e.g. 'yolov8n.yaml' or 'yolo11n.yaml' as student."
+        )
+
+
+def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False) -> list[str]:
+    """Validate teacher/student/data agreement; returns informational notes. Raises on any mismatch.
+
+    Args:
+        teacher, student: Ultralytics ``DetectionModel`` instances (the student already built for ``data``).
+        data: Ultralytics dataset dict (``nc``, ``names``).
+        box_kd: localization distillation is enabled (then reg_max must match).
+        teacher_from_yaml: the teacher was built from a YAML (random init), so it has no class names to check.
+    """
+    check_head_supported(teacher, "teacher")
+    check_student_head(student)
+    notes = []
+    t_head, s_head = detect_head(teacher), detect_head(student)
+    nc, data_names = int(data["nc"]), _names(data["names"])
+
+    if int(t_head.nc) != nc:
+        raise IncompatibleModelsError(
+            f"the teacher predicts {t_head.nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
+            f"{', ...' if nc > 8 else ''}). Train (or fine-tune) the teacher on this dataset first."
+        )
+    t_names = _names(getattr(teacher, "names", None))
+    if not teacher_from_yaml and t_names and not _is_placeholder(t_names) and t_names != data_names:
+        diff = [f"{i}: teacher '{a}' vs data '{b}'" for i, (a, b) in enumerate(zip(t_names, data_names)) if a != b]
+        raise IncompatibleModelsError(
+            "the teacher's class names differ from the data's, so its scores would teach the wrong classes ("
+            + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "") + "). Use a teacher trained on this dataset, "
+            "or fix the class order in the data description."
+        )
+    if int(s_head.nc) != nc:
+        raise IncompatibleModelsError(
+            f"the student predicts {s_head.nc} classes but the data has {nc}: build the student for this data "
+            f"(pass a model YAML or a checkpoint; detkd sets nc from the data)."
+        )
+    t_strides, s_strides = [float(x) for x in t_head.stride], [float(x) for x in s_head.stride]
+    if len(t_strides) != len(s_strides):
+        raise IncompatibleModelsError(
+            f"the teacher has {len(t_strides)} feature levels (strides {t_strides}) and the student "
+            f"{len(s_strides)} ({s_strides}): pick models with the same head levels (e.g. both P3-P5)."
+        )
+    if t_strides != s_strides:
+        raise IncompatibleModelsError(
+            f"teacher strides {t_strides} differ from student strides {s_strides}: anchors would not line up. "
+            f"Use models with the same strides (e.g. a P6 teacher needs a P6 student)."
+        )
+    if int(t_head.reg_max) != int(s_head.reg_max):
+        msg = (f"teacher reg_max={t_head.reg_max} and student reg_max={s_head.reg_max} differ: their DFL bin "
+               f"distributions cannot be compared.")
+        if box_kd:
+            raise IncompatibleModelsError(msg + " Disable localization distillation with --box-kd 0, "
+                                                "or use models with the same reg_max.")
+        notes.append(msg + " Localization distillation is off, so this is fine.")
+    notes.append(f"feature levels: strides {s_strides}, student channels {feature_channels(student)} -> "
+                 f"teacher channels {feature_channels(teacher)}")
+    return notes
