@@ -1,0 +1,123 @@
+"""Python entry points: ``distill`` (teacher → student) and ``train_baseline`` (the same student, no teacher).
+
+    from detkd import distill
+    run = distill(teacher="teacher.pt", student="yolov8n.yaml", data="path/to/coco_dataset", epochs=100, imgsz=640)
+    print(run.best, run.metrics["mAP50-95"])
+
+``data`` may be an Ultralytics data.yaml or a COCO-format dataset (converted once, cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detkd.config import KDConfig
+from detkd.errors import DatasetError
+
+DEFAULT_PROJECT = "runs/detect"
+
+
+@dataclass
+class RunResult:
+    """Where a training run wrote its outputs, and its final validation metrics."""
+
+    save_dir: Path
+    best: Path
+    last: Path
+    results_csv: Path
+    metrics: dict = field(default_factory=dict)
+    teacher_metrics: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        m = self.metrics
+        lines = [f"best.pt      {self.best}", f"results.csv  {self.results_csv}"]
+        if m:
+            lines.append(f"val mAP50-95 {m.get('mAP50-95', float('nan')):.4f}   mAP50 {m.get('mAP50', float('nan')):.4f}")
+        return "\n".join(lines)
+
+
+def resolve_data(data: str | Path) -> str:
+    """An Ultralytics data.yaml path for ``data`` (COCO datasets are converted once into a cache)."""
+    try:
+        from detkd.data.coco import prepare_dataset
+    except ImportError:  # pragma: no cover - converter not installed
+        prepare_dataset = None
+    if prepare_dataset is not None:
+        return str(prepare_dataset(data))
+    p = Path(str(data))
+    if not p.is_file():
+        raise DatasetError(f"data '{data}' not found: pass an Ultralytics data.yaml or a COCO dataset folder.")
+    return str(p)
+
+
+def _train_overrides(student, data, train_args: dict) -> dict:
+    from detkd.models.loading import resolve_model_path
+
+    overrides = {"project": DEFAULT_PROJECT, **train_args}
+    if not overrides.get("resume"):
+        overrides["model"] = resolve_model_path(student, role="student")
+        overrides["data"] = resolve_data(data)
+    else:
+        overrides["model"] = overrides["resume"] = str(overrides["resume"])
+        if data:
+            overrides["data"] = resolve_data(data)
+    return overrides
+
+
+def _result(trainer) -> RunResult:
+    metrics = {}
+    if trainer.metrics:
+        metrics = {
+            "mAP50-95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
+            "mAP50": float(trainer.metrics.get("metrics/mAP50(B)", 0.0)),
+        }
+    return RunResult(
+        save_dir=Path(trainer.save_dir), best=Path(trainer.best), last=Path(trainer.last),
+        results_csv=Path(trainer.csv), metrics=metrics, teacher_metrics=getattr(trainer, "teacher_metrics", {}),
+    )
+
+
+def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict | str | None = None,
+            **train_args) -> RunResult:
+    """Train ``student`` on ``data`` with distillation from ``teacher``.
+
+    Args:
+        teacher: teacher .pt (or model .yaml). Overrides ``kd.teacher``.
+        student: student .pt or model .yaml (``yolov8n.yaml`` trains from scratch).
+        data: Ultralytics data.yaml or a COCO dataset (folder or detkd COCO YAML).
+        kd: :class:`KDConfig`, a dict of its fields, or a YAML path. Defaults: detkd's recipe.
+        **train_args: any Ultralytics training argument (epochs, imgsz, batch, device, project, name, seed, ...),
+            or ``resume="path/to/last.pt"`` to continue an interrupted run (teacher and adapters re-attached).
+    """
+    from detkd.engine.trainer import DistillationTrainer
+
+    overrides = _train_overrides(student, data, train_args)
+    if overrides.get("resume"):
+        trainer = DistillationTrainer(overrides=overrides)  # kd settings come from the checkpoint
+    else:
+        cfg = KDConfig.coerce(kd) if kd is not None else KDConfig()
+        if teacher is not None:
+            cfg.teacher = str(teacher)
+        if not cfg.teacher:
+            from detkd.errors import ConfigError
+
+            raise ConfigError("no teacher given: pass teacher='teacher.pt' (or a model .yaml).")
+        from detkd.models.loading import resolve_model_path
+
+        resolve_model_path(cfg.teacher, role="teacher")  # fail before any work if it is missing
+        trainer = DistillationTrainer(overrides=overrides, kd=cfg)
+    trainer.train()
+    return _result(trainer)
+
+
+def train_baseline(student="yolov8n.yaml", data=None, **train_args) -> RunResult:
+    """Train ``student`` without a teacher (Ultralytics' DetectionTrainer, identical settings otherwise)."""
+    from detkd import offline
+
+    offline.install()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    trainer = DetectionTrainer(overrides=_train_overrides(student, data, train_args))
+    trainer.train()
+    return _result(trainer)

@@ -1,0 +1,142 @@
+"""``detkd distill``: train a student with distillation from a frozen teacher.
+
+    detkd distill --teacher yolov8l.pt --student yolov8n.yaml --data data.yaml --epochs 100 --imgsz 640 \\
+                  --cls-kd 1.0 --box-kd 1.0 --feat-kd 1.0 --feat-method cwd --device 0
+    detkd distill --resume runs/detect/train/weights/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Train a student detector with knowledge distillation from a frozen teacher."
+
+# CLI flag -> KDConfig field. Flags default to None so that only what is typed overrides --config / defaults.
+KD_FLAGS = {
+    "cls_kd": "cls_kd", "cls_mode": "cls_mode", "cls_temp": "cls_temperature",
+    "box_kd": "box_kd", "box_temp": "box_temperature", "box_iou": "box_iou",
+    "feat_kd": "feat_kd", "feat_method": "feat_method", "feat_temp": "feat_temperature",
+    "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
+    "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final",
+    "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
+}
+# Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
+TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
+               "patience", "cos_lr", "close_mosaic", "amp", "exist_ok", "plots", "val", "fraction", "cache")
+
+
+def _bool(s: str) -> bool:
+    v = str(s).lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{s}'")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and data")
+    g.add_argument("--teacher", help="teacher checkpoint .pt (or model .yaml for a random-init teacher)")
+    g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
+    g.add_argument("--data", help="Ultralytics data.yaml or COCO dataset (folder with annotations/instances_*.json)")
+    g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
+    g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt")
+
+    k = p.add_argument_group("distillation (defaults: detkd's recipe, see README)")
+    k.add_argument("--cls-kd", type=float, help="weight of class-logit KD (0 = off) [1.0]")
+    k.add_argument("--cls-mode", choices=("bce", "kl"), help="bce: sigmoid-aware binary KL; kl: softmax KL [bce]")
+    k.add_argument("--cls-temp", type=float, help="logit KD temperature [1.0]")
+    k.add_argument("--box-kd", type=float, help="weight of localization distillation on DFL bins [1.0]")
+    k.add_argument("--box-temp", type=float, help="LD temperature [2.0]")
+    k.add_argument("--box-iou", type=float, help="extra weight of 1-IoU between decoded boxes [0]")
+    k.add_argument("--feat-kd", type=float, help="weight of P3/P4/P5 feature imitation [1.0]")
+    k.add_argument("--feat-method", choices=("cwd", "mse", "mgd"), help="feature imitation method [cwd]")
+    k.add_argument("--feat-temp", type=float, help="CWD temperature tau [1.0]")
+    k.add_argument("--feat-fg-mask", type=_bool, metavar="BOOL", help="mse only: imitate inside GT boxes [false]")
+    k.add_argument("--mgd-mask-ratio", type=float, help="mgd only: masked fraction [0.65]")
+    k.add_argument("--anchor-weighting", choices=("union", "teacher", "assigned"), help="KD anchors [union]")
+    k.add_argument("--kd-schedule", choices=("constant", "linear", "cosine"), help="KD weight schedule [constant]")
+    k.add_argument("--kd-final", type=float, help="KD weight multiplier at the last epoch (linear/cosine) [0]")
+    k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
+    k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
+    k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")
+
+    t = p.add_argument_group("training (Ultralytics arguments)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--imgsz", type=int)
+    t.add_argument("--batch", type=float, help="batch size (-1: AutoBatch)")
+    t.add_argument("--device", help="cpu, 0, 0,1 (multi-GPU: DDP launched by Ultralytics)")
+    t.add_argument("--project", help="output root [runs/detect]")
+    t.add_argument("--name", help="run name [train]")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--workers", type=int)
+    t.add_argument("--lr0", type=float)
+    t.add_argument("--optimizer")
+    t.add_argument("--patience", type=int)
+    t.add_argument("--cos-lr", type=_bool, metavar="BOOL")
+    t.add_argument("--close-mosaic", type=int)
+    t.add_argument("--amp", type=_bool, metavar="BOOL")
+    t.add_argument("--exist-ok", type=_bool, metavar="BOOL")
+    t.add_argument("--plots", type=_bool, metavar="BOOL")
+    t.add_argument("--val", type=_bool, metavar="BOOL")
+    t.add_argument("--fraction", type=float)
+    t.add_argument("--cache", help="ram / disk / false")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other Ultralytics training argument, e.g. --set mosaic=0.5 (repeatable)")
+
+
+def parse_set(items: list[str]) -> dict:
+    """--set key=value pairs → dict with YAML-typed values."""
+    import yaml
+
+    from detkd.errors import ConfigError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_settings(args) -> tuple[object, dict]:
+    """(KDConfig or None on resume, Ultralytics train args) from CLI flags and --config."""
+    import yaml
+
+    from detkd.config import KDConfig
+    from detkd.errors import ConfigError
+
+    train: dict = {}
+    kd_overrides = {field: getattr(args, flag) for flag, field in KD_FLAGS.items() if getattr(args, flag) is not None}
+    if args.teacher:
+        kd_overrides["teacher"] = args.teacher
+    if args.config:
+        kd = KDConfig.from_yaml(args.config, **kd_overrides)
+        raw = yaml.safe_load(open(args.config)) or {}
+        train.update(raw.get("train", {}) or {})
+    else:
+        kd = KDConfig.from_dict(kd_overrides)
+    train.update({f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None})
+    if isinstance(train.get("batch"), float) and train["batch"].is_integer():
+        train["batch"] = int(train["batch"])
+    train.update(parse_set(args.set))
+    if args.resume:
+        return None, {**train, "resume": args.resume}
+    if not kd.teacher:
+        raise ConfigError("--teacher is required (a .pt checkpoint, or a model .yaml for a random-init teacher).")
+    if not args.data:
+        raise ConfigError("--data is required: an Ultralytics data.yaml or a COCO dataset folder.")
+    return kd, train
+
+
+def run(args) -> int:
+    import time
+
+    from detkd.api import distill
+
+    kd, train = build_settings(args)
+    t0 = time.time()
+    result = distill(student=args.student, data=args.data, kd=kd, **train)
+    print(f"\ndetkd distill finished in {(time.time() - t0) / 60:.1f} min\n{result.describe()}")
+    return 0
