@@ -1,0 +1,38 @@
+"""``detkd eval``: official COCO metrics (pycocotools) of any detector on a COCO dataset.
+
+    detkd eval --model runs/detect/train/weights/best.pt --data path/to/coco_dataset
+    detkd eval --model teacher.pt --data coco.yaml --split val --imgsz 640 --conf 0.001 --iou 0.7 --out runs/eval/t
+
+Writes ``metrics.json`` and ``detections_<split>.json`` (COCO results with the dataset's own image and category
+ids) to ``--out`` (default ``runs/detkd/eval/exp*``) and prints the overall and per-class table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Evaluate a detector on a COCO dataset with pycocotools (AP, AP50, AP75, APs/m/l, AR, per-class AP)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="checkpoint .pt (teacher, baseline or distilled student), exported model (.onnx, ...) "
+                        "or model .yaml (random init)")
+    p.add_argument("--data", required=True,
+                   help="COCO dataset folder (annotations/instances_<split>*.json + images), detkd COCO YAML, "
+                        "or a data.yaml written by detkd")
+    p.add_argument("--split", default="val", help="split to evaluate (train, val, test)")
+    p.add_argument("--imgsz", type=int, default=640, help="inference size (pixels)")
+    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (keep low for AP)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, 0, ...")
+    p.add_argument("--out", default=None, help="output folder [runs/detkd/eval/exp*]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detkd.eval.coco_eval import evaluate_coco
+
+    evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
+                  batch=args.batch, device=args.device, out_dir=args.out, verbose=True)
+    return 0

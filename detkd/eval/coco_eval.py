@@ -1,0 +1,111 @@
+"""``evaluate_coco``: run a detector on a COCO split and score it with pycocotools against the dataset's own JSON.
+
+Inference is Ultralytics' validation loop (letterboxed rectangular batches, NMS) through
+:class:`~detkd.eval.validator.COCOEvalDetectionValidator`, so the numbers are those the distillation trainer
+selects ``best.pt`` on. Detections are written as a COCO results JSON with the ORIGINAL image and category ids::
+
+    out_dir/detections_<split>.json   [{"image_id", "category_id", "bbox": [x, y, w, h] px, "score", "file_name"}]
+    out_dir/metrics.json              see evaluate_coco()
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from detkd.errors import WeightsNotFoundError
+from detkd.eval.metrics import STAT_KEYS, format_table
+
+
+def resolve_model(model, nc: int):
+    """What the validator can run: an ``nn.Module`` or a local weights path (never downloads).
+
+    ``model``: a ``YOLO``/``Model`` object, an ``nn.Module`` (``DetectionModel``), a checkpoint path (``.pt``), an
+    exported model path (``.onnx``, ``.torchscript``, ``*_openvino_model/`` ... whatever ``YOLO()`` loads), or a model
+    YAML (random initialisation with ``nc`` classes: a baseline for the pipeline, AP ~ 0).
+    """
+    import torch
+
+    from detkd.models.loading import YAML_SUFFIXES, WEIGHT_SUFFIXES, load_detection_model, resolve_model_path
+
+    if hasattr(model, "predictor") and hasattr(model, "model"):  # ultralytics Model (YOLO) object
+        inner = model.model
+        return inner if isinstance(inner, torch.nn.Module) else str(inner)
+    if isinstance(model, torch.nn.Module):
+        return model
+    name = str(model)
+    suffix = Path(name).suffix.lower()
+    if suffix in YAML_SUFFIXES:
+        return load_detection_model(name, nc=nc)
+    if suffix in WEIGHT_SUFFIXES or not suffix and not Path(name).exists():
+        return resolve_model_path(name)
+    if not Path(name).exists():
+        raise WeightsNotFoundError(f"model '{name}' not found. Pass a local checkpoint (.pt), an exported model "
+                                   f"(.onnx, ...) or a model YAML.")
+    return name
+
+
+def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
+                  batch: int = 16, device: str = "cpu", out_dir=None, verbose: bool = True) -> dict:
+    """Evaluate ``model`` on ``split`` of ``data`` (COCO folder, detkd COCO YAML, or a data.yaml from
+    :func:`~detkd.data.coco.prepare_dataset`) with pycocotools.
+
+    Returns (and writes to ``out_dir/metrics.json``)::
+
+        {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl': float (-1 = no GT),
+         'per_class': {name: AP | None}, 'per_class_AP50': {...}, 'per_class_instances': {...},
+         'n_images', 'n_detections', 'seconds' (all), 'seconds_per_1000_images' (the validation run: inference,
+         NMS, COCOeval), 'ms_per_image' (Ultralytics' preprocess/inference/postprocess split), 'model', 'data', 'split', 'imgsz',
+         'conf', 'iou', 'gt_json', 'detections_json'}
+
+    ``out_dir`` defaults to a new ``runs/detkd/eval/exp*``. Progress is shown by Ultralytics' bar; the table is
+    printed when ``verbose``.
+    """
+    from ultralytics.utils.files import increment_path
+
+    from detkd.data.coco import load_coco_meta, prepare_dataset
+    from detkd.errors import DatasetError
+    from detkd.eval.validator import COCOEvalDetectionValidator
+
+    t0 = time.perf_counter()
+    data_yaml = prepare_dataset(data, verbose=verbose)
+    meta = load_coco_meta(data_yaml)
+    if split not in meta["coco_eval"]:
+        raise DatasetError(f"dataset has no '{split}' split with COCO annotations (has: {', '.join(meta['coco'])}).")
+    net = resolve_model(model, nc=len(meta["category_ids"]))
+    out_dir = Path(out_dir) if out_dir else increment_path(Path("runs/detkd/eval/exp"), mkdir=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = dict(task="detect", mode="val", data=str(data_yaml), split=split, imgsz=imgsz, conf=conf, iou=iou,
+                batch=batch, device=device, plots=False, save_json=True, verbose=False,
+                model=net if isinstance(net, str) else None)
+    validator = COCOEvalDetectionValidator(save_dir=out_dir, args=args)
+    t1 = time.perf_counter()
+    validator(model=net)
+    t_run = time.perf_counter() - t1  # model set-up + inference + NMS + COCOeval
+    m = dict(validator.coco_metrics)
+    seconds = time.perf_counter() - t0
+
+    dets_file = out_dir / f"detections_{split}.json"
+    dets_file.write_text(json.dumps(validator.jdict))
+    (out_dir / "predictions.json").unlink(missing_ok=True)  # Ultralytics' copy of the same list
+    m.update({
+        "n_images": m["n_images"], "seconds": round(seconds, 3),
+        "seconds_per_1000_images": round(1000 * t_run / max(m["n_images"], 1), 1),
+        "ms_per_image": {k: round(v, 2) for k, v in validator.speed.items()},
+        "model": _describe(model), "data": str(data), "data_yaml": str(data_yaml), "split": split, "imgsz": imgsz,
+        "conf": conf, "iou": iou, "detections_json": str(dets_file),
+    })
+    ordered = {k: m[k] for k in STAT_KEYS} | {k: v for k, v in m.items() if k not in STAT_KEYS}
+    (out_dir / "metrics.json").write_text(json.dumps(ordered, indent=1))
+    if verbose:
+        print(format_table(ordered, title=f"COCO bbox, {split} of {Path(str(data)).name}"))
+        print(f"{seconds:.1f} s ({ordered['seconds_per_1000_images']:.1f} s per 1000 images). "
+              f"Results in {out_dir}: metrics.json, {dets_file.name}")
+    return ordered
+
+
+def _describe(model) -> str:
+    if isinstance(model, (str, Path)):
+        return str(model)
+    return getattr(model, "ckpt_path", None) or getattr(model, "pt_path", None) or type(model).__name__

@@ -1,0 +1,126 @@
+"""A DetectionValidator whose verdict is pycocotools AP on the dataset's own COCO JSON.
+
+Ultralytics' ``DetectionValidator`` already serialises predictions to COCO results (``save_json``,
+``pred_to_json``, ``class_map``) and evaluates them in ``eval_json``; it is only wired for the official COCO/LVIS
+files and maps image ids from numeric file stems. This subclass changes the narrowest points:
+
+* ``init_metrics``: ``class_map`` = the data.yaml's ``category_ids`` (original, possibly non-contiguous COCO ids);
+  the file -> COCO ``image_id`` map comes from the data.yaml's ``image_ids``; Ultralytics' rebuilt-from-labels
+  ground truth (``gdict``) is turned off: the dataset's own JSON is the ground truth.
+* ``pred_to_json``: Ultralytics' boxes (scaled to the original image, ``[x, y, w, h]``), with the true image id.
+* ``eval_json``: pycocotools ``COCOeval`` (:func:`detkd.eval.metrics.coco_box_metrics`) on the data.yaml's
+  ``coco_eval[split]`` JSON, restricted to the images the dataloader saw. Sets ``stats['fitness']`` = COCO AP, so
+  a trainer selects ``best.pt`` on official AP, and adds ``metrics/AP(COCO)``, ``metrics/AP50(COCO)``,
+  ``metrics/AP75(COCO)``, ``metrics/AR100(COCO)`` and ``metrics/mAP_{small,medium,large}(B)``.
+
+The data must come from :func:`detkd.data.coco.prepare_dataset` (a COCO dataset; its data.yaml has the keys).
+
+Plug it into a trainer (what ``--coco-eval`` does)::
+
+    from copy import copy
+    from detkd.eval.validator import COCOEvalDetectionValidator
+
+    class MyTrainer(DetectionTrainer):
+        def get_validator(self):
+            return COCOEvalDetectionValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args),
+                                              _callbacks=self.callbacks)
+
+    trainer = MyTrainer(overrides={"data": str(prepare_dataset("path/to/coco")), "model": "yolov8n.yaml"})
+
+Standalone: ``v = COCOEvalDetectionValidator(args={"data": data_yaml, "split": "val"}); v(model=net)``; the
+metrics dict is then ``v.coco_metrics`` (see :func:`detkd.eval.coco_eval.evaluate_coco`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import LOGGER
+
+from detkd.errors import DatasetError, IncompatibleModelsError
+from detkd.eval.metrics import coco_box_metrics, format_table, load_gt
+
+
+class COCOEvalDetectionValidator(DetectionValidator):
+    """DetectionValidator scoring with pycocotools on the dataset's own JSON (see module docstring)."""
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        self.args.save_json = True  # makes the base class collect self.jdict and call eval_json
+        self.coco_metrics: dict | None = None
+        self._gt_cache: dict = {}
+
+    @property
+    def split(self) -> str:
+        return self.args.split or "val"
+
+    def __call__(self, trainer=None, model=None, **kwargs):
+        self.coco_metrics = None
+        stats = super().__call__(trainer=trainer, model=model, **kwargs)
+        if trainer is None and self.coco_metrics is None and self.data is not None:  # no detection at all
+            stats = self.eval_json(stats or {})
+        return stats
+
+    def init_metrics(self, model) -> None:
+        super().init_metrics(model)
+        ids = self.data.get("category_ids")
+        if ids is None or "coco_eval" not in self.data:
+            raise DatasetError("COCO evaluation needs a data.yaml made by detkd from a COCO dataset (keys "
+                               "'category_ids', 'coco_eval', 'image_ids'): pass the COCO dataset folder or detkd COCO "
+                               "YAML as --data (detkd.data.coco.prepare_dataset).")
+        if len(ids) != self.nc:
+            raise IncompatibleModelsError(
+                f"the model predicts {self.nc} classes but the dataset has {len(ids)} "
+                f"({', '.join(map(str, list(self.data['names'].values())[:5]))}...). Evaluate a model trained on "
+                f"this dataset's classes.")
+        self.class_map = [int(i) for i in ids]
+        self.is_custom_json, self.build_gdict, self.gdict, self.eval_ids = False, False, None, None
+        root = Path(self.data["path"])
+        id_file = (self.data.get("image_ids") or {}).get(self.split)
+        if not id_file:
+            raise DatasetError(f"data.yaml has no image id map for split '{self.split}' "
+                               f"(splits: {list(self.data.get('coco_eval', {}))}).")
+        split_dir = Path(self.data[self.split] if isinstance(self.data.get(self.split), str) else
+                         root / "images" / self.split)
+        rel_ids = json.loads((root / id_file).read_text())
+        self._image_ids = {os.path.normpath(split_dir / rel): i for rel, i in rel_ids.items()}
+        files = [os.path.normpath(f) for f in self.dataloader.dataset.im_files]
+        self._eval_img_ids = [self._image_ids[f] for f in files if f in self._image_ids]
+
+    def pred_to_json(self, predn, pbatch) -> None:
+        n = len(self.jdict)
+        super().pred_to_json(predn, pbatch)
+        image_id = self._image_ids.get(os.path.normpath(pbatch["im_file"]))
+        if image_id is None:
+            raise DatasetError(f"image '{pbatch['im_file']}' is not in the dataset's image id map: the YOLO cache "
+                               f"is out of date. Delete {self.data['path']} and run again.")
+        for d in self.jdict[n:]:
+            d["image_id"] = image_id
+
+    def eval_json(self, stats: dict) -> dict:
+        gt_path = str(self.data["coco_eval"][self.split])
+        if gt_path not in self._gt_cache:
+            self._gt_cache = {gt_path: load_gt(gt_path)}  # parsed once, reused every epoch
+        m = coco_box_metrics(self._gt_cache[gt_path], self.jdict, img_ids=self._eval_img_ids)
+        m["gt_json"] = gt_path
+        self.coco_metrics = m
+        stats.update({"metrics/AP(COCO)": m["AP"], "metrics/AP50(COCO)": m["AP50"], "metrics/AP75(COCO)": m["AP75"],
+                      "metrics/AR100(COCO)": m["AR100"], "metrics/mAP_small(B)": m["APs"],
+                      "metrics/mAP_medium(B)": m["APm"], "metrics/mAP_large(B)": m["APl"]})
+        stats["fitness"] = max(m["AP"], 0.0)
+        if self.training:
+            LOGGER.info(f"{'COCO (pycocotools)':>22}  AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AP75 {m['AP75']:.4f}  "
+                        f"AR100 {m['AR100']:.4f}")
+        elif self.args.verbose:
+            LOGGER.info(format_table(m, title=f"COCO bbox ({self.split})"))
+        return stats
+
+    def get_desc(self) -> str:
+        return super().get_desc() if self.training else f"detkd eval: {self.split} images (batches)"
+
+    def print_results(self) -> None:
+        if self.training:  # standalone runs print the COCO table in eval_json instead of Ultralytics' own
+            super().print_results()
