@@ -97,6 +97,10 @@ def load_student(model: str | Path | torch.nn.Module, role: str = "student") -> 
             ckpt = ckpt if isinstance(ckpt, dict) else {}
     net, removed = strip_non_student(net)
     assert_student_only(net)
+    if not getattr(net, "task", None):  # YAML-built models carry no task; Ultralytics' exporter/predictor need it
+        from ultralytics.nn.tasks import guess_model_task
+
+        net.task = guess_model_task(net)
     return net.float().eval(), ckpt, removed
 
 

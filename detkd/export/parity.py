@@ -1,0 +1,241 @@
+"""Torch vs ONNX Runtime parity of an exported student: same images, raw outputs and post-NMS detections compared.
+
+Raw outputs are the detector's decoded predictions, shape ``(N, 4 + nc, A)``: rows 0-3 are xywh boxes in input pixels,
+the rest class scores in [0, 1], ``A`` anchors (8400 at 640 px). Boxes and scores are compared separately (pixels vs
+probabilities). Detections come from Ultralytics' ``non_max_suppression`` on both outputs and are matched per image by
+class and IoU; a detection missing on one side only counts as a disagreement when it is not borderline (score within
+``score_margin`` of ``conf``, or a near-tie NMS choice between overlapping boxes of almost equal score).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkd.errors import DetKDError
+
+# precision -> (box_atol in pixels per 640 px of input, box_rtol, score_atol, IoU needed to call two detections the
+# same). Boxes pass when |torch - onnx| <= box_atol + box_rtol * |torch| everywhere (as numpy.allclose).
+TOLERANCES = {"fp32": (0.05, 1e-4, 1e-3, 0.95), "fp16": (1.0, 4e-3, 2e-2, 0.85)}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ParityReport:
+    """Outcome of :func:`check_onnx_parity` (``passed`` is False when any tolerance is exceeded)."""
+
+    n_images: int
+    precision: str
+    provider: str
+    max_abs_diff: float  # over the whole raw output
+    box_max_abs_diff: float  # pixels
+    score_max_abs_diff: float
+    box_atol: float
+    box_rtol: float
+    score_atol: float
+    boxes_within_tol: bool
+    n_det_torch: int
+    n_det_onnx: int
+    n_matched: int
+    n_borderline: int
+    n_mismatched: int
+    detections_agree: bool
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for logs."""
+        state = "PASS" if self.passed else "FAIL"
+        return (f"parity {state} ({self.precision}, {self.provider}, {self.n_images} images): raw max|diff| "
+                f"{self.max_abs_diff:.3g} (boxes {self.box_max_abs_diff:.3g} px, tol {self.box_atol:.3g} px + "
+                f"{self.box_rtol:.0e}*|box| {'ok' if self.boxes_within_tol else 'EXCEEDED'}; scores "
+                f"{self.score_max_abs_diff:.3g} <= {self.score_atol:.3g}); detections torch {self.n_det_torch} / "
+                f"onnx {self.n_det_onnx}: {self.n_matched} matched, {self.n_borderline} borderline, "
+                f"{self.n_mismatched} disagree")
+
+
+def load_parity_images(source: str | Path | None = None, n: int = 4) -> list[np.ndarray]:
+    """Up to ``n`` BGR uint8 images (H, W, 3): from a file or directory, else Ultralytics' bundled sample images."""
+    import cv2
+
+    if source is None:
+        from ultralytics.utils import ASSETS
+
+        files = sorted(Path(ASSETS).glob("*.jpg"))
+    else:
+        p = Path(source)
+        files = [p] if p.is_file() else sorted(f for f in p.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DetKDError(f"no images found at --parity-images '{source}' (expected a file or a folder of "
+                             f"{'/'.join(IMAGE_SUFFIXES)}).")
+    images = [im for im in (cv2.imread(str(f)) for f in files[:n]) if im is not None]
+    if not images:
+        raise DetKDError(f"could not read any image from {source or 'Ultralytics assets'}.")
+    return images
+
+
+def preprocess(images: list[np.ndarray], imgsz: int) -> torch.Tensor:
+    """Letterbox (Ultralytics ``LetterBox``, square ``imgsz``) and normalise BGR uint8 images.
+
+    Returns:
+        float32 tensor (N, 3, imgsz, imgsz), RGB, values in [0, 1] — the layout both runtimes take.
+    """
+    from ultralytics.data.augment import LetterBox
+
+    lb = LetterBox((imgsz, imgsz), auto=False)
+    batch = np.stack([lb(image=im) for im in images])[..., ::-1]  # BGR -> RGB
+    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float() / 255.0
+
+
+def torch_outputs(net: torch.nn.Module, x: torch.Tensor, device: torch.device, half: bool) -> np.ndarray:
+    """Raw decoded output of the fused student, float32 numpy (N, 4 + nc, A)."""
+    model = deepcopy(net).float().eval().to(device)
+    model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+    if half:
+        model = model.half()
+    with torch.inference_mode():
+        y = model(x.to(device).half() if half else x.to(device))
+    y = y[0] if isinstance(y, (list, tuple)) else y
+    return y.float().cpu().numpy()
+
+
+def ort_session(path: str | Path, device: torch.device):
+    """An ONNX Runtime session on CUDA when asked for and available, else CPU. Returns (session, provider name)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DetKDError("ONNX parity needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu), or skip the "
+                         "check with --no-parity.") from None
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), providers=providers)
+    return session, session.get_providers()[0]
+
+
+def onnx_outputs(session, x: torch.Tensor) -> np.ndarray:
+    """Run ``x`` (N, 3, H, W) through the session in chunks of its static batch; float32 numpy (N, 4 + nc, A)."""
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    b = inp.shape[0] if isinstance(inp.shape[0], int) else len(x)
+    outs = []
+    for i in range(0, len(x), b):
+        chunk = x[i:i + b].numpy()
+        pad = b - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        y = session.run(None, {inp.name: chunk.astype(dtype)})[0]
+        outs.append(y[: b - pad] if pad else y)
+    return np.concatenate(outs).astype(np.float32)
+
+
+def _nms(raw: np.ndarray, conf: float, iou: float) -> list[torch.Tensor]:
+    from ultralytics.utils.nms import non_max_suppression
+
+    return non_max_suppression(torch.from_numpy(raw), conf, iou, max_time_img=10.0)
+
+
+def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float, nms_iou: float, match_iou: float,
+                       score_margin: float) -> tuple[int, int, int]:
+    """Match two sets of per-image detections (each (n, 6): x1, y1, x2, y2, score, class).
+
+    Returns:
+        ``(matched, borderline, mismatched)`` counts over all images (an unmatched detection counts once, from the
+        side it appears on).
+    """
+    from ultralytics.utils.metrics import box_iou
+
+    matched = borderline = mismatched = 0
+    for da, db in zip(a, b):
+        iou = box_iou(da[:, :4], db[:, :4]) if len(da) and len(db) else torch.zeros(len(da), len(db))
+        same_cls = da[:, 5:6] == db[:, 5].unsqueeze(0) if len(da) and len(db) else torch.zeros(len(da), len(db), dtype=torch.bool)
+        cand = torch.where(same_cls, iou, torch.zeros_like(iou))
+        used_b = set()
+        unmatched_a = []
+        for i in torch.argsort(da[:, 4], descending=True).tolist() if len(da) else []:
+            order = torch.argsort(cand[i], descending=True).tolist() if len(db) else []
+            j = next((j for j in order if j not in used_b and cand[i, j] >= match_iou), None)
+            if j is None:
+                unmatched_a.append(i)
+            else:
+                used_b.add(j)
+                matched += 1
+        unmatched_b = [j for j in range(len(db)) if j not in used_b]
+        for dets, other, idx, ov in ((da, db, unmatched_a, cand), (db, da, unmatched_b, cand.T)):
+            for k in idx:
+                near_conf = float(dets[k, 4]) < conf + score_margin
+                # suppressed on the other side by a near-tie neighbour of the same class
+                near_tie = bool(len(other)) and bool(((ov[k] > nms_iou - 0.15)
+                                                      & ((other[:, 4] - dets[k, 4]).abs() <= 2 * score_margin)).any())
+                if near_conf or near_tie:
+                    borderline += 1
+                else:
+                    mismatched += 1
+    return matched, borderline, mismatched
+
+
+def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[np.ndarray] | torch.Tensor | None = None,
+                      imgsz: int = 640, half: bool = False, device: str = "cpu", conf: float = 0.25, iou: float = 0.7,
+                      box_atol: float | None = None, box_rtol: float | None = None, score_atol: float | None = None,
+                      raise_on_fail: bool = True,
+                      verbose: bool = True) -> ParityReport:
+    """Run the same images through the torch student and the ONNX file; compare raw outputs and NMS detections.
+
+    Args:
+        net: the bare student ``DetectionModel`` the file was exported from.
+        onnx_path: the exported ``.onnx``.
+        images: BGR uint8 images (letterboxed to ``imgsz``) or a ready (N, 3, imgsz, imgsz) float tensor in [0, 1];
+            None uses :func:`load_parity_images`.
+        half: the file holds FP16 weights (tolerances for fp16; torch runs FP16 too when on CUDA).
+        device: 'cpu' or a CUDA index; ORT uses its CUDA provider there when installed, else CPU.
+        conf, iou: NMS thresholds (Ultralytics' ``non_max_suppression``).
+        box_atol (pixels), box_rtol, score_atol: allowed |torch - onnx| (boxes: atol + rtol * |value|); defaults
+            from :data:`TOLERANCES`, box_atol scaled by imgsz / 640.
+        raise_on_fail: raise :class:`DetKDError` when parity breaks (default), else only report.
+    """
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import select_device
+
+    precision = "fp16" if half else "fp32"
+    box_tol, rtol, score_tol, match_iou = TOLERANCES[precision]
+    box_atol = box_tol * imgsz / 640 if box_atol is None else box_atol
+    box_rtol = rtol if box_rtol is None else box_rtol
+    score_atol = score_tol if score_atol is None else score_atol
+    dev = select_device(device, verbose=False)
+    x = images if isinstance(images, torch.Tensor) else preprocess(images or load_parity_images(), imgsz)
+    x = x.float().cpu()
+    ref = torch_outputs(net, x, dev, half=half and dev.type == "cuda")
+    session, provider = ort_session(onnx_path, dev)
+    out = onnx_outputs(session, x)
+    if ref.shape != out.shape:
+        raise DetKDError(f"ONNX output shape {out.shape} differs from torch {ref.shape}: the export is broken.")
+    diff = np.abs(ref - out)
+    box_diff, score_diff = float(diff[:, :4].max()), float(diff[:, 4:].max())
+    boxes_ok = bool((diff[:, :4] <= box_atol + box_rtol * np.abs(ref[:, :4])).all())
+    det_t, det_o = _nms(ref, conf, iou), _nms(out, conf, iou)
+    matched, borderline, mismatched = compare_detections(det_t, det_o, conf, iou, match_iou, score_margin=score_atol)
+    agree = mismatched == 0
+    report = ParityReport(
+        n_images=len(x), precision=precision, provider=provider, max_abs_diff=float(diff.max()),
+        box_max_abs_diff=box_diff, score_max_abs_diff=score_diff, box_atol=box_atol, box_rtol=box_rtol,
+        score_atol=score_atol, boxes_within_tol=boxes_ok,
+        n_det_torch=sum(len(d) for d in det_t), n_det_onnx=sum(len(d) for d in det_o), n_matched=matched,
+        n_borderline=borderline, n_mismatched=mismatched, detections_agree=agree,
+        passed=agree and boxes_ok and score_diff <= score_atol,
+    )
+    if verbose:
+        (LOGGER.info if report.passed else LOGGER.error)(report.summary())
+        if report.n_det_torch == 0:
+            LOGGER.warning(f"parity: no detection above conf={conf} on these images, so only raw outputs were compared "
+                           f"(pass --parity-images with images of your classes, or a lower --conf).")
+    if raise_on_fail and not report.passed:
+        raise DetKDError(f"ONNX export {onnx_path} does not match the torch model: {report.summary()}. Do not deploy "
+                         f"it; try another --opset, drop --half, or report the model.")
+    return report
