@@ -1,0 +1,113 @@
+"""Run :func:`detkd.bench.speed.benchmark_model` over models x backends x precisions x batch sizes, with progress.
+
+Every setting is checked before the first measurement, so an impossible request (missing file, no CUDA, no
+onnxruntime, FP16 torch on CPU) fails at once with one clear message — or, with ``skip_unavailable=True`` (the
+``benchmarks/`` scripts), becomes a ``status: "skipped"`` row carrying the reason, so one table still comes out.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from detkd.bench.speed import PRECISIONS, model_profile, normalize_backend, plan_setting, resolve_device
+from detkd.errors import DetKDError
+
+
+def normalize_precisions(precisions) -> list[str]:
+    """['fp32'], ['fp16'] or both, from names such as 'fp16', 'half', '16', 'both'."""
+    out = []
+    for p in precisions:
+        key = str(p).strip().lower()
+        names = {"fp32": ["fp32"], "32": ["fp32"], "float": ["fp32"], "full": ["fp32"], "fp16": ["fp16"],
+                 "16": ["fp16"], "half": ["fp16"], "both": ["fp32", "fp16"]}.get(key)
+        if names is None:
+            raise DetKDError(f"precision '{p}' not understood: use fp32, fp16 or both.")
+        out += [n for n in names if n not in out]
+    return out or ["fp32"]
+
+
+def _skipped(label: str, backend: str, precision: str, batch: int, imgsz: int, reason: str, profile: dict | None = None) -> dict:
+    return {"model": label, **(profile or {}), "backend": backend, "provider": None, "device": None,
+            "precision": precision, "imgsz": imgsz, "batch": batch, "threads": None, "status": "skipped",
+            "reason": reason, "notes": []}
+
+
+def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", precisions=("fp32",),
+                   backends=("torch",), skip_unavailable: bool = False, fallback_max_batch: int | None = None,
+                   progress: bool = True, **bench_kwargs) -> list[dict]:
+    """Benchmark every (model, backend, precision, batch); return the rows in that order.
+
+    Args:
+        models: ``.pt`` / model YAML names (or (label, module) pairs).
+        batches, precisions ('fp32'/'fp16'/'both'), backends ('torch'/'onnxruntime'): the grid.
+        skip_unavailable: record impossible or failing settings (and CUDA out-of-memory) as skipped rows instead of
+            raising.
+        fallback_max_batch: with ``ort_cpu_fallback``, skip ORT-on-CPU rows of a GPU run above this batch (they
+            would take minutes).
+        bench_kwargs: passed to :func:`~detkd.bench.speed.benchmark_model` (warmup, iters, time_budget, ...).
+    """
+    from ultralytics.utils import LOGGER, TQDM
+
+    from detkd.bench.speed import benchmark_model
+    from detkd.export.student import load_student
+    from detkd.models.loading import resolve_model_path
+
+    backends = list(dict.fromkeys(normalize_backend(b) for b in backends))
+    precisions = normalize_precisions(precisions)
+    batches = [int(b) for b in batches]
+    if any(b < 1 for b in batches):
+        raise DetKDError(f"batch sizes must be >= 1, got {batches}.")
+    if int(imgsz) <= 0 or int(imgsz) % 32:
+        raise DetKDError(f"--imgsz {imgsz} must be a positive multiple of 32.")
+    dev = resolve_device(device)
+    named = [m if isinstance(m, tuple) else (Path(str(m)).name, resolve_model_path(m, "model")) for m in models]
+
+    plans = {}  # (backend, precision) -> (run device, notes) or the reason it cannot run
+    for backend, prec in itertools.product(backends, precisions):
+        try:
+            plans[(backend, prec)] = plan_setting(backend, dev, prec == "fp16", bench_kwargs.get("ort_cpu_fallback", False))
+        except DetKDError as e:
+            if not skip_unavailable:
+                raise
+            plans[(backend, prec)] = str(e)
+            LOGGER.warning(f"detkd bench: skipping {backend} {prec}: {e}")
+
+    grid = list(itertools.product(range(len(named)), backends, precisions, batches))
+    rows, loaded = [], {}
+    bar = TQDM(grid, desc="bench", disable=not progress)
+    for mi, backend, prec, batch in bar:
+        label, src = named[mi]
+        bar.set_description(f"bench {label} {backend} {prec} b{batch}")
+        if mi not in loaded:
+            loaded.clear()  # one model in memory at a time
+            net = src if isinstance(src, torch.nn.Module) else load_student(src, role="model")[0]
+            loaded[mi] = (net, model_profile(net, imgsz))
+        net, profile = loaded[mi]
+        plan = plans[(backend, prec)]
+        if isinstance(plan, str):
+            rows.append(_skipped(label, backend, prec, batch, imgsz, plan, profile))
+            continue
+        run_dev, _ = plan
+        if fallback_max_batch is not None and backend == "onnxruntime" and run_dev.type == "cpu" \
+                and dev.type == "cuda" and batch > fallback_max_batch:
+            rows.append(_skipped(label, backend, prec, batch, imgsz,
+                                 f"ORT CPU fallback limited to batch <= {fallback_max_batch}", profile))
+            continue
+        try:
+            rows.append(benchmark_model(net, imgsz=imgsz, batch=batch, device=device, half=prec == "fp16",
+                                        backend=backend, name=label, profile=profile, **bench_kwargs))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append(_skipped(label, backend, prec, batch, imgsz, "CUDA out of memory", profile))
+        except DetKDError as e:
+            if not skip_unavailable:
+                raise
+            rows.append(_skipped(label, backend, prec, batch, imgsz, str(e), profile))
+        r = rows[-1]
+        if r["status"] == "ok":
+            LOGGER.info(f"  {label:<16} {backend:<11} {prec} b{batch:<3} {r['latency_ms']['mean']:9.2f} ms "
+                        f"{r['throughput_img_s']:9.1f} img/s  ({r['provider']})")
+    return rows
