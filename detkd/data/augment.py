@@ -95,7 +95,8 @@ def _check(transforms: list, where: str) -> list:
             out += _check(list(t.transforms), where)
             continue
         if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
-            raise ConfigError(f"{where}: {t!r} is not an albumentations transform.")
+            raise ConfigError(f"{where}: {t!r} is not an albumentations transform (nor a mapping like "
+                              f"'{{Blur: {{p: 0.1}}}}').")
         if isinstance(t, A.Lambda):
             raise ConfigError(f"{where}: A.Lambda cannot be stored in checkpoints. Subclass A.ImageOnlyTransform "
                               f"or A.DualTransform in an importable module instead.")
@@ -138,7 +139,10 @@ def _load_callable(spec: str) -> list:
     fn = getattr(module, func, None)
     if not callable(fn):
         raise ConfigError(f"augmentations '{spec}': '{target}' has no function '{func}'.")
-    result = fn()
+    try:
+        result = fn()
+    except Exception as e:
+        raise ConfigError(f"augmentations '{spec}': calling {func}() failed ({type(e).__name__}: {e}).") from None
     return list(result.transforms) if hasattr(result, "transforms") and not isinstance(result, list) else result
 
 
