@@ -119,8 +119,10 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     model = net  # Exporter deep-copies before touching anything; pt_path only names the output
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    old_pt_path = getattr(model, "pt_path", None)
+    old_pt_path, old_args = getattr(model, "pt_path", None), getattr(model, "args", None)
     model.pt_path = str(out_dir / f"{stem}.pt")
+    if isinstance(old_args, dict) and "data" not in old_args:  # the exporter reads args["data"] for its metadata
+        model.args = {**old_args, "data": None}
     overrides = {"format": fmt, "imgsz": imgsz, "batch": batch, "quantize": 16 if half else None, "dynamic": dynamic,
                  "device": device, "simplify": simplify, "opset": opset, "mode": "export", "verbose": verbose,
                  "data": None}
@@ -132,6 +134,8 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
         raise DetKDError(f"Ultralytics export to '{fmt}' failed ({type(e).__name__}: {e}).") from e
     finally:
         model.pt_path = old_pt_path
+        if old_args is not None:
+            model.args = old_args
     if not path or not Path(path).exists():
         raise DetKDError(f"Ultralytics export to '{fmt}' produced no file (see the log above).")
     return Path(path)
