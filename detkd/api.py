@@ -78,6 +78,28 @@ def _result(trainer) -> RunResult:
     )
 
 
+def check_resumable(path) -> None:
+    """Refuse, with the reason, a resume path that is missing, not a detkd run, or already finished."""
+    import torch
+
+    from detkd.errors import ConfigError
+
+    p = Path(str(path))
+    if not p.is_file():
+        raise ConfigError(f"cannot resume: '{path}' not found (pass the run's weights/last.pt).")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"cannot resume: '{path}' is not a readable checkpoint ({type(e).__name__}).") from None
+    args = ckpt.get("train_args") or {}
+    if not args.get("kd"):
+        raise ConfigError(f"cannot resume: '{path}' was not written by detkd distill (no kd settings in it).")
+    epoch, epochs = ckpt.get("epoch", -1), int(args.get("epochs", 0))
+    if epoch < 0 or epoch + 1 >= epochs:
+        raise ConfigError(f"cannot resume: the run in '{p.parent.parent}' already finished ({epochs} epochs). "
+                          f"Start a new run, e.g. with --student {p.parent / 'best.pt'} to fine-tune further.")
+
+
 def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict | str | None = None,
             **train_args) -> RunResult:
     """Train ``student`` on ``data`` with distillation from ``teacher``.
@@ -94,6 +116,7 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
 
     overrides = _train_overrides(student, data, train_args)
     if overrides.get("resume"):
+        check_resumable(overrides["resume"])
         trainer = DistillationTrainer(overrides=overrides)  # kd settings come from the checkpoint
     else:
         cfg = KDConfig.coerce(kd) if kd is not None else KDConfig()

@@ -28,3 +28,31 @@ def raccoon() -> Path:
     if not (RACCOON / "annotations" / "instances_val.json").exists():
         pytest.skip(f"real dataset not found at {RACCOON}")
     return RACCOON
+
+
+@pytest.fixture(scope="session")
+def shapes_yaml(shapes_coco) -> str:
+    """The shapes dataset converted to an Ultralytics data.yaml (cached by detkd's COCO converter)."""
+    from detkd.data.coco import prepare_dataset
+
+    return str(prepare_dataset(shapes_coco, verbose=False))
+
+
+@pytest.fixture(scope="session")
+def teacher_pt(tmp_path_factory, shapes_yaml) -> str:
+    """A random-init YOLOv8s teacher checkpoint carrying the shapes dataset's class names."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import YAML
+
+    names = YAML.load(shapes_yaml)["names"]
+    torch.manual_seed(0)
+    net = DetectionModel("yolov8s.yaml", nc=len(names), verbose=False)
+    net.names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
+    return str(path)
+
+
+TINY_TRAIN = dict(imgsz=64, batch=8, epochs=2, device="cpu", workers=0, plots=False, seed=0, exist_ok=True,
+                  warmup_epochs=0)
