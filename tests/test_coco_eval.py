@@ -223,4 +223,9 @@ def test_validator_sets_fitness_from_coco_ap(shapes, tmp_path, monkeypatch):
     assert t.best_fitness == pytest.approx(0.4321)  # best.pt chosen on the COCO AP
     assert t.metrics["metrics/AP(COCO)"] == pytest.approx(0.4321)
     assert t.validator.class_map == list(NONCONTIG)
-    assert (tmp_path / "t" / "weights" / "best.pt").is_file()
+    best = tmp_path / "t" / "weights" / "best.pt"
+    monkeypatch.undo()
+    from detkd.eval.coco_eval import evaluate_coco  # a trained checkpoint evaluates like any model
+
+    check_eval_run(evaluate_coco(str(best), shapes, imgsz=64, conf=0.0001, out_dir=tmp_path / "e", verbose=False),
+                   shapes)
