@@ -106,6 +106,8 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
             if not skip_unavailable:
                 raise
             rows.append(_skipped(label, backend, prec, batch, imgsz, str(e), profile))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the setting's AutoBackend copies are gone; keep the next setting's memory clean
         r = rows[-1]
         if r["status"] == "ok":
             LOGGER.info(f"  {label:<16} {backend:<11} {prec} b{batch:<3} {r['latency_ms']['mean']:9.2f} ms "
