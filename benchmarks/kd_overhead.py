@@ -68,8 +68,11 @@ def teacher_forward_bench(teacher_cfg: str, nc: int, imgsz: int, batch: int, dev
                 return net(inp)
 
         out["amp"] = time_forward(amp_forward, x, warmup, iters, cuda)
-    teacher = FrozenTeacher(net, dev).optimize(half=True)
+    teacher = FrozenTeacher(net, dev).optimize(half=True, cuda_graphs=False)
     out["detkd"] = time_forward(teacher, x, warmup, iters, cuda)
+    if cuda:
+        teacher.use_graphs = True
+        out["detkd_graph"] = time_forward(teacher, x, warmup, iters, cuda)
     base = out["fp32"]["mean_ms"]
     for v in out.values():
         v["speedup_vs_fp32"] = base / v["mean_ms"]
@@ -116,8 +119,9 @@ def train_timed(kind: str, args, data_yaml: str, teacher_pt: str | None) -> dict
                      project=str(args.runs), name=kind, exist_ok=True, close_mosaic=0, amp=True)
     if kind == "plain":
         trainer = DetectionTrainer(overrides=overrides)
-    elif kind == "detkd":
-        trainer = DistillationTrainer(overrides=overrides, kd=KDConfig(teacher=args.teacher, validate_teacher=False))
+    elif kind.startswith("detkd"):
+        kd = KDConfig(teacher=args.teacher, validate_teacher=False, teacher_graphs=kind == "detkd")
+        trainer = DistillationTrainer(overrides=overrides, kd=kd)
     else:  # Ultralytics' built-in feature distillation
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher_pt})
     timer = EpochTimer().attach(trainer)
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
     result["teacher_forward"] = teacher_forward_bench(args.teacher, nc, args.imgsz, args.batch, args.device)
     if not args.skip_training:
         args.runs.mkdir(parents=True, exist_ok=True)
-        kinds = ["plain", "detkd"] + (["ultralytics_kd"] if args.with_ultralytics_kd else [])
+        kinds = ["plain", "detkd", "detkd_eager"] + (["ultralytics_kd"] if args.with_ultralytics_kd else [])
         teacher_pt = save_random_checkpoint(args.teacher, nc, names, args.runs / "teacher_random.pt")
         result["training"] = {}
         for i, kind in enumerate(kinds):
@@ -213,7 +217,8 @@ def render_markdown(r: dict) -> str:
              f"Teacher {s['teacher']}, student {s['student']}, {s['imgsz']} px, batch {s['batch']}.", "",
              "## Teacher forward (one batch)", "", "| variant | mean ms | p50 ms | p90 ms | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|"]
-    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused", "detkd": "detkd: fused + FP16 + channels_last"}
+    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused", "detkd": "detkd: fused + FP16 + channels_last",
+              "detkd_graph": "detkd: + CUDA graph (default)"}
     for k, v in r["teacher_forward"].items():
         lines.append(f"| {labels.get(k, k)} | {v['mean_ms']:.2f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | "
                      f"{v['speedup_vs_fp32']:.2f}x |")
@@ -221,7 +226,8 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"## Training epoch time ({s['data']}, {s['epochs']} epochs, median of epochs 2..N, "
                       "train loop only)", "", "| run | iters/epoch | median epoch s | ratio vs plain | wall s |",
                   "|---|---:|---:|---:|---:|"]
-        names = {"plain": "plain (no teacher)", "detkd": "detkd KD (cls+box+feat/cwd)",
+        names = {"plain": "plain (no teacher)", "detkd": "detkd KD (cls+box+feat/cwd), graphs + side stream",
+                 "detkd_eager": "detkd KD, teacher eager (no graphs/side stream)",
                  "ultralytics_kd": "Ultralytics built-in distill_model"}
         for k, v in r["training"].items():
             lines.append(f"| {names.get(k, k)} | {v['iters_per_epoch']} | {v['median_epoch_s']:.2f} | "

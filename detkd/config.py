@@ -41,6 +41,7 @@ class KDConfig:
         min_teacher_map: refuse to start when the teacher's val mAP50-95 is below this (None: never refuse).
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in FP16 on CUDA (fused, channels_last). False keeps FP32.
+        teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
     """
 
     teacher: str | None = None
@@ -61,6 +62,7 @@ class KDConfig:
     min_teacher_map: float | None = None
     validate_teacher: bool = True
     teacher_half: bool = True
+    teacher_graphs: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

@@ -19,6 +19,7 @@ KD_FLAGS = {
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
+    "teacher_graphs": "teacher_graphs",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
 TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
     k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
     k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")
+    k.add_argument("--teacher-graphs", type=_bool, metavar="BOOL",
+                   help="CUDA graphs + side stream for the teacher on CUDA [true]")
 
     t = p.add_argument_group("training (Ultralytics arguments)")
     t.add_argument("--epochs", type=int)

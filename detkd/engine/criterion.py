@@ -40,6 +40,9 @@ class DistillationLoss:
         f = schedule_factor(self.kd.schedule, self.progress, self.kd.schedule_final)
         return {"cls_kd": self.kd.cls_kd * f, "box_kd": self.kd.box_kd * f, "feat_kd": self.kd.feat_kd * f}
 
+    def needs_teacher(self) -> bool:
+        return any(v > 0 for v in self.term_weights().values())
+
     # ------------------------------------------------------------------------------------------ forward
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raw = self.det.parse_output(preds)
@@ -56,7 +59,7 @@ class DistillationLoss:
         w = self.term_weights()
         zero = student.scores.new_zeros(()).float()
         terms = dict.fromkeys(KD_LOSS_NAMES, zero)
-        if not any(v > 0 for v in w.values()):
+        if not self.needs_teacher():
             return terms
         teacher = self.teacher(batch["img"])
         if teacher.scores.shape != student.scores.shape:

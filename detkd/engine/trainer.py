@@ -139,7 +139,7 @@ class DistillationTrainer(DetectionTrainer):
                 self.adapters, device_ids=[self.device.index], find_unused_parameters=True)
         if self.kd.validate_teacher and RANK in {-1, 0}:
             self._know_your_teacher()
-        self.teacher.optimize(half=self.kd.teacher_half)
+        self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
@@ -175,6 +175,14 @@ class DistillationTrainer(DetectionTrainer):
         model.float().eval()
         return {"mAP50-95": float(metrics.get("metrics/mAP50-95(B)", 0.0)),
                 "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Ultralytics' preprocessing, then start the teacher on the batch (CUDA: side stream, overlaps the student)."""
+        batch = super().preprocess_batch(batch)
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if isinstance(criterion, DistillationLoss) and criterion.needs_teacher() and self.model.training:
+            self.teacher.prefetch(batch["img"])
+        return batch
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_model(self):

@@ -5,8 +5,8 @@
 * every parameter has ``requires_grad=False``, the module is in ``eval()`` (BatchNorm uses running stats);
 * forward runs under ``torch.no_grad()`` (not ``inference_mode``: its outputs are targets inside the student's
   autograd graph, which inference tensors cannot be);
-* on CUDA it is optimised for inference: Conv+BN fused, FP16 weights, channels_last memory format
-  (see ``benchmarks/kd_overhead.py`` for the measured speed-up).
+* it is optimised for inference: Conv+BN fused; on CUDA also FP16 weights, channels_last memory format, CUDA
+  graphs and a side stream that overlaps it with the student (see ``benchmarks/kd_overhead.py`` for numbers).
 
 It returns what distillation needs, in FP32: DFL logits (B, A, 4·R), class logits (B, A, C) and the neck
 features (the Detect head's inputs, P3/P4/P5).
@@ -51,7 +51,15 @@ def feature_channels(model) -> list[int]:
 
 
 class FrozenTeacher:
-    """A frozen, inference-optimised teacher (not an ``nn.Module``: it is never part of the trained model)."""
+    """A frozen, inference-optimised teacher (not an ``nn.Module``: it is never part of the trained model).
+
+    On CUDA two more things hide most of its cost inside the student's step:
+
+    * **CUDA graphs** — the whole forward is captured once per input shape and replayed with one launch
+      (at most ``max_graphs`` shapes; others, e.g. multi-scale training, run eagerly);
+    * **a side stream** — :meth:`prefetch` starts the teacher on its own CUDA stream right after the batch is on
+      the GPU, so it runs concurrently with the student's forward; :meth:`__call__` then only waits for it.
+    """
 
     def __init__(self, model, device: torch.device):
         self.model = model.to(device).float().eval()
@@ -60,9 +68,14 @@ class FrozenTeacher:
         self.device = device
         self.half = False
         self.channels_last = False
+        self.use_graphs = False
+        self.max_graphs = 4
+        self._graphs: dict[tuple, tuple] = {}
+        self._stream = None
+        self._pending = None  # (img, HeadOutputs) launched by prefetch()
 
-    def optimize(self, half: bool = True) -> "FrozenTeacher":
-        """Fuse Conv+BN; on CUDA also FP16 (if ``half``) and channels_last."""
+    def optimize(self, half: bool = True, cuda_graphs: bool = True) -> "FrozenTeacher":
+        """Fuse Conv+BN; on CUDA also FP16 (if ``half``), channels_last, CUDA graphs and a side stream."""
         if hasattr(self.model, "fuse") and not self.model.is_fused():
             self.model = self.model.fuse(verbose=False)
         if self.device.type == "cuda":
@@ -71,20 +84,77 @@ class FrozenTeacher:
             if half:
                 self.half = True
                 self.model = self.model.half()
+            self.use_graphs = cuda_graphs
+            self._stream = torch.cuda.Stream(self.device)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         return self
 
+    # ------------------------------------------------------------------------------------------ forward
+    def _prepare(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.half() if self.half else img.float()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _raw_forward(self, x: torch.Tensor) -> HeadOutputs:
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return split_head_outputs(self.model(x))
+
+    def _graphed_forward(self, x: torch.Tensor) -> HeadOutputs:
+        """Replay (capturing on first use) the CUDA graph for this input shape; outputs are static buffers."""
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            if len(self._graphs) >= self.max_graphs:
+                return self._raw_forward(x)
+            static_in = x.clone()
+            for _ in range(2):  # warm-up: cudnn algorithm choice, anchors of this shape
+                self._raw_forward(static_in)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    static_out = self._raw_forward(static_in)
+            except RuntimeError as e:  # pragma: no cover - depends on driver/ops
+                from ultralytics.utils import LOGGER
+
+                LOGGER.warning(f"detkd: teacher CUDA graph capture failed ({e}); running it eagerly.")
+                self.use_graphs = False
+                return self._raw_forward(x)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    def _forward(self, img: torch.Tensor) -> HeadOutputs:
+        """FP32 outputs in fresh tensors (graph buffers are overwritten by the next replay)."""
+        x = self._prepare(img)
+        out = self._graphed_forward(x) if self.use_graphs else self._raw_forward(x)
+        own = (lambda t: t.float()) if self.half else (lambda t: t.float().clone() if self.use_graphs else t.float())
+        return HeadOutputs(own(out.boxes), own(out.scores), [own(f) for f in out.feats])
+
+    @torch.no_grad()
+    def prefetch(self, img: torch.Tensor) -> None:
+        """Start the teacher on ``img`` on a side CUDA stream (no-op on CPU); ``__call__(img)`` collects it."""
+        if self._stream is None:
+            return
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))  # img is ready
+        with torch.cuda.stream(self._stream):
+            out = self._forward(img)
+        self._pending = (img, out)
+
     @torch.no_grad()
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
-        """img (B, 3, H, W) float in [0, 1] → FP32 :class:`HeadOutputs`."""
-        x = img.half() if self.half else img.float()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            out = split_head_outputs(self.model(x))
-        return HeadOutputs(out.boxes.float(), out.scores.float(), [f.float() for f in out.feats])
+        """img (B, 3, H, W) float in [0, 1] → FP32 :class:`HeadOutputs` (prefetched ones if launched for img)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is img:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._stream)
+            out = pending[1]
+            for t in (out.boxes, out.scores, *out.feats):
+                t.record_stream(current)  # allocated on the side stream, used on this one
+            return out
+        return self._forward(img)
 
     # ---------------------------------------------------------------------------------------------- facts
     @property
