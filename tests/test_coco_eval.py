@@ -157,6 +157,9 @@ def test_evaluate_coco_random_model_matches_pycocotools(shapes, tmp_path):
     assert set(m["per_class"]) == {"circle", "square", "triangle", "cross"}
     dets = check_eval_run(m, shapes)
     assert {d["image_id"] for d in dets} <= set(range(100000, 100006))
+    none = evaluate_coco("yolov8n.yaml", shapes, imgsz=64, conf=0.999, out_dir=tmp_path / "none", verbose=False)
+    assert none["n_detections"] == 0 and none["AP"] == 0.0 and none["AR100"] == 0.0  # nothing found: a score, no crash
+    assert json.loads((tmp_path / "none" / "predictions.json").read_text()) == []
 
 
 def test_evaluate_coco_yolo_object_and_mismatched_classes(shapes, tmp_path, random_model):
@@ -183,7 +186,7 @@ def test_cli_eval_prints_table(shapes, tmp_path, capsys):
                "--out", str(tmp_path / "cli")])
     out = capsys.readouterr().out
     assert rc == 0 and "AP50" in out and "triangle" in out and "per 1000 images" in out
-    assert (tmp_path / "cli" / "metrics.json").is_file() and (tmp_path / "cli" / "detections_val.json").is_file()
+    assert (tmp_path / "cli" / "metrics.json").is_file() and (tmp_path / "cli" / "predictions.json").is_file()
     assert main(["eval", "--model", "yolov8n.yaml", "--data", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -3,7 +3,7 @@
     detkd eval --model runs/detect/train/weights/best.pt --data path/to/coco_dataset
     detkd eval --model teacher.pt --data coco.yaml --split val --imgsz 640 --conf 0.001 --iou 0.7 --out runs/eval/t
 
-Writes ``metrics.json`` and ``detections_<split>.json`` (COCO results with the dataset's own image and category
+Writes ``metrics.json`` and ``predictions.json`` (COCO results with the dataset's own image and category
 ids) to ``--out`` (default ``runs/detkd/eval/exp*``) and prints the overall and per-class table.
 """
 

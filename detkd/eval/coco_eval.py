@@ -4,8 +4,8 @@ Inference is Ultralytics' validation loop (letterboxed rectangular batches, NMS)
 :class:`~detkd.eval.validator.COCOEvalDetectionValidator`, so the numbers are those the distillation trainer
 selects ``best.pt`` on. Detections are written as a COCO results JSON with the ORIGINAL image and category ids::
 
-    out_dir/detections_<split>.json   [{"image_id", "category_id", "bbox": [x, y, w, h] px, "score", "file_name"}]
-    out_dir/metrics.json              see evaluate_coco()
+    out_dir/predictions.json   [{"image_id", "category_id", "bbox": [x, y, w, h] px, "score", "file_name"}]
+    out_dir/metrics.json       see evaluate_coco()
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     m = dict(validator.coco_metrics)
     seconds = time.perf_counter() - t0
 
-    dets_file = out_dir / f"detections_{split}.json"
-    dets_file.write_text(json.dumps(validator.jdict))
-    (out_dir / "predictions.json").unlink(missing_ok=True)  # Ultralytics' copy of the same list
+    dets_file = out_dir / "predictions.json"  # written by Ultralytics' validator when anything was detected
+    if not dets_file.is_file():
+        dets_file.write_text(json.dumps(validator.jdict))
     m.update({
         "n_images": m["n_images"], "seconds": round(seconds, 3),
         "seconds_per_1000_images": round(1000 * t_run / max(m["n_images"], 1), 1),
