@@ -62,6 +62,7 @@ def test_bad_yaml_is_a_clear_error(tmp_path, content, message):
         load_augmentations(f)
 
 
+@pytest.mark.filterwarnings("ignore:Using lambda")
 def test_bad_specs(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_augmentations(tmp_path / "missing.yaml")
