@@ -79,38 +79,9 @@ def teacher_forward_bench(teacher_cfg: str, nc: int, imgsz: int, batch: int, dev
     return out
 
 
-class EpochTimer:
-    """Callbacks recording the train-loop time of each epoch (validation excluded)."""
-
-    def __init__(self):
-        self.t0, self.times = None, []
-
-    def start(self, trainer):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.t0 = time.perf_counter()
-
-    def end(self, trainer):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self.t0)
-
-    def attach(self, trainer):
-        trainer.add_callback("on_train_epoch_start", self.start)
-        trainer.add_callback("on_train_epoch_end", self.end)
-        return self
-
-    def median(self) -> float:
-        steady = self.times[1:] if len(self.times) > 1 else self.times
-        return statistics.median(steady)
-
-
 def train_timed(kind: str, args, data_yaml: str, teacher_pt: str | None) -> dict:
     from detkd.config import KDConfig
+    from detkd.engine.callbacks import EpochTimer
     from detkd.engine.trainer import DistillationTrainer
     from ultralytics.models.yolo.detect import DetectionTrainer
 

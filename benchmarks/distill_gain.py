@@ -1,0 +1,211 @@
+"""Does distillation help? The protocol: teacher, baseline student, Ultralytics' built-in KD, detkd, ablations.
+
+    python benchmarks/distill_gain.py --data ../shared/datasets/raccoon --teacher-cfg yolov8s.yaml \\
+        --teacher-epochs 150 --student yolov8n.yaml --epochs 100 --imgsz 640 --batch 16 --seeds 0 1 --device 0
+
+Every student run uses identical data, epochs, image size, batch, augmentation and seed (per seed); only the
+teacher signal differs. Rows:
+
+* ``teacher``               — trained here from ``--teacher-cfg`` (or ``--teacher`` given), validated;
+* ``baseline``              — the student alone (Ultralytics DetectionTrainer), every seed;
+* ``ultralytics_kd``        — Ultralytics 8.4 built-in ``distill_model=`` (score-weighted feature L2), seed 0;
+* ``detkd``                 — detkd's default recipe, every seed;
+* ablations (``--ablations``, seed 0): cls-only, box-only, feat-only (cwd), feat mse, feat mgd.
+
+Metric: Ultralytics' val mAP50-95 / mAP50 of each run's best.pt on the val split. Also wall time per run and the
+median train-epoch time relative to the baseline. Results: ``<out-dir>/distill_gain_<tag>.json`` and ``.md``.
+
+Runs are recorded in ``<state-dir>/state.json`` as they finish; a re-run skips what is already there (so long
+protocols can be split across several invocations, e.g. GPU calls with a time limit: ``--only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ABLATIONS = {
+    "cls_only": {"box_kd": 0.0, "feat_kd": 0.0},
+    "box_only": {"cls_kd": 0.0, "feat_kd": 0.0},
+    "feat_only_cwd": {"cls_kd": 0.0, "box_kd": 0.0, "feat_method": "cwd"},
+    "feat_only_mse": {"cls_kd": 0.0, "box_kd": 0.0, "feat_method": "mse"},
+    "feat_only_mgd": {"cls_kd": 0.0, "box_kd": 0.0, "feat_method": "mgd"},
+}
+LABELS = {
+    "teacher": "teacher", "baseline": "baseline (student alone)", "ultralytics_kd": "Ultralytics built-in distill_model",
+    "detkd": "detkd default recipe", "cls_only": "ablation: cls KD only", "box_only": "ablation: box (LD) KD only",
+    "feat_only_cwd": "ablation: feature KD only (cwd)", "feat_only_mse": "ablation: feature KD only (mse)",
+    "feat_only_mgd": "ablation: feature KD only (mgd)",
+}
+
+
+def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, name: str) -> dict:
+    """Train one run and return its summary (metrics, times)."""
+    from detkd.config import KDConfig
+    from detkd.engine.callbacks import EpochTimer
+    from detkd.engine.trainer import DistillationTrainer
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    model = args.teacher_cfg if kind == "teacher" else args.student
+    epochs = args.teacher_epochs if kind == "teacher" else args.epochs
+    overrides = dict(model=model, data=data_yaml, epochs=epochs, imgsz=args.imgsz, batch=args.batch,
+                     device=args.device, workers=args.workers, seed=seed, plots=False, project=str(args.runs),
+                     name=name, exist_ok=True, **args.train_args)
+    if kind in {"teacher", "baseline"}:
+        trainer = DetectionTrainer(overrides=overrides)
+    elif kind == "ultralytics_kd":
+        trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher})
+    else:
+        kd = KDConfig(teacher=teacher, validate_teacher=False, **ABLATIONS.get(kind, {}), **args.kd)
+        trainer = DistillationTrainer(overrides=overrides, kd=kd)
+    timer = EpochTimer().attach(trainer)
+    t0 = time.perf_counter()
+    trainer.train()
+    m = trainer.metrics or {}
+    return {
+        "kind": kind, "seed": seed, "epochs": epochs, "wall_s": time.perf_counter() - t0,
+        "median_epoch_s": timer.median(), "best": str(trainer.best),
+        "mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
+    }
+
+
+def plan(args) -> list[tuple[str, int]]:
+    runs = [("teacher", 0)] if not args.teacher else []
+    runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
+    if args.ultralytics_kd:
+        runs.append(("ultralytics_kd", args.seeds[0]))
+    if args.ablations:
+        runs += [(k, args.seeds[0]) for k in ABLATIONS]
+    if args.only:
+        runs = [r for r in runs if r[0] in args.only]
+    return runs
+
+
+def aggregate(state: dict) -> dict:
+    """Per kind: mean and spread (half the min-max range, and sample std) over seeds."""
+    rows = {}
+    plain = [r["median_epoch_s"] for r in state["runs"].values() if r["kind"] == "baseline"]
+    plain_epoch = statistics.median(plain) if plain else None
+    for r in state["runs"].values():
+        rows.setdefault(r["kind"], []).append(r)
+    out = {}
+    for kind, rs in rows.items():
+        maps = [r["mAP50-95"] for r in rs]
+        out[kind] = {
+            "n": len(rs), "seeds": sorted(r["seed"] for r in rs),
+            "mAP50-95": statistics.mean(maps), "mAP50-95_runs": maps,
+            "spread": (max(maps) - min(maps)) / 2 if len(maps) > 1 else None,
+            "std": statistics.stdev(maps) if len(maps) > 1 else None,
+            "mAP50": statistics.mean(r["mAP50"] for r in rs),
+            "wall_s": statistics.mean(r["wall_s"] for r in rs),
+            "epoch_ratio": (statistics.mean(r["median_epoch_s"] for r in rs) / plain_epoch)
+            if plain_epoch and kind != "teacher" else None,
+        }
+    return out
+
+
+def render(result: dict) -> str:
+    s, m, agg = result["settings"], result["machine"], result["summary"]
+    base = agg.get("baseline", {}).get("mAP50-95")
+    lines = [f"# Distillation gain — {s['tag']}", "",
+             f"Machine: {m['gpus'][0]['name'] if m['gpus'] else m['cpu']['name']}; torch {m['versions']['torch']}, "
+             f"ultralytics {m['versions']['ultralytics']}. "
+             f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
+             f"{s['teacher'] or s['teacher_cfg'] + ' x ' + str(s['teacher_epochs']) + ' epochs'}. "
+             f"Data: {s['data']}.", "",
+             "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    order = ["teacher", "baseline", "ultralytics_kd", "detkd", *ABLATIONS]
+    for kind in [k for k in order if k in agg]:
+        a = agg[kind]
+        spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
+        delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind != "baseline" else ""
+        ratio = f"{a['epoch_ratio']:.2f}x" if a["epoch_ratio"] else ""
+        lines.append(f"| {LABELS.get(kind, kind)} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
+                     f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
+    if result.get("verdict"):
+        lines += ["", f"**Teacher verdict:** {result['verdict']}"]
+    return "\n".join(lines) + "\n"
+
+
+def teacher_verdict(agg: dict) -> str | None:
+    t, b = agg.get("teacher"), agg.get("baseline")
+    if not t or not b:
+        return None
+    if t["mAP50-95"] <= b["mAP50-95"]:
+        return (f"the teacher ({t['mAP50-95']:.3f}) is weaker than the student trained alone ({b['mAP50-95']:.3f}): "
+                f"distilling from it will not help — train it longer or pick another.")
+    return f"the teacher ({t['mAP50-95']:.3f}) is above the baseline student ({b['mAP50-95']:.3f}): worth distilling."
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "raccoon"))
+    p.add_argument("--tag", help="results name (default: the dataset folder name)")
+    p.add_argument("--teacher", help="existing teacher .pt (skips teacher training)")
+    p.add_argument("--teacher-cfg", default="yolov8s.yaml")
+    p.add_argument("--teacher-epochs", type=int, default=150)
+    p.add_argument("--student", default="yolov8n.yaml")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--device", default="0")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--ultralytics-kd", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--only", nargs="+", help="run only these kinds now (teacher baseline detkd ultralytics_kd ...)")
+    p.add_argument("--kd", default="{}", help="JSON of KDConfig overrides for all detkd runs")
+    p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")
+    p.add_argument("--runs", type=Path, default=Path("runs/distill_gain"))
+    p.add_argument("--state-dir", type=Path, help="where state.json lives (default: --runs)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    args.kd, args.train_args = json.loads(args.kd), json.loads(args.train_args)
+
+    from detkd.bench.machine import machine_info
+    from detkd.api import resolve_data
+
+    data_yaml = resolve_data(args.data)
+    tag = args.tag or Path(str(args.data).rstrip("/")).name
+    state_dir = args.state_dir or args.runs
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_file = state_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
+    teacher = args.teacher or state.get("teacher")
+
+    todo = plan(args)
+    for i, (kind, seed) in enumerate(todo):
+        key = f"{kind}_s{seed}"
+        if key in state["runs"]:
+            print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
+            continue
+        if kind not in {"teacher", "baseline"} and not teacher:
+            raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
+        print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
+        state["runs"][key] = train_run(kind, args, data_yaml, seed, teacher, key)
+        if kind == "teacher":
+            teacher = state["teacher"] = state["runs"][key]["best"]
+        state_file.write_text(json.dumps(state, indent=2))
+
+    summary = aggregate(state)
+    result = {"machine": machine_info(args.device), "settings": {**{k: str(v) for k, v in vars(args).items()}, "tag": tag},
+              "summary": summary, "runs": state["runs"], "verdict": teacher_verdict(summary)}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"distill_gain_{tag}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(render(result))
+    print(render(result))
+    print(f"written: {stem}.json, {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
