@@ -83,8 +83,8 @@ def plan(args) -> list[tuple[str, int]]:
         runs.append(("ultralytics_kd", args.seeds[0]))
     if args.ablations:
         runs += [(k, args.seeds[0]) for k in ABLATIONS]
-    if args.only:
-        runs = [r for r in runs if r[0] in args.only]
+    if args.only:  # kinds ("baseline") or single runs ("baseline_s1")
+        runs = [r for r in runs if r[0] in args.only or f"{r[0]}_s{r[1]}" in args.only]
     return runs
 
 
