@@ -135,12 +135,9 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
 
 
 def train_baseline(student="yolov8n.yaml", data=None, **train_args) -> RunResult:
-    """Train ``student`` without a teacher (Ultralytics' DetectionTrainer, identical settings otherwise)."""
-    from detkd import offline
+    """Train ``student`` without a teacher (Ultralytics' DetectionTrainer; ``coco_eval=True`` supported)."""
+    from detkd.engine.baseline import StudentTrainer
 
-    offline.install()
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    trainer = DetectionTrainer(overrides=_train_overrides(student, data, train_args))
+    trainer = StudentTrainer(overrides=_train_overrides(student, data, train_args))
     trainer.train()
     return _result(trainer)

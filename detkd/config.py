@@ -156,15 +156,20 @@ class KDConfig:
         return "\n".join(rows)
 
 
-def register_kd_argument() -> None:
-    """Declare detkd's one extra training argument, ``kd``, in Ultralytics' config schema (idempotent).
+DETKD_TRAIN_ARGS = {"kd": None, "coco_eval": False}
 
-    Ultralytics validates every argument against its default config; with ``kd`` declared (default None), the KD
-    settings ride along in the trainer's args through validators, ``args.yaml``, checkpoints (resume) and the
-    script Ultralytics generates for DDP workers — no side channel needed.
+
+def register_detkd_arguments() -> None:
+    """Declare detkd's extra training arguments in Ultralytics' config schema (idempotent).
+
+    ``kd`` (the KD settings as a dict) and ``coco_eval`` (select best.pt on pycocotools AP). Ultralytics validates
+    every argument against its default config; declared there (with defaults that change nothing), they ride along
+    in the trainer's args through validators, ``args.yaml``, checkpoints (resume) and the script Ultralytics
+    generates for DDP workers — no side channel needed.
     """
     from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 
-    DEFAULT_CFG_DICT.setdefault("kd", None)
-    if not hasattr(DEFAULT_CFG, "kd"):
-        DEFAULT_CFG.kd = None
+    for key, default in DETKD_TRAIN_ARGS.items():
+        DEFAULT_CFG_DICT.setdefault(key, default)
+        if not hasattr(DEFAULT_CFG, key):
+            setattr(DEFAULT_CFG, key, default)

@@ -136,3 +136,12 @@ def test_cli_errors_are_one_clear_message(capsys, shapes_yaml):
     assert "teacher weights 'missing_teacher.pt' not found" in capsys.readouterr().err
     assert main(["distill", "--teacher", "yolov8s.yaml", "--data", shapes_yaml, "--cls-temp", "0"]) == 2
     assert "cls_temperature=0.0 must be > 0" in capsys.readouterr().err
+
+
+def test_coco_eval_selects_on_official_ap(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.api import distill
+
+    run = distill(teacher=teacher_pt, student="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="coco",
+                  coco_eval=True, **{**TINY_TRAIN, "epochs": 1})
+    header = open(run.results_csv).readline()
+    assert "metrics/AP(COCO)" in header and "train/cls_kd" in header

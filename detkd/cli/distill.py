@@ -84,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--val", type=_bool, metavar="BOOL")
     t.add_argument("--fraction", type=float)
     t.add_argument("--cache", help="ram / disk / false")
+    t.add_argument("--coco-eval", action="store_true",
+                   help="validate with pycocotools on the dataset's own COCO JSON; best.pt chosen on official AP")
+    t.add_argument("--augmentations", metavar="SPEC",
+                   help="extra albumentations: YAML list (see tools/example_augmentations.yaml) or module.py:function")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other Ultralytics training argument, e.g. --set mosaic=0.5 (repeatable)")
 
@@ -124,6 +128,12 @@ def build_settings(args) -> tuple[object, dict]:
     if isinstance(train.get("batch"), float) and train["batch"].is_integer():
         train["batch"] = int(train["batch"])
     train.update(parse_set(args.set))
+    if args.coco_eval:
+        train["coco_eval"] = True
+    if args.augmentations:
+        from detkd.data.augment import load_augmentations
+
+        train["augmentations"] = load_augmentations(args.augmentations)
     if args.resume:
         return None, {**train, "resume": args.resume}
     if not kd.teacher:

@@ -1,4 +1,4 @@
-"""``DistillationTrainer``: Ultralytics' ``DetectionTrainer`` plus a frozen teacher.
+"""``DistillationTrainer``: Ultralytics' ``DetectionTrainer`` (via :class:`StudentTrainer`) plus a frozen teacher.
 
 What it changes, each at the narrowest point of the parent class:
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from detkd import offline
-from detkd.config import KDConfig, register_kd_argument
+from detkd.config import KDConfig, register_detkd_arguments
+from detkd.engine.baseline import StudentTrainer
 from detkd.engine.criterion import DistillationLoss
 from detkd.errors import ConfigError
 from detkd.models.adapters import FeatureAdapters
@@ -34,9 +35,9 @@ from detkd.models.loading import YAML_SUFFIXES, load_detection_model
 from detkd.models.teacher import FrozenTeacher, feature_channels
 
 offline.install()
-register_kd_argument()
+register_detkd_arguments()
 
-from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
@@ -44,7 +45,7 @@ ADAPTERS_FILE = "kd_adapters.pt"
 PREFIX = colorstr("detkd: ")
 
 
-class DistillationTrainer(DetectionTrainer):
+class DistillationTrainer(StudentTrainer):
     """Train a YOLO student with knowledge distillation from a frozen teacher.
 
     Examples:
