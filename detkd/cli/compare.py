@@ -1,0 +1,123 @@
+"""``detkd compare``: teacher, baseline student and distilled student(s) on identical settings, one report.
+
+    detkd compare --teacher teacher.pt --student yolov8n.yaml --data path/to/coco_dataset --epochs 100 --imgsz 640 \\
+                  --batch 16 --device 0 --with-ultralytics-kd \\
+                  --kd detkd --kd mgd:feat_method=mgd,feat_kd=2 --kd mine:my_kd.yaml,cls_kd=0.5
+
+Writes ``<project>/<name>/report.md`` (table: params, GFLOPs, AP, AP50, APs/m/l, latency p50, FPS, ΔAP vs baseline,
+teacher verdict), ``map_vs_fps.png`` and ``training_curves.png``. Re-running reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Compare teacher, baseline student and distilled student(s) trained on identical settings: COCO AP, speed, "
+        "report.md and plots.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and data")
+    g.add_argument("--teacher", help="teacher checkpoint .pt (evaluated and distilled from, never trained here)")
+    g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
+    g.add_argument("--data", help="COCO dataset (folder or detkd COCO YAML: official COCO AP) or Ultralytics data.yaml")
+    g.add_argument("--kd", action="append", default=[], metavar="NAME[:SPEC]",
+                   help="a KD configuration to train, repeatable. SPEC: comma-separated key=value KDConfig settings "
+                        "and/or one YAML file with a 'kd:' mapping, e.g. 'mgd:feat_method=mgd,feat_kd=2' or "
+                        "'mine:kd.yaml,cls_kd=0.5'. Default: one configuration 'detkd' = detkd's defaults")
+    g.add_argument("--with-ultralytics-kd", action="store_true",
+                   help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
+
+    t = p.add_argument_group("training (identical for every student run)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--imgsz", type=int, default=640)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="training device: cpu, 0, 0,1 [Ultralytics' choice]")
+    t.add_argument("--workers", type=int, default=None, help="dataloader workers [Ultralytics' default]")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other Ultralytics training argument for all runs, e.g. --set lr0=0.005 (repeatable)")
+    t.add_argument("--project", default="runs/compare", help="output root")
+    t.add_argument("--name", default=None, help="experiment folder under --project [<dataset>_<student>]")
+
+    e = p.add_argument_group("evaluation and speed")
+    e.add_argument("--split", default="val", help="split to evaluate")
+    e.add_argument("--conf", type=float, default=0.001, help="evaluation confidence threshold")
+    e.add_argument("--iou", type=float, default=0.7, help="evaluation NMS IoU threshold")
+    e.add_argument("--eval-batch", type=int, default=16, help="evaluation batch size")
+    e.add_argument("--eval-device", default=None, help="evaluation device [--device, else cpu]")
+    e.add_argument("--bench-device", default="cpu", help="device for the speed columns (batch 1)")
+    e.add_argument("--bench-imgsz", type=int, default=None, help="speed/GFLOPs input size [--imgsz]")
+    e.add_argument("--bench-warmup", type=int, default=5, help="warm-up calls per model")
+    e.add_argument("--bench-iters", type=int, default=50, help="timed calls per model (fewer past the time budget)")
+    e.add_argument("--bench-time", type=float, default=5.0, help="seconds of timed calls per model")
+
+
+def parse_kd(items: list[str]) -> dict:
+    """``--kd`` values -> ``{name: KDConfig fields}`` (validated); no ``--kd`` -> ``{'detkd': {}}``."""
+    import yaml
+
+    from detkd.config import KDConfig
+    from detkd.errors import ConfigError
+
+    if not items:
+        return {"detkd": {}}
+    out: dict = {}
+    for item in items:
+        name, _, spec = item.partition(":")
+        name = name.strip()
+        if not name or "=" in name:
+            raise ConfigError(f"--kd '{item}': expected NAME or NAME:key=value,key=value (or NAME:file.yaml), "
+                              f"e.g. --kd mgd:feat_method=mgd,feat_kd=2.")
+        if name in out:
+            raise ConfigError(f"--kd: configuration name '{name}' given twice.")
+        cfg: dict = {}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if "=" in part:
+                key, value = (x.strip() for x in part.split("=", 1))
+                if key not in KDConfig.keys():
+                    raise ConfigError(f"--kd {name}: unknown setting '{key}'. Known: "
+                                      f"{', '.join(sorted(KDConfig.keys() - {'teacher'}))}.")
+                cfg[key] = yaml.safe_load(value)
+            elif part.lower().endswith((".yaml", ".yml")):
+                base = {k: v for k, v in KDConfig.from_yaml(part).to_dict().items() if k != "teacher"}
+                cfg = {**base, **cfg}
+            else:
+                raise ConfigError(f"--kd {name}: '{part}' is neither key=value nor a .yaml file.")
+        KDConfig.from_dict(cfg)  # validate now: bad values fail before any training
+        out[name] = cfg
+    return out
+
+
+def build_settings(args):
+    from detkd.cli.distill import parse_set
+    from detkd.compare.experiment import CompareSettings
+    from detkd.errors import ConfigError
+
+    if not args.teacher:
+        raise ConfigError("--teacher is required: the teacher checkpoint (.pt) to distil from.")
+    if not args.data:
+        raise ConfigError("--data is required: a COCO dataset folder or an Ultralytics data.yaml.")
+    return CompareSettings(
+        teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd),
+        with_ultralytics_kd=args.with_ultralytics_kd, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        seed=args.seed, device=args.device, workers=args.workers, train_args=parse_set(args.set),
+        project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
+        eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,
+        bench_imgsz=args.bench_imgsz, bench_warmup=args.bench_warmup, bench_iters=args.bench_iters,
+        bench_time_budget=args.bench_time,
+    ).validate()
+
+
+def run(args) -> int:
+    import time
+
+    from detkd.compare.experiment import run_compare
+
+    settings = build_settings(args)
+    t0 = time.time()
+    result = run_compare(settings)
+    print(f"detkd compare finished in {(time.time() - t0) / 60:.1f} min")
+    if result.verdict:
+        print(f"Teacher verdict: {result.verdict}")
+    return 0

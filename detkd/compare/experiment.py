@@ -1,0 +1,411 @@
+"""Plan, run and reuse the runs of one comparison: teacher, baseline student, distilled student(s), Ultralytics KD.
+
+Every student run gets identical settings (student, data, epochs, imgsz, batch, seed, extra Ultralytics arguments);
+only the teacher signal differs. Layout under ``<project>/<name>/``::
+
+    train/<key>/                 Ultralytics run folder (weights/best.pt, results.csv, args.yaml)
+    train/<key>/compare_run.json finished marker: the settings fingerprint, weights, wall and epoch time
+    eval/<key>/                  metrics.json (+ predictions.json) and compare_eval.json (fingerprint)
+    bench/<key>.json             speed row and its fingerprint
+    report.md, report.json, map_vs_fps.png, training_curves.png
+
+A training run is reused when its marker holds the same fingerprint (settings, and the SHA-256 of the student,
+teacher and data.yaml files). Evaluations and benchmarks are reused the same way, keyed on the weights' hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from detkd.errors import ConfigError, DetKDError
+
+MARKER = "compare_run.json"
+EVAL_MARKER = "compare_eval.json"
+# Ultralytics arguments compare sets itself (identical for every run) and a user may not override per run.
+OWNED_TRAIN_ARGS = {"model", "data", "epochs", "imgsz", "batch", "seed", "device", "workers", "project", "name",
+                    "exist_ok", "resume", "distill_model", "kd", "pretrained"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class CompareSettings:
+    """Everything one comparison depends on. ``kd_configs`` maps a name to KDConfig fields (teacher excluded)."""
+
+    teacher: str
+    data: str
+    student: str = "yolov8n.yaml"
+    kd_configs: dict = field(default_factory=lambda: {"detkd": {}})
+    with_ultralytics_kd: bool = False
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16
+    seed: int = 0
+    device: str | None = None
+    workers: int | None = None
+    train_args: dict = field(default_factory=dict)
+    project: str = "runs/compare"
+    name: str | None = None
+    eval_split: str = "val"
+    eval_conf: float = 0.001
+    eval_iou: float = 0.7
+    eval_batch: int = 16
+    eval_device: str | None = None
+    bench_device: str = "cpu"
+    bench_imgsz: int | None = None
+    bench_warmup: int = 5
+    bench_iters: int = 50
+    bench_time_budget: float = 5.0
+    bench_min_iters: int = 5
+
+    def validate(self) -> "CompareSettings":
+        from detkd.config import KDConfig
+
+        if not self.teacher:
+            raise ConfigError("--teacher is required: the teacher checkpoint (.pt) to distil from.")
+        if not self.data:
+            raise ConfigError("--data is required: an Ultralytics data.yaml or a COCO dataset folder.")
+        for k in ("epochs", "imgsz", "batch"):
+            if int(getattr(self, k)) < 1:
+                raise ConfigError(f"{k}={getattr(self, k)} must be >= 1.")
+        bench_imgsz = int(self.bench_imgsz or self.imgsz)
+        if bench_imgsz % 32:
+            raise ConfigError(f"benchmark imgsz {bench_imgsz} must be a multiple of 32 (set --imgsz or --bench-imgsz).")
+        if not self.kd_configs and not self.with_ultralytics_kd:
+            raise ConfigError("nothing to compare: give at least one KD configuration or --with-ultralytics-kd.")
+        for name, cfg in self.kd_configs.items():
+            if not _NAME_RE.match(str(name)):
+                raise ConfigError(f"KD configuration name '{name}' must be letters, digits, '_', '.', '-'.")
+            if "teacher" in cfg:
+                raise ConfigError(f"KD configuration '{name}' sets 'teacher': the teacher is --teacher, the same "
+                                  f"for every run.")
+            KDConfig.from_dict(dict(cfg))  # unknown keys / bad values fail here, before any work
+        bad = OWNED_TRAIN_ARGS & set(self.train_args)
+        if bad:
+            raise ConfigError(f"{', '.join(sorted(bad))} cannot be set with --set: compare sets it itself "
+                              f"(use the dedicated flag, e.g. --epochs, --imgsz, --project/--name).")
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.project) / (self.name or default_name(self.data, self.student))
+
+
+@dataclass
+class RunSpec:
+    """One row of the comparison."""
+
+    key: str  # folder name: teacher, baseline, distilled-<name>, ultralytics-kd
+    kind: str  # teacher | baseline | distilled | ultralytics_kd
+    label: str  # row label in the report
+    kd: dict | None = None  # distilled only: KDConfig fields (no teacher)
+    weights: str | None = None  # teacher path, or best.pt once trained
+    results_csv: str | None = None
+    train: dict = field(default_factory=dict)  # marker contents (wall_s, median_epoch_s, reused, ...)
+    metrics: dict = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompareResult:
+    """Where the report went and what it says."""
+
+    out_dir: Path
+    report_md: Path
+    report_json: Path
+    map_vs_fps_png: Path
+    training_curves_png: Path
+    rows: list = field(default_factory=list)
+    verdict: str = ""
+
+
+def default_name(data, student) -> str:
+    """``<dataset>_<student stem>``, e.g. ``raccoon_yolov8n``."""
+    d = Path(str(data).rstrip("/"))
+    stem = d.parent.name if d.name in {"data.yaml", "data.yml"} else d.stem
+    return f"{stem}_{Path(str(student)).stem}"
+
+
+def plan(s: CompareSettings) -> list[RunSpec]:
+    """Teacher, baseline, one distilled run per KD configuration, then Ultralytics' built-in KD when asked."""
+    specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher)), RunSpec("baseline", "baseline", "baseline")]
+    specs += [RunSpec(f"distilled-{n}", "distilled", f"distilled: {n}", kd=dict(cfg)) for n, cfg in s.kd_configs.items()]
+    if s.with_ultralytics_kd:
+        specs.append(RunSpec("ultralytics-kd", "ultralytics_kd", "ultralytics-kd"))
+    return specs
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+_HASHES: dict = {}
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file (memoised on path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def model_id(model) -> dict:
+    """What identifies a model argument: its file's hash, or a bundled config's name."""
+    p = Path(str(model))
+    return {"file": p.name, "sha256": file_sha256(p)} if p.is_file() else {"name": str(model)}
+
+
+def _normal(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict:
+    fp = {"kind": spec.kind, "student": model_id(s.student), "data": model_id(data_yaml), "epochs": int(s.epochs),
+          "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(s.seed), "train_args": s.train_args}
+    if spec.kind in {"distilled", "ultralytics_kd"}:
+        fp["teacher"] = model_id(s.teacher)
+    if spec.kind == "distilled":
+        fp["kd"] = kd_config(spec, s).to_dict() | {"teacher": None}
+    return _normal(fp)
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "?"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def kd_config(spec: RunSpec, s: CompareSettings):
+    """The run's KDConfig: its fields over detkd's defaults; the teacher is not re-validated (evaluated already)."""
+    from detkd.config import KDConfig
+
+    cfg = dict(spec.kd or {})
+    if "min_teacher_map" not in cfg:
+        cfg.setdefault("validate_teacher", False)
+    return KDConfig.from_dict({**cfg, "teacher": str(Path(str(s.teacher)).resolve())})
+
+
+# ------------------------------------------------------------------------------------------- steps
+def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=print) -> RunSpec:
+    """Train ``spec`` (or reuse a finished run with the same fingerprint); fill weights, results_csv, train."""
+    run_dir = out / "train" / spec.key
+    marker = run_dir / MARKER
+    fp = train_fingerprint(spec, s, data_yaml)
+    old = _read_json(marker)
+    if old and old.get("fingerprint") == fp and Path(old.get("best", "")).is_file():
+        spec.weights, spec.results_csv = old["best"], old.get("results_csv")
+        spec.train = {**old, "reused": True}
+        log(f"      reused {run_dir} (finished {old.get('finished', '?')}, same settings): no retraining")
+        return spec
+    if old:
+        log(f"      settings changed since the run in {run_dir} ({_diff(old.get('fingerprint', {}), fp)}): retraining")
+        marker.unlink()
+
+    from detkd import offline
+    from detkd.engine.callbacks import EpochTimer
+
+    offline.install()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    overrides = dict(model=str(s.student), data=data_yaml, epochs=int(s.epochs), imgsz=int(s.imgsz),
+                     batch=int(s.batch), seed=int(s.seed), project=str((out / "train").resolve()), name=spec.key,
+                     exist_ok=True, **s.train_args)
+    if s.device is not None:
+        overrides["device"] = str(s.device)
+    if s.workers is not None:
+        overrides["workers"] = int(s.workers)
+    if spec.kind == "baseline":
+        trainer = DetectionTrainer(overrides=overrides)
+    elif spec.kind == "ultralytics_kd":
+        trainer = DetectionTrainer(overrides={**overrides, "distill_model": str(Path(s.teacher).resolve())})
+    else:
+        from detkd.engine.trainer import DistillationTrainer
+
+        trainer = DistillationTrainer(overrides=overrides, kd=kd_config(spec, s))
+    timer = EpochTimer().attach(trainer)
+    t0 = time.perf_counter()
+    trainer.train()
+    best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
+    m = trainer.metrics or {}
+    record = {
+        "fingerprint": fp, "finished": datetime.now().isoformat(timespec="seconds"), "best": str(best),
+        "results_csv": str(trainer.csv), "save_dir": str(trainer.save_dir), "wall_s": time.perf_counter() - t0,
+        "median_epoch_s": timer.median(), "epochs_done": len(timer.times),
+        "val": {"mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0))},
+    }
+    marker.write_text(json.dumps(record, indent=1))
+    spec.weights, spec.results_csv, spec.train = str(best), str(trainer.csv), {**record, "reused": False}
+    log(f"      trained in {record['wall_s']:.0f} s -> {best}")
+    return spec
+
+
+def is_coco_data(data_yaml: str) -> bool:
+    """True when ``data_yaml`` carries COCO ground truth (a COCO dataset converted by detkd)."""
+    from detkd.data.coco import load_coco_meta
+    from detkd.errors import DatasetError
+
+    try:
+        load_coco_meta(data_yaml)
+        return True
+    except DatasetError:
+        return False
+
+
+def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, out: Path, log=print) -> RunSpec:
+    """COCO metrics of ``spec.weights`` (pycocotools on the dataset's own JSON, or Ultralytics val for a plain
+    data.yaml: AP, AP50, AP75 only); reused when weights and settings are unchanged."""
+    eval_dir = out / "eval" / spec.key
+    fp = _normal({"weights": model_id(spec.weights), "data": model_id(data_yaml), "split": s.eval_split,
+                  "imgsz": int(s.imgsz), "conf": s.eval_conf, "iou": s.eval_iou, "batch": int(s.eval_batch),
+                  "method": "pycocotools" if coco else "ultralytics"})
+    old = _read_json(eval_dir / EVAL_MARKER)
+    if old and old.get("fingerprint") == fp:
+        spec.metrics = {**old["metrics"], "reused": True}
+        log(f"      {spec.label}: AP {spec.metrics['AP']:.3f} (evaluation reused)")
+        return spec
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    device = s.eval_device or s.device or "cpu"
+    if coco:
+        from detkd.eval.coco_eval import evaluate_coco
+
+        m = evaluate_coco(spec.weights, data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf,
+                          iou=s.eval_iou, batch=int(s.eval_batch), device=str(device), out_dir=eval_dir, verbose=False)
+        keep = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "n_images", "n_detections")
+        metrics = {k: m.get(k) for k in keep}
+    else:
+        from ultralytics import YOLO
+
+        v = YOLO(spec.weights).val(data=data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf,
+                                   iou=s.eval_iou, batch=int(s.eval_batch), device=str(device), plots=False,
+                                   verbose=False, project=str((out / "eval").resolve()), name=spec.key, exist_ok=True)
+        metrics = {"AP": float(v.box.map), "AP50": float(v.box.map50), "AP75": float(v.box.map75),
+                   "APs": None, "APm": None, "APl": None}
+        (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (eval_dir / EVAL_MARKER).write_text(json.dumps({"fingerprint": fp, "metrics": metrics}, indent=1))
+    spec.metrics = {**metrics, "reused": False}
+    log(f"      {spec.label}: AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}")
+    return spec
+
+
+def benchmark_run(spec: RunSpec, s: CompareSettings, out: Path, log=print) -> RunSpec:
+    """Params, GFLOPs and model-only batch-1 speed of ``spec.weights`` (reused when weights and settings match)."""
+    from detkd.bench.machine import machine_tag
+    from detkd.bench.speed import benchmark_model
+
+    imgsz = int(s.bench_imgsz or s.imgsz)
+    path = out / "bench" / f"{spec.key}.json"
+    fp = _normal({"weights": model_id(spec.weights), "imgsz": imgsz, "device": str(s.bench_device),
+                  "warmup": s.bench_warmup, "iters": s.bench_iters, "time_budget": s.bench_time_budget,
+                  "min_iters": s.bench_min_iters, "machine": machine_tag(device=str(s.bench_device))})
+    old = _read_json(path)
+    if old and old.get("fingerprint") == fp:
+        spec.speed = {**old["speed"], "reused": True}
+        log(f"      {spec.label}: p50 {spec.speed['latency_p50_ms']:.2f} ms, {spec.speed['fps']:.1f} FPS (reused)")
+        return spec
+    row = benchmark_model(spec.weights, imgsz=imgsz, batch=1, device=str(s.bench_device), warmup=s.bench_warmup,
+                          iters=s.bench_iters, time_budget=s.bench_time_budget,
+                          min_iters=min(s.bench_min_iters, s.bench_iters),
+                          e2e=False, name=spec.label)
+    speed = {"params_m": row["params_m"], "gflops": row["gflops"], "imgsz": imgsz, "device": row["device"],
+             "provider": row["provider"], "threads": row.get("threads"), "n": row["latency_ms"]["n"],
+             "latency_p50_ms": row["latency_ms"]["p50"], "latency_mean_ms": row["latency_ms"]["mean"],
+             "fps": row["throughput_img_s"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": fp, "speed": speed, "row": row}, indent=1, default=str))
+    spec.speed = {**speed, "reused": False}
+    log(f"      {spec.label}: {speed['params_m']:.2f} M params, {speed['gflops']:.2f} GFLOPs, "
+        f"p50 {speed['latency_p50_ms']:.2f} ms, {speed['fps']:.1f} FPS")
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- the whole thing
+def run_compare(s: CompareSettings, log=print) -> CompareResult:
+    """Evaluate the teacher, train (or reuse) every student run, evaluate and benchmark all, write the report."""
+    from detkd.api import resolve_data
+    from detkd.compare.plots import plot_map_vs_fps, plot_training_curves
+    from detkd.compare.report import write_report
+    from detkd.models.loading import resolve_model_path
+
+    s.validate()
+    teacher = Path(str(s.teacher))
+    if not teacher.is_file():
+        raise DetKDError(f"teacher '{s.teacher}' not found: pass the teacher checkpoint (.pt) to distil from.")
+    if s.with_ultralytics_kd and teacher.suffix.lower() != ".pt":
+        raise ConfigError("--with-ultralytics-kd needs a teacher checkpoint (.pt): Ultralytics' distill_model= "
+                          "loads weights, not a model YAML.")
+    resolve_model_path(s.student, role="student")  # missing student: fail before any work
+    out = s.out_dir
+    specs = plan(s)
+    trained = [r for r in specs if r.kind != "teacher"]
+    total = 2 + len(trained) + 3
+    step = iter(range(1, total + 1))
+
+    def say(msg):
+        log(f"[{next(step)}/{total}] {msg}")
+
+    say(f"data: {s.data}")
+    data_yaml = resolve_data(s.data)
+    coco = is_coco_data(data_yaml)
+    log(f"      {'COCO dataset: official COCO AP with pycocotools' if coco else 'plain data.yaml: Ultralytics val AP (no APs/m/l)'}"
+        f"; output {out}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    say(f"evaluating teacher {teacher.name} ...")
+    evaluate_run(specs[0], s, data_yaml, coco, out, log)
+
+    for r in trained:
+        say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}, seed {s.seed}) ...")
+        train_run(r, s, data_yaml, out, log)
+
+    say(f"evaluating {len(trained)} student runs ({'COCO' if coco else 'Ultralytics'} AP, {s.eval_split} split) ...")
+    for r in trained:
+        evaluate_run(r, s, data_yaml, coco, out, log)
+
+    say(f"benchmarking {len(specs)} models (batch 1, {s.bench_imgsz or s.imgsz} px, {s.bench_device}) ...")
+    for r in specs:
+        benchmark_run(r, s, out, log)
+
+    say(f"writing report to {out} ...")
+    plot_map_vs_fps(specs, out / "map_vs_fps.png", subtitle=f"model-only, batch 1, {s.bench_imgsz or s.imgsz} px, "
+                                                             f"{s.bench_device}")
+    plot_training_curves([(r.label, r.kind, r.results_csv) for r in trained], out / "training_curves.png")
+    result = write_report(specs, s, data_yaml, coco, out)
+    log(f"\n{result.report_md.read_text()}")
+    log(f"Report: {result.report_md}\nPlots: {result.map_vs_fps_png}, {result.training_curves_png}")
+    return result
+
+
+def compare(teacher, data, student="yolov8n.yaml", kd_configs: dict | None = None, with_ultralytics_kd=False,
+            log=print, **settings) -> CompareResult:
+    """Python entry point: ``compare("teacher.pt", "path/to/coco", epochs=100, kd_configs={"detkd": {}})``.
+
+    ``settings``: any :class:`CompareSettings` field (epochs, imgsz, batch, seed, device, project, name, bench_*,
+    eval_*); other keys are extra Ultralytics training arguments, identical for every run.
+    """
+    known = set(CompareSettings.__dataclass_fields__)
+    extra = {k: v for k, v in settings.items() if k not in known}
+    base = {k: v for k, v in settings.items() if k in known}
+    base["train_args"] = {**base.get("train_args", {}), **extra}
+    s = CompareSettings(teacher=str(teacher), data=str(data), student=str(student),
+                        kd_configs={"detkd": {}} if kd_configs is None else dict(kd_configs),
+                        with_ultralytics_kd=with_ultralytics_kd, **base)
+    return run_compare(s, log=log)
+
+
+def settings_dict(s: CompareSettings) -> dict:
+    return _normal(asdict(s))

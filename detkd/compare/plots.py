@@ -1,0 +1,175 @@
+"""The comparison's figures (matplotlib, Agg backend): AP vs FPS with its Pareto front, and training curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e"}
+DISTILLED_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+MARKERS = {"teacher": "s", "baseline": "o", "distilled": "^", "ultralytics_kd": "D"}
+DET_TERMS = (("train/box_loss", "box loss"), ("train/cls_loss", "cls loss"), ("train/dfl_loss", "dfl loss"),
+             ("metrics/mAP50-95(B)", "val mAP50-95"))
+KD_TERMS = (("train/cls_kd", "detkd cls_kd"), ("train/box_kd", "detkd box_kd"), ("train/feat_kd", "detkd feat_kd"),
+            ("train/dis_loss", "Ultralytics dis_loss"))
+
+
+def _figure(nrows: int, ncols: int, figsize, dpi: int):
+    """A figure drawn by the Agg canvas, without pyplot (no global backend switch, nothing left open)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def colors_for(kinds: list[str]) -> list[str]:
+    """One colour per row: fixed for teacher/baseline/ultralytics-kd, a palette for distilled runs."""
+    out, i = [], 0
+    for k in kinds:
+        if k == "distilled":
+            out.append(DISTILLED_COLORS[i % len(DISTILLED_COLORS)])
+            i += 1
+        else:
+            out.append(COLORS.get(k, "#7f7f7f"))
+    return out
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (x = FPS, y = AP; higher is better), by FPS."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:  # from the fastest down: keep each point more accurate than every faster one
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float = 0.085) -> list[tuple[float, float]]:
+    """Label offsets (points) that keep the text boxes (``w`` x ``h`` axes fractions) of close points apart."""
+    fig_w, fig_h = ax.figure.get_size_inches() * 72 * ax.get_position().size  # axes size in points
+    to_ax = (ax.transData + ax.transAxes.inverted()).transform
+    placed: list[tuple[float, float]] = []
+    offsets = [(0.0, 0.0)] * len(pts)
+    for i in sorted(range(len(pts)), key=lambda i: (pts[i][1], pts[i][0])):
+        fx, fy = to_ax(pts[i])
+        dx = 8.0 if fx < 1 - w else -8.0 - w * fig_w  # right of the point, or left near the right edge
+        bx = fx + dx / fig_w
+        k = 0
+        while any(abs(bx - px) < w and abs(fy + k * h + 0.02 - py) < h for px, py in placed) and k < 12:
+            k += 1
+        by = fy + k * h + 0.02
+        placed.append((bx, by))
+        offsets[i] = (dx, (by - fy) * fig_h)
+    return offsets
+
+
+def plot_map_vs_fps(specs, path, subtitle: str = "") -> Path:
+    """Scatter of COCO AP against FPS, each point labelled, the Pareto front drawn as a dashed step line."""
+    from matplotlib.ticker import ScalarFormatter
+
+    rows = [r for r in specs if r.metrics.get("AP") is not None and r.speed.get("fps")]
+    fig, axes = _figure(1, 1, (8, 5.6), 120)
+    ax = axes[0][0]
+    pts = [(float(r.speed["fps"]), max(float(r.metrics["AP"]), 0.0)) for r in rows]
+    cols = colors_for([r.kind for r in rows])
+    front = pareto_front(pts) if pts else []
+    for n, (r, (x, y), c) in enumerate(zip(rows, pts, cols)):
+        ax.scatter([x], [y], s=90, color=c, marker=MARKERS.get(r.kind, "o"), edgecolor="white", linewidth=0.8,
+                   zorder=4, label=r.label)
+        if n in front and len(pts) > 1:
+            ax.scatter([x], [y], s=260, facecolor="none", edgecolor="#777777", linewidth=1.0, zorder=3)
+    if len(front) > 1:
+        ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="pre", ls="--", color="#999999",
+                lw=1.2, zorder=2)
+    if len(pts) > 1:  # legend entry for the front (rings mark Pareto-optimal points)
+        ax.plot([], [], ls="--", color="#999999", marker="o", mfc="none", mec="#777777", ms=11,
+                label="Pareto front (ringed)")
+    xs = [p[0] for p in pts] or [1.0]
+    lo, hi = min(xs), max(xs)
+    if hi / max(lo, 1e-9) > 8:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.5, hi * 2.5)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        pad = (hi - lo) * 0.15 or hi * 0.15
+        ax.set_xlim(max(0.0, lo - pad), hi + pad * 2.5)
+    ys = [p[1] for p in pts] or [0.0]
+    top = max(0.05, max(ys) * 1.35)
+    ax.set_ylim(-0.02 * top, top)  # a little room below AP 0 so markers there are not clipped
+    for (r, (x, y), c), off in zip(zip(rows, pts, cols), _place_labels(ax, pts)):
+        ax.annotate(f"{r.label}\nAP {y:.3f}, {x:.0f} FPS", (x, y), textcoords="offset points", xytext=off,
+                    fontsize=8, color=c, va="bottom",
+                    arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.6) if abs(off[1]) > 14 else None)
+    ax.set_xlabel("FPS (images/s, higher is faster)")
+    ax.set_ylabel("COCO AP@[.50:.95]")
+    ax.set_title("Accuracy vs speed (up and right is better)" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def read_results_csv(path) -> dict[str, list[float]]:
+    """Columns of an Ultralytics results.csv as float lists (names stripped; unreadable cells become NaN)."""
+    cols: dict[str, list[float]] = {}
+    if not path or not Path(path).is_file():
+        return cols
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                try:
+                    x = float(v)
+                except (TypeError, ValueError):
+                    x = float("nan")
+                cols.setdefault(str(k).strip(), []).append(x)
+    return cols
+
+
+def plot_training_curves(runs: list[tuple[str, str, str | None]], path) -> Path:
+    """Per-epoch curves of each run (``(label, kind, results_csv)``): detection terms and val mAP on the top row,
+    KD terms on the bottom row (a run without a term simply has no line in that panel)."""
+    from matplotlib.ticker import MaxNLocator
+
+    data = [(label, kind, read_results_csv(csv_path)) for label, kind, csv_path in runs]
+    cols = colors_for([k for _, k, _ in data])
+    panels = [DET_TERMS, KD_TERMS]
+    fig, axes = _figure(2, 4, (15, 6.8), 110)
+    for row, terms in enumerate(panels):
+        for j, (col, title) in enumerate(terms):
+            ax = axes[row][j]
+            drawn = False
+            for (label, kind, d), c in zip(data, cols):
+                ys = d.get(col)
+                if not ys:
+                    continue
+                ep = d.get("epoch") or list(range(1, len(ys) + 1))
+                ax.plot(ep, ys, marker=MARKERS.get(kind, "o"), ms=5, lw=1.6, color=c, label=label)
+                drawn = True
+            ax.set_title(title, fontsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.grid(True, alpha=0.3)
+            if not drawn:
+                ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", fontsize=8,
+                        color="#888888", transform=ax.transAxes)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
+    axes[0][0].set_ylabel("detection loss / val", fontsize=9)
+    axes[1][0].set_ylabel("KD terms", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path = Path(path)
+    fig.savefig(path)
+    return path

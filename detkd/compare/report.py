@@ -1,0 +1,168 @@
+"""The comparison's report: one row per model, ΔAP vs the baseline, the teacher verdict; Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+COLUMNS = ("model", "params (M)", "GFLOPs", "AP", "AP50", "APs", "APm", "APl", "latency p50 (ms)", "FPS",
+           "ΔAP vs baseline")
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    """A cell: '-' for missing values and pycocotools' -1 (no ground truth in that size range)."""
+    if v is None or (isinstance(v, (int, float)) and v < 0):
+        return "-"
+    return format(float(v), fmt)
+
+
+def build_rows(specs) -> list[dict]:
+    """Flat report rows from evaluated and benchmarked :class:`~detkd.compare.experiment.RunSpec` objects."""
+    base = next((r.metrics.get("AP") for r in specs if r.kind == "baseline"), None)
+    rows = []
+    for r in specs:
+        m, sp = r.metrics, r.speed
+        ap = m.get("AP")
+        rows.append({
+            "key": r.key, "kind": r.kind, "label": r.label, "weights": r.weights, "results_csv": r.results_csv,
+            "params_m": sp.get("params_m"), "gflops": sp.get("gflops"),
+            **{k: m.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+            "latency_p50_ms": sp.get("latency_p50_ms"), "fps": sp.get("fps"),
+            "delta_AP": None if base is None or ap is None or r.kind == "baseline" else ap - base,
+            "train": {k: v for k, v in r.train.items() if k != "fingerprint"},
+            "reused": {"train": r.train.get("reused") if r.kind != "teacher" else None,
+                       "eval": m.get("reused"), "bench": sp.get("reused")},
+            "kd": r.kd,
+        })
+    return rows
+
+
+def teacher_verdict(rows: list[dict]) -> str:
+    """The teacher verdict in words (empty when the teacher or the baseline has no AP)."""
+    t = next((r for r in rows if r["kind"] == "teacher"), None)
+    b = next((r for r in rows if r["kind"] == "baseline"), None)
+    if not t or not b or t.get("AP") is None or b.get("AP") is None:
+        return ""
+    if t["AP"] <= b["AP"]:
+        return (f"this teacher is weaker than the student trained alone (AP {t['AP']:.3f} vs {b['AP']:.3f}): "
+                f"distilling from it will not help. Train the teacher longer or pick a stronger one.")
+    return (f"the teacher is stronger than the student trained alone (AP {t['AP']:.3f} vs {b['AP']:.3f}, "
+            f"{t['AP'] - b['AP']:+.3f}): a useful teacher to distil from.")
+
+
+def outcome(rows: list[dict]) -> str:
+    """Which distilled run did best against the baseline, in one sentence."""
+    kd = [r for r in rows if r["kind"] in {"distilled", "ultralytics_kd"} and r.get("delta_AP") is not None]
+    if not kd:
+        return ""
+    best = max(kd, key=lambda r: r["delta_AP"])
+    if best["delta_AP"] > 0:
+        return f"best distilled run: {best['label']}, AP {best['AP']:.3f} ({best['delta_AP']:+.3f} vs the baseline)."
+    return (f"no distilled run beat the baseline (best: {best['label']}, {best['delta_AP']:+.3f} AP). With a "
+            f"single seed, differences below the run-to-run spread are noise.")
+
+
+def format_table(rows: list[dict]) -> str:
+    """The Markdown results table (padded so it reads in a terminal too)."""
+    cells = [list(COLUMNS)]
+    for r in rows:
+        delta = "" if r["kind"] == "baseline" else (_num(r["delta_AP"], "+.3f") if r["delta_AP"] is not None else "-")
+        cells.append([r["label"], _num(r["params_m"], ".2f"), _num(r["gflops"], ".2f"), _num(r["AP"]),
+                      _num(r["AP50"]), _num(r["APs"]), _num(r["APm"]), _num(r["APl"]),
+                      _num(r["latency_p50_ms"], ".2f"), _num(r["fps"], ".1f"), delta])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    right = [i > 0 for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(c.rjust(w) if right[i] and n else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             + " |" for n, line in enumerate(cells)]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + (":" if right[i] else "-") for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def _kd_line(label: str, kd: dict | None) -> str:
+    from detkd.config import KDConfig
+
+    cfg = {k: v for k, v in (kd or {}).items() if k != "teacher"}
+    default = KDConfig()
+    changed = {k: v for k, v in cfg.items() if getattr(default, k) != v}
+    full = KDConfig.from_dict(cfg)
+    terms = (f"cls_kd {full.cls_kd:g} ({full.cls_mode}, T={full.cls_temperature:g}), box_kd {full.box_kd:g} "
+             f"(LD, T={full.box_temperature:g}), feat_kd {full.feat_kd:g} ({full.feat_method})")
+    what = "detkd defaults" if not changed else ", ".join(f"{k}={v}" for k, v in changed.items())
+    return f"- **{label}**: {what} — {terms}, anchors {full.anchor_weighting}, schedule {full.schedule}."
+
+
+def _runs_table(rows: list[dict]) -> list[str]:
+    trained = [r for r in rows if r["kind"] != "teacher"]
+    base_epoch = next((r["train"].get("median_epoch_s") for r in trained if r["kind"] == "baseline"), None)
+    out = ["| run | folder | train | wall (s) | s/epoch | epoch time vs baseline |", "|---|---|---|---:|---:|---:|"]
+    for r in trained:
+        t = r["train"]
+        ep = t.get("median_epoch_s")
+        ratio = f"{ep / base_epoch:.2f}x" if ep and base_epoch else "-"
+        folder = t.get("save_dir") or str(Path(r["weights"]).parents[1])
+        out.append(f"| {r['label']} | `{folder}` | {'reused' if t.get('reused') else 'trained now'} | "
+                   f"{_num(t.get('wall_s'), '.0f')} | {_num(ep, '.1f')} | {ratio} |")
+    return out
+
+
+def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: dict) -> str:
+    """The whole report.md."""
+    from detkd.bench.report import machine_line
+
+    t = next(r for r in rows if r["kind"] == "teacher")
+    verdict, result = teacher_verdict(rows), outcome(rows)
+    bench_imgsz = s.bench_imgsz or s.imgsz
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(s.train_args.items()))
+    evaluation = (f"official COCO AP (pycocotools, AP@[.50:.95]) on the **{s.eval_split}** split against the "
+                  f"dataset's own annotation JSON" if coco else
+                  f"Ultralytics val mAP50-95 on the **{s.eval_split}** split (plain data.yaml: no COCO JSON, so no "
+                  f"APs/APm/APl; pass the COCO dataset folder for official COCO AP)")
+    lines = [
+        f"# detkd compare: {Path(str(s.student)).name} with and without {Path(str(s.teacher)).name}", "",
+        f"Data: `{s.data}`. Every student run: `{s.student}`, {s.epochs} epochs, {s.imgsz} px, batch {s.batch}, "
+        f"seed {s.seed}, device {s.device or 'auto'}" + (f", {extra}" if extra else "")
+        + " — identical settings; only the teacher signal differs.", "",
+        f"Accuracy: {evaluation}, imgsz {s.imgsz}, conf {s.eval_conf:g}, NMS IoU {s.eval_iou:g}. "
+        f"Speed: model-only forward pass, batch 1, {bench_imgsz} px, torch FP32 on {s.bench_device}; latency p50 "
+        f"over the timed calls, FPS = pipelined throughput; GFLOPs per image at {bench_imgsz} px. "
+        f"Machine: {machine_line(machine)}.", "",
+        format_table(rows), "",
+    ]
+    if verdict:
+        lines += [f"**Teacher verdict:** {verdict}", ""]
+    if result:
+        lines += [f"**Outcome:** {result}", ""]
+    lines += ["## KD configurations", ""]
+    lines += [_kd_line(r["label"], r["kd"]) for r in rows if r["kind"] == "distilled"]
+    if any(r["kind"] == "ultralytics_kd" for r in rows):
+        lines.append("- **ultralytics-kd**: Ultralytics' built-in `distill_model=` (score-weighted feature L2 on the "
+                     "head inputs), same teacher, default settings.")
+    lines += ["", "## Runs", "", f"Teacher: `{t['weights']}` (evaluated, not trained).", ""]
+    lines += _runs_table(rows)
+    lines += ["", "## Plots", "", "![AP vs FPS](map_vs_fps.png)", "",
+              "AP vs FPS with the Pareto front (up and right is better).", "",
+              "![training curves](training_curves.png)", "",
+              "Per-epoch detection loss terms (box, cls, dfl), validation mAP50-95 and the KD terms "
+              "(detkd: cls_kd, box_kd, feat_kd; Ultralytics: dis_loss) of every student run.", "",
+              f"_Written {datetime.now():%Y-%m-%d %H:%M} by `detkd compare`; re-running it reuses finished runs._"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(specs, s, data_yaml: str, coco: bool, out: Path):
+    """Write report.md and report.json into ``out``; return a :class:`~detkd.compare.experiment.CompareResult`."""
+    from detkd.bench.machine import machine_info
+    from detkd.compare.experiment import CompareResult, settings_dict
+
+    rows = build_rows(specs)
+    machine = machine_info(s.bench_device)
+    md = render_markdown(rows, s, data_yaml, coco, machine)
+    out = Path(out)
+    (out / "report.md").write_text(md)
+    payload = {"settings": settings_dict(s), "data_yaml": str(data_yaml), "evaluation": "pycocotools" if coco else
+               "ultralytics", "machine": machine, "rows": rows, "teacher_verdict": teacher_verdict(rows),
+               "outcome": outcome(rows)}
+    (out / "report.json").write_text(json.dumps(payload, indent=1, default=str))
+    return CompareResult(out_dir=out, report_md=out / "report.md", report_json=out / "report.json",
+                         map_vs_fps_png=out / "map_vs_fps.png", training_curves_png=out / "training_curves.png",
+                         rows=rows, verdict=payload["teacher_verdict"])
