@@ -80,8 +80,10 @@ def parse_kd(items: list[str]) -> dict:
                                       f"{', '.join(sorted(KDConfig.keys() - {'teacher'}))}.")
                 cfg[key] = yaml.safe_load(value)
             elif part.lower().endswith((".yaml", ".yml")):
-                base = {k: v for k, v in KDConfig.from_yaml(part).to_dict().items() if k != "teacher"}
-                cfg = {**base, **cfg}
+                KDConfig.from_yaml(part)  # missing file, bad YAML, unknown keys: one clear error
+                raw = yaml.safe_load(open(part)) or {}
+                base = raw.get("kd", {k: v for k, v in raw.items() if k in KDConfig.keys()}) or {}
+                cfg = {**{k: v for k, v in base.items() if k != "teacher"}, **cfg}
             else:
                 raise ConfigError(f"--kd {name}: '{part}' is neither key=value nor a .yaml file.")
         KDConfig.from_dict(cfg)  # validate now: bad values fail before any training

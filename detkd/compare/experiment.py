@@ -216,11 +216,8 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
         log(f"      settings changed since the run in {run_dir} ({_diff(old.get('fingerprint', {}), fp)}): retraining")
         marker.unlink()
 
-    from detkd import offline
+    from detkd.engine.baseline import StudentTrainer  # Ultralytics' DetectionTrainer + detkd's shared options
     from detkd.engine.callbacks import EpochTimer
-
-    offline.install()
-    from ultralytics.models.yolo.detect import DetectionTrainer
 
     overrides = dict(model=str(s.student), data=data_yaml, epochs=int(s.epochs), imgsz=int(s.imgsz),
                      batch=int(s.batch), seed=int(s.seed), project=str((out / "train").resolve()), name=spec.key,
@@ -230,9 +227,9 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     if s.workers is not None:
         overrides["workers"] = int(s.workers)
     if spec.kind == "baseline":
-        trainer = DetectionTrainer(overrides=overrides)
+        trainer = StudentTrainer(overrides=overrides)
     elif spec.kind == "ultralytics_kd":
-        trainer = DetectionTrainer(overrides={**overrides, "distill_model": str(Path(s.teacher).resolve())})
+        trainer = StudentTrainer(overrides={**overrides, "distill_model": str(Path(s.teacher).resolve())})
     else:
         from detkd.engine.trainer import DistillationTrainer
 

@@ -1,0 +1,130 @@
+"""``detkd compare`` end to end on tiny generated data (CPU): report rows, plots, teacher verdict, run reuse."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from detkd.cli import main
+from detkd.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+ROWS = ("teacher", "baseline", "distilled: detkd", "ultralytics-kd")
+
+
+def _argv(teacher, data, project):
+    return ["compare", "--teacher", teacher, "--data", str(data), "--student", "yolov8n.yaml", "--epochs", "1",
+            "--imgsz", "64", "--batch", "8", "--seed", "0", "--device", "cpu", "--workers", "0",
+            "--set", "plots=False", "--set", "warmup_epochs=0", "--with-ultralytics-kd",
+            "--project", str(project), "--name", "tiny", "--eval-batch", "8",
+            "--bench-warmup", "1", "--bench-iters", "3", "--bench-time", "0.3"]
+
+
+def _table_rows(md: str) -> dict:
+    """report.md's results table as {row label: [cells]}."""
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] in ROWS and len(cells) == 11:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_compare_end_to_end_and_reuse(tmp_path, shapes_coco, teacher_pt, capsys, monkeypatch):
+    project = tmp_path / "runs"
+    assert main(_argv(teacher_pt, shapes_coco, project)) == 0
+    out_dir = project / "tiny"
+    first = capsys.readouterr().out
+    assert "[3/8] training baseline" in first and "[8/8] writing report" in first
+
+    md = (out_dir / "report.md").read_text()
+    rows = _table_rows(md)
+    assert set(rows) == set(ROWS), md
+    for label, cells in rows.items():
+        params, gflops, ap, ap50, _aps, _apm, _apl, p50, fps, delta = cells
+        for v in (params, gflops, ap, ap50, p50, fps):  # every numeric column filled
+            assert re.fullmatch(r"\d+\.\d+", v), (label, cells)
+        assert float(p50) > 0 and float(fps) > 0
+        assert re.fullmatch(r"[+-]\d\.\d{3}", delta) if label != "baseline" else delta == ""
+    assert float(rows["teacher"][0]) > float(rows["baseline"][0])  # yolov8s teacher vs yolov8n student
+    # a random-init teacher is no better than the baseline: the verdict says so in words
+    assert "**Teacher verdict:** this teacher is weaker than the student trained alone" in md
+    assert "distilling from it will not help" in md
+    assert "official COCO AP (pycocotools" in md
+
+    for png in ("map_vs_fps.png", "training_curves.png"):
+        data = (out_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [r["kind"] for r in report["rows"]] == ["teacher", "baseline", "distilled", "ultralytics_kd"]
+    assert not any(r["reused"]["train"] for r in report["rows"] if r["kind"] != "teacher")
+    weights = {r["key"]: r["weights"] for r in report["rows"]}
+    mtimes = {k: (out_dir / "train" / k / "weights" / "best.pt").stat().st_mtime_ns for k in weights if k != "teacher"}
+    csv = (out_dir / "train" / "distilled-detkd" / "results.csv").read_text()
+    assert "cls_kd" in csv and "dis_loss" in (out_dir / "train" / "ultralytics-kd" / "results.csv").read_text()
+
+    # second invocation: every run, evaluation and benchmark reused; no trainer may even start
+    from ultralytics.engine.trainer import BaseTrainer
+
+    def no_training(self, *a, **k):
+        raise AssertionError("a run was retrained although it was finished with the same settings")
+
+    monkeypatch.setattr(BaseTrainer, "train", no_training)
+    assert main(_argv(teacher_pt, shapes_coco, project)) == 0
+    second = capsys.readouterr().out
+    assert second.count("same settings): no retraining") == 3
+    assert second.count("(evaluation reused)") == 4 and second.count("FPS (reused)") == 4
+    assert {k: (out_dir / "train" / k / "weights" / "best.pt").stat().st_mtime_ns for k in mtimes} == mtimes
+    report2 = json.loads((out_dir / "report.json").read_text())
+    assert all(r["reused"]["train"] for r in report2["rows"] if r["kind"] != "teacher")
+    assert _table_rows((out_dir / "report.md").read_text()) == rows
+
+
+def test_compare_user_errors(tmp_path, shapes_coco, teacher_pt, capsys):
+    from detkd.cli.compare import parse_kd
+
+    assert parse_kd([]) == {"detkd": {}}
+    assert parse_kd(["mgd:feat_method=mgd,feat_kd=2", "plain"]) == {"mgd": {"feat_method": "mgd", "feat_kd": 2},
+                                                                     "plain": {}}
+    for bad in (["x:nope=1"], ["x:feat_method=abc"], ["a", "a"], ["x:cls_kd"], [":cls_kd=1"]):
+        with pytest.raises(ConfigError):
+            parse_kd(bad)
+    # errors a user can cause end as one message (exit code 2), before any work
+    argv = _argv(str(tmp_path / "missing.pt"), shapes_coco, tmp_path / "runs")
+    assert main(argv) == 2
+    assert "teacher" in capsys.readouterr().err
+    assert main(_argv(teacher_pt, shapes_coco, tmp_path / "runs") + ["--kd", "x:bogus=1"]) == 2
+    assert "unknown setting 'bogus'" in capsys.readouterr().err
+    assert main(_argv(teacher_pt, shapes_coco, tmp_path / "runs") + ["--set", "epochs=3"]) == 2
+    assert "--set" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "train").exists()
+
+
+def test_kd_yaml_spec_and_fingerprints(tmp_path, teacher_pt, shapes_yaml):
+    from detkd.cli.compare import parse_kd
+    from detkd.compare.experiment import CompareSettings, plan, train_fingerprint
+    from detkd.compare.plots import pareto_front
+
+    spec = tmp_path / "kd.yaml"
+    spec.write_text("kd:\n  feat_method: mgd\n  cls_kd: 0.5\n")
+    assert parse_kd([f"mine:{spec},cls_kd=2"]) == {"mine": {"feat_method": "mgd", "cls_kd": 2}}
+
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, kd_configs={"a": {}, "b": {"feat_kd": 2.0}},
+                        with_ultralytics_kd=True, epochs=1).validate()
+    specs = plan(s)
+    assert [r.key for r in specs] == ["teacher", "baseline", "distilled-a", "distilled-b", "ultralytics-kd"]
+    fps = {r.key: train_fingerprint(r, s, shapes_yaml) for r in specs[1:]}
+    assert fps["distilled-a"]["kd"]["feat_kd"] == 1.0 and fps["distilled-b"]["kd"]["feat_kd"] == 2.0
+    assert "teacher" not in fps["baseline"] and fps["ultralytics-kd"]["teacher"]["sha256"]
+    s.epochs = 2  # any setting change invalidates the finished runs
+    assert train_fingerprint(specs[1], s, shapes_yaml) != fps["baseline"]
+    s.device = "0"  # where it ran is not what it is
+    s.epochs = 1
+    assert train_fingerprint(specs[1], s, shapes_yaml) == fps["baseline"]
+
+    # Pareto front: (FPS, AP); the slow-and-worse point is dominated
+    assert pareto_front([(100, 0.30), (50, 0.40), (40, 0.35), (120, 0.10)]) == [1, 0, 3]
