@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from detkd.errors import DetKDError
-from detkd.models.loading import YAML_SUFFIXES, resolve_model_path
+from detkd.models.loading import load_model_and_checkpoint
 
 FORBIDDEN_TOKENS = ("teacher", "adapter", "projector", "distill")
 # Top-level keys of an Ultralytics checkpoint (after strip_optimizer) that a clean student checkpoint may carry.
@@ -81,20 +81,7 @@ def load_student(model: str | Path | torch.nn.Module, role: str = "student") -> 
     if isinstance(model, torch.nn.Module):
         net = deepcopy(model)
     else:
-        path = resolve_model_path(model, role)
-        if path.lower().endswith(YAML_SUFFIXES):
-            from ultralytics.nn.tasks import DetectionModel
-
-            net = DetectionModel(path, verbose=False)
-        else:
-            from ultralytics.nn.tasks import load_checkpoint
-
-            try:
-                net, ckpt = load_checkpoint(path)
-            except Exception as e:
-                raise DetKDError(f"{role} checkpoint '{path}' could not be read ({type(e).__name__}: {e}). Is it an "
-                                 f"Ultralytics detection checkpoint?") from None
-            ckpt = ckpt if isinstance(ckpt, dict) else {}
+        net, ckpt = load_model_and_checkpoint(model, role)
     net, removed = strip_non_student(net)
     assert_student_only(net)
     if not getattr(net, "task", None):  # YAML-built models carry no task; Ultralytics' exporter/predictor need it

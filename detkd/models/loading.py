@@ -67,25 +67,29 @@ def resolve_model_path(model: str | Path, role: str = "model") -> str:
     raise WeightsNotFoundError(f"{role} '{name}': expected a .pt checkpoint or a model .yaml, got '{suffix}'.")
 
 
-def load_detection_model(model: str | Path, role: str = "model", nc: int | None = None):
-    """Load a ``DetectionModel`` (nn.Module, FP32, eval mode) from a checkpoint or build it from a YAML."""
+def load_model_and_checkpoint(model: str | Path, role: str = "model", nc: int | None = None):
+    """``(DetectionModel FP32 eval, checkpoint dict)`` from a ``.pt`` (or a YAML: random init, ``{}``)."""
     import torch
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
+    from detkd.errors import DetKDError
+
     resolved = resolve_model_path(model, role)
+    ckpt: dict = {}
     if resolved.lower().endswith(YAML_SUFFIXES):
         net = DetectionModel(resolved, nc=nc, verbose=False)
         net.pt_path = None
     else:
         try:
-            net, _ = load_checkpoint(resolved)
+            net, ckpt = load_checkpoint(resolved)
         except Exception as e:
-            from detkd.errors import DetKDError
-
             raise DetKDError(f"{role} checkpoint '{resolved}' could not be read ({type(e).__name__}: {e}). "
                              f"Is it an Ultralytics detection checkpoint?") from None
     if not isinstance(net, torch.nn.Module) or not hasattr(net, "model"):
-        from detkd.errors import DetKDError
-
         raise DetKDError(f"{role} '{resolved}' is not an Ultralytics detection model.")
-    return net.float().eval()
+    return net.float().eval(), (ckpt if isinstance(ckpt, dict) else {})
+
+
+def load_detection_model(model: str | Path, role: str = "model", nc: int | None = None):
+    """Load a ``DetectionModel`` (nn.Module, FP32, eval mode) from a checkpoint or build it from a YAML."""
+    return load_model_and_checkpoint(model, role, nc)[0]
