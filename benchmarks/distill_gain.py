@@ -118,7 +118,7 @@ def render(result: dict) -> str:
              f"Machine: {m['gpus'][0]['name'] if m['gpus'] else m['cpu']['name']}; torch {m['versions']['torch']}, "
              f"ultralytics {m['versions']['ultralytics']}. "
              f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
-             f"{s['teacher'] or s['teacher_cfg'] + ' x ' + str(s['teacher_epochs']) + ' epochs'}. "
+             f"{s['teacher_cfg'] + ' trained here, ' + str(s['teacher_epochs']) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -191,12 +191,16 @@ def main(argv=None) -> int:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
         state["runs"][key] = train_run(kind, args, data_yaml, seed, teacher, key)
+        state["machine"] = machine_info(args.device)  # the machine the runs were trained on
         if kind == "teacher":
             teacher = state["teacher"] = state["runs"][key]["best"]
         state_file.write_text(json.dumps(state, indent=2))
 
     summary = aggregate(state)
-    result = {"machine": machine_info(args.device), "settings": {**{k: str(v) for k, v in vars(args).items()}, "tag": tag},
+    settings = {**{k: str(v) for k, v in vars(args).items()}, "tag": tag}
+    if "teacher_s0" in state["runs"]:
+        settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs
+    result = {"machine": state.get("machine") or machine_info(args.device), "settings": settings,
               "summary": summary, "runs": state["runs"], "verdict": teacher_verdict(summary)}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"distill_gain_{tag}"
