@@ -242,13 +242,41 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     record = {
         "fingerprint": fp, "finished": datetime.now().isoformat(timespec="seconds"), "best": str(best),
         "results_csv": str(trainer.csv), "save_dir": str(trainer.save_dir), "wall_s": time.perf_counter() - t0,
-        "median_epoch_s": timer.median(), "epochs_done": len(timer.times),
+        "median_epoch_s": timer.median() if timer.times else None, "epochs_done": len(timer.times),
         "val": {"mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0))},
     }
     marker.write_text(json.dumps(record, indent=1))
     spec.weights, spec.results_csv, spec.train = str(best), str(trainer.csv), {**record, "reused": False}
     log(f"      trained in {record['wall_s']:.0f} s -> {best}")
     return spec
+
+
+def check_models(s: CompareSettings, data_yaml: str) -> None:
+    """Teacher, student and data agree (classes, head, reg_max, feature levels) — checked before any training."""
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import YAML
+
+    from detkd.models.compat import check_compatibility
+    from detkd.models.loading import load_detection_model
+
+    data = YAML.load(data_yaml)
+    nc = int(data.get("nc") or len(data["names"]))
+    teacher = load_detection_model(str(s.teacher), role="teacher", nc=nc)
+    student = load_detection_model(str(s.student), role="student", nc=nc)
+    if int(getattr(student, "yaml", {}).get("nc", nc)) != nc:  # a .pt student for other classes: its new head
+        student = DetectionModel(student.yaml, nc=nc, verbose=False)
+    box_kd = any(kd_config(r, s).box_kd > 0 for r in plan(s) if r.kind == "distilled")
+    check_compatibility(teacher, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
+                        teacher_from_yaml=str(s.teacher).lower().endswith((".yaml", ".yml")))
+
+
+def _first_device(device) -> str:
+    """The device evaluation runs on: the first of a multi-GPU list; 'cpu' without CUDA; None: CUDA 0 if any."""
+    import torch
+
+    if device is None or str(device).strip() == "":
+        return "0" if torch.cuda.is_available() else "cpu"
+    return str(device).split(",")[0].strip()
 
 
 def is_coco_data(data_yaml: str) -> bool:
@@ -276,7 +304,7 @@ def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, 
         log(f"      {spec.label}: AP {spec.metrics['AP']:.3f} (evaluation reused)")
         return spec
     eval_dir.mkdir(parents=True, exist_ok=True)
-    device = s.eval_device or s.device or "cpu"
+    device = _first_device(s.eval_device or s.device)
     if coco:
         from detkd.eval.coco_eval import evaluate_coco
 
@@ -360,9 +388,10 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     coco = is_coco_data(data_yaml)
     log(f"      {'COCO dataset: official COCO AP with pycocotools' if coco else 'plain data.yaml: Ultralytics val AP (no APs/m/l)'}"
         f"; output {out}")
-    out.mkdir(parents=True, exist_ok=True)
 
-    say(f"evaluating teacher {teacher.name} ...")
+    say(f"checking teacher/student/data, evaluating teacher {teacher.name} ...")
+    check_models(s, data_yaml)
+    out.mkdir(parents=True, exist_ok=True)
     evaluate_run(specs[0], s, data_yaml, coco, out, log)
 
     for r in trained:
