@@ -389,7 +389,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     log(f"      {'COCO dataset: official COCO AP with pycocotools' if coco else 'plain data.yaml: Ultralytics val AP (no APs/m/l)'}"
         f"; output {out}")
 
-    say(f"checking teacher/student/data, evaluating teacher {teacher.name} ...")
+    say(f"checking teacher/student/data, evaluating teacher {s.teacher} ...")
     check_models(s, data_yaml)
     out.mkdir(parents=True, exist_ok=True)
     evaluate_run(specs[0], s, data_yaml, coco, out, log)
@@ -408,7 +408,8 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
 
     say(f"writing report to {out} ...")
     plot_map_vs_fps(specs, out / "map_vs_fps.png", subtitle=f"model-only, batch 1, {s.bench_imgsz or s.imgsz} px, "
-                                                             f"{s.bench_device}")
+                                                             f"{s.bench_device}",
+                    ylabel="COCO AP@[.50:.95]" if coco else "mAP50-95 (Ultralytics val)")
     plot_training_curves([(r.label, r.kind, r.results_csv) for r in trained], out / "training_curves.png")
     result = write_report(specs, s, data_yaml, coco, out)
     log(f"\n{result.report_md.read_text()}")

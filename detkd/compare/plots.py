@@ -53,12 +53,19 @@ def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float 
     to_ax = (ax.transData + ax.transAxes.inverted()).transform
     placed: list[tuple[float, float]] = []
     offsets = [(0.0, 0.0)] * len(pts)
+    markers = [tuple(to_ax(p)) for p in pts]
+
+    def clash(bx: float, by: float, own: int) -> bool:  # overlaps a placed label, or covers another point
+        return (any(abs(bx - px) < w and abs(by - py) < h for px, py in placed)
+                or any(j != own and bx - 0.01 <= mx <= bx + w and by - 0.02 <= my <= by + h
+                       for j, (mx, my) in enumerate(markers)))
+
     for i in sorted(range(len(pts)), key=lambda i: (pts[i][1], pts[i][0])):
-        fx, fy = to_ax(pts[i])
+        fx, fy = markers[i]
         dx = 8.0 if fx < 1 - w else -8.0 - w * fig_w  # right of the point, or left near the right edge
         bx = fx + dx / fig_w
         k = 0
-        while any(abs(bx - px) < w and abs(fy + k * h + 0.02 - py) < h for px, py in placed) and k < 12:
+        while clash(bx, fy + k * h + 0.02, i) and k < 12:
             k += 1
         by = fy + k * h + 0.02
         placed.append((bx, by))
@@ -66,7 +73,7 @@ def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float 
     return offsets
 
 
-def plot_map_vs_fps(specs, path, subtitle: str = "") -> Path:
+def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50:.95]") -> Path:
     """Scatter of COCO AP against FPS, each point labelled, the Pareto front drawn as a dashed step line."""
     from matplotlib.ticker import ScalarFormatter
 
@@ -104,7 +111,7 @@ def plot_map_vs_fps(specs, path, subtitle: str = "") -> Path:
                     fontsize=8, color=c, va="bottom",
                     arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.6) if abs(off[1]) > 14 else None)
     ax.set_xlabel("FPS (images/s, higher is faster)")
-    ax.set_ylabel("COCO AP@[.50:.95]")
+    ax.set_ylabel(ylabel)
     ax.set_title("Accuracy vs speed (up and right is better)" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
