@@ -202,12 +202,9 @@ def main(argv=None) -> int:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs
     result = {"machine": state.get("machine") or machine_info(args.device), "settings": settings,
               "summary": summary, "runs": state["runs"], "verdict": teacher_verdict(summary)}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"distill_gain_{tag}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(render(result))
-    print(render(result))
-    print(f"written: {stem}.json, {stem}.md")
+    from detkd.bench.report import write_json_and_markdown
+
+    write_json_and_markdown(args.out_dir / f"distill_gain_{tag}", result, render(result))
     return 0
 
 

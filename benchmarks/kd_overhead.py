@@ -172,12 +172,9 @@ def main(argv=None) -> int:
         for v in result["training"].values():
             v["ratio_vs_plain"] = v["median_epoch_s"] / plain
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"kd_overhead_{tag}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(render_markdown(result))
-    print(render_markdown(result))
-    print(f"written: {stem}.json, {stem}.md")
+    from detkd.bench.report import write_json_and_markdown
+
+    write_json_and_markdown(args.out_dir / f"kd_overhead_{tag}", result, render_markdown(result))
     return 0
 
 

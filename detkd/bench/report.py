@@ -88,3 +88,13 @@ def write_results(rows: list[dict], machine: dict, settings: dict, json_path: st
         md_path.parent.mkdir(parents=True, exist_ok=True)
         md_path.write_text(summarize(rows, machine, settings, title))
     return json_path, (Path(md_path) if md_path is not None else None)
+
+
+def write_json_and_markdown(stem: str | Path, result: dict, markdown: str) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` (creating the folder), print the Markdown and both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"written: {stem}.json, {stem}.md")
