@@ -19,7 +19,6 @@ Speed does not depend on the weights, so teacher YAMLs (random init) are fine he
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

@@ -54,7 +54,6 @@ def offline_check_amp(model) -> bool:
 
     import torch
     from ultralytics.utils import LOGGER, WEIGHTS_DIR
-    from ultralytics.utils import checks
 
     device = next(model.parameters()).device
     if device.type != "cuda":

@@ -38,7 +38,7 @@ offline.install()
 register_detkd_arguments()
 
 from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 ADAPTERS_FILE = "kd_adapters.pt"
