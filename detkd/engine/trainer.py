@@ -138,15 +138,26 @@ class DistillationTrainer(StudentTrainer):
         if self.adapters is not None and self.world_size > 1:
             self._adapters_in_loss = torch.nn.parallel.DistributedDataParallel(
                 self.adapters, device_ids=[self.device.index], find_unused_parameters=True)
-        if self.kd.validate_teacher and RANK in {-1, 0}:
-            self._know_your_teacher()
+        if self.kd.validate_teacher:
+            refusal = self._know_your_teacher() if RANK in {-1, 0} else None
+            if RANK != -1 and self.world_size > 1:  # DDP: every rank stops together, none waits on the others
+                from torch import distributed as dist
+
+                decision = [refusal]
+                dist.broadcast_object_list(decision, src=0)
+                refusal = decision[0]
+            if refusal:
+                raise ConfigError(refusal)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
 
-    def _know_your_teacher(self) -> None:
-        """Validate teacher and the student's starting point once, print them side by side, apply the floor."""
+    def _know_your_teacher(self) -> str | None:
+        """Validate teacher and the student's starting point once, print them side by side.
+
+        Returns the refusal message when the teacher is below ``min_teacher_map``, else None.
+        """
         self.teacher_metrics = self._quick_val(self.teacher.model, "teacher")
         self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
         t50_95, s50_95 = self.teacher_metrics.get("mAP50-95", 0.0), self.student_start_metrics.get("mAP50-95", 0.0)
@@ -156,15 +167,14 @@ class DistillationTrainer(StudentTrainer):
             f"  {'teacher':<18}{t50_95:>10.4f}{self.teacher_metrics.get('mAP50', 0.0):>10.4f}\n"
             f"  {'student (start)':<18}{s50_95:>10.4f}{self.student_start_metrics.get('mAP50', 0.0):>10.4f}"
         )
-        if self.kd.min_teacher_map is not None and t50_95 < self.kd.min_teacher_map:
-            raise ConfigError(
-                f"the teacher scores mAP50-95 {t50_95:.4f} on the val split, below --min-teacher-map "
-                f"{self.kd.min_teacher_map:g}: distilling from it is unlikely to help. Train the teacher longer "
-                f"or pick a stronger one (or lower --min-teacher-map)."
-            )
         if t50_95 <= s50_95:
             LOGGER.warning(f"{PREFIX}the teacher ({t50_95:.4f}) is not better than the student's starting point "
                            f"({s50_95:.4f}) on val: distilling from it is unlikely to help.")
+        if self.kd.min_teacher_map is not None and t50_95 < self.kd.min_teacher_map:
+            return (f"the teacher scores mAP50-95 {t50_95:.4f} on the val split, below --min-teacher-map "
+                    f"{self.kd.min_teacher_map:g}: distilling from it is unlikely to help. Train the teacher longer "
+                    f"or pick a stronger one (or lower --min-teacher-map).")
+        return None
 
     def _quick_val(self, model, what: str) -> dict:
         """mAP50-95 / mAP50 of ``model`` on the val loader with Ultralytics' DetectionValidator."""
