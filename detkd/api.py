@@ -33,7 +33,8 @@ class RunResult:
         m = self.metrics
         lines = [f"best.pt      {self.best}", f"results.csv  {self.results_csv}"]
         if m:
-            lines.append(f"val mAP50-95 {m.get('mAP50-95', float('nan')):.4f}   mAP50 {m.get('mAP50', float('nan')):.4f}")
+            lines.append(f"val mAP50-95 {m.get('mAP50-95', float('nan')):.4f}   mAP50 {m.get('mAP50', float('nan')):.4f}"
+                         f"   ({m.get('source', 'ultralytics')})")
         return "\n".join(lines)
 
 
@@ -66,12 +67,13 @@ def _train_overrides(student, data, train_args: dict) -> dict:
 
 
 def _result(trainer) -> RunResult:
-    metrics = {}
-    if trainer.metrics:
-        metrics = {
-            "mAP50-95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
-            "mAP50": float(trainer.metrics.get("metrics/mAP50(B)", 0.0)),
-        }
+    metrics, m = {}, trainer.metrics or {}
+    if "metrics/AP(COCO)" in m:  # --coco-eval: official pycocotools AP on the dataset's own JSON
+        metrics = {"mAP50-95": float(m["metrics/AP(COCO)"]), "mAP50": float(m["metrics/AP50(COCO)"]),
+                   "source": "pycocotools"}
+    elif m:
+        metrics = {"mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
+                   "source": "ultralytics"}
     return RunResult(
         save_dir=Path(trainer.save_dir), best=Path(trainer.best), last=Path(trainer.last),
         results_csv=Path(trainer.csv), metrics=metrics, teacher_metrics=getattr(trainer, "teacher_metrics", {}),

@@ -145,3 +145,4 @@ def test_coco_eval_selects_on_official_ap(tmp_path, shapes_yaml, teacher_pt):
                   coco_eval=True, **{**TINY_TRAIN, "epochs": 1})
     header = open(run.results_csv).readline()
     assert "metrics/AP(COCO)" in header and "train/cls_kd" in header
+    assert run.metrics["source"] == "pycocotools" and 0.0 <= run.metrics["mAP50-95"] <= 1.0
