@@ -146,3 +146,13 @@ def test_coco_eval_selects_on_official_ap(tmp_path, shapes_yaml, teacher_pt):
     header = open(run.results_csv).readline()
     assert "metrics/AP(COCO)" in header and "train/cls_kd" in header
     assert run.metrics["source"] == "pycocotools" and 0.0 <= run.metrics["mAP50-95"] <= 1.0
+
+
+def test_distill_on_real_coco_data(tmp_path, raccoon):
+    """Real photographs in COCO format (../shared/datasets/raccoon, incl. non-RGB images), converted on the fly."""
+    from detkd.api import distill
+
+    run = distill(teacher="yolov8s.yaml", student="yolov8n.yaml", data=str(raccoon), project=str(tmp_path),
+                  name="raccoon", **{**TINY_TRAIN, "epochs": 1, "batch": 16})
+    rows = _rows(run.results_csv)
+    assert len(rows) == 1 and float(rows[0]["train/box_kd"]) > 0 and run.best.is_file()
