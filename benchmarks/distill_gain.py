@@ -112,11 +112,12 @@ def aggregate(state: dict) -> dict:
 
 
 def render(result: dict) -> str:
+    from detkd.bench.report import machine_line
+
     s, m, agg = result["settings"], result["machine"], result["summary"]
     base = agg.get("baseline", {}).get("mAP50-95")
     lines = [f"# Distillation gain — {s['tag']}", "",
-             f"Machine: {m['gpus'][0]['name'] if m['gpus'] else m['cpu']['name']}; torch {m['versions']['torch']}, "
-             f"ultralytics {m['versions']['ultralytics']}. "
+             f"Machine: {machine_line(m)}.", "",
              f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
              f"{s['teacher_cfg'] + ' trained here, ' + str(s['teacher_epochs']) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
              f"Data: {s['data']}.", "",

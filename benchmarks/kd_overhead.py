@@ -114,23 +114,6 @@ def save_random_checkpoint(cfg: str, nc: int, names: dict, path: Path) -> str:
     return str(path)
 
 
-def machine_tag() -> tuple[str, dict]:
-    import platform
-
-    import torch
-    import ultralytics
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "ultralytics": ultralytics.__version__,
-            "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        tag = info["gpu"].replace("NVIDIA ", "").split()[0].lower()
-    else:
-        info["gpu"] = None
-        tag = "cpu"
-    return tag, info
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "raccoon"))
@@ -154,7 +137,10 @@ def main(argv=None) -> int:
     data = YAML.load(data_yaml)
     names = data["names"] if isinstance(data["names"], dict) else dict(enumerate(data["names"]))
     nc = len(names)
-    tag, info = machine_tag()
+    from detkd.bench.machine import machine_info, machine_tag
+
+    info = machine_info(args.device)
+    tag = machine_tag(info, args.device)
     result = {"machine": info, "settings": {k: str(v) for k, v in vars(args).items()}}
 
     print(f"[1/2] teacher forward: {args.teacher}, batch {args.batch}, {args.imgsz}px", flush=True)
@@ -178,13 +164,15 @@ def main(argv=None) -> int:
 
 
 def render_markdown(r: dict) -> str:
+    from detkd.bench.report import machine_line
+
     m, s = r["machine"], r["settings"]
-    lines = [f"# Distillation overhead — {m.get('gpu') or m.get('cpu')}", "",
-             f"torch {m['torch']} (CUDA {m['cuda']}), ultralytics {m['ultralytics']}, python {m['python']}. "
+    lines = [f"# Distillation overhead — {m['gpus'][0]['name'] if m['gpus'] else m['cpu']['name']}", "",
+             f"{machine_line(m)}.", "",
              f"Teacher {s['teacher']}, student {s['student']}, {s['imgsz']} px, batch {s['batch']}.", "",
              "## Teacher forward (one batch)", "", "| variant | mean ms | p50 ms | p90 ms | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|"]
-    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused", "detkd": "detkd: fused + FP16 + channels_last",
+    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused", "detkd": "detkd: fused (+ FP16 + channels_last on CUDA)",
               "detkd_graph": "detkd: + CUDA graph (default)"}
     for k, v in r["teacher_forward"].items():
         lines.append(f"| {labels.get(k, k)} | {v['mean_ms']:.2f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | "
