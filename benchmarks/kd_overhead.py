@@ -172,7 +172,8 @@ def render_markdown(r: dict) -> str:
              f"Teacher {s['teacher']}, student {s['student']}, {s['imgsz']} px, batch {s['batch']}.", "",
              "## Teacher forward (one batch)", "", "| variant | mean ms | p50 ms | p90 ms | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|"]
-    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused", "detkd": "detkd: fused (+ FP16 + channels_last on CUDA)",
+    labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused",
+              "detkd": "detkd: fused (+ FP16 + channels_last on CUDA)",
               "detkd_graph": "detkd: + CUDA graph (default)"}
     for k, v in r["teacher_forward"].items():
         lines.append(f"| {labels.get(k, k)} | {v['mean_ms']:.2f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | "
