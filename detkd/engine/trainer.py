@@ -58,10 +58,9 @@ class DistillationTrainer(StudentTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks=None, kd=None):
         overrides = dict(overrides or {})
+        kd = kd if kd is not None else overrides.get("kd")
         if kd is not None:
             overrides["kd"] = KDConfig.coerce(kd).to_dict()
-        elif overrides.get("kd") is not None:
-            overrides["kd"] = KDConfig.coerce(overrides["kd"]).to_dict()
         if overrides.get("distill_model"):
             raise ConfigError(_BUILTIN_DISTILL_MSG)
         super().__init__(cfg, overrides, _callbacks)  # on resume, args (kd included) come from last.pt
