@@ -8,15 +8,23 @@ teacher signal differs. Rows:
 
 * ``teacher``               — trained here from ``--teacher-cfg`` (or ``--teacher`` given), validated;
 * ``baseline``              — the student alone (Ultralytics DetectionTrainer), every seed;
-* ``ultralytics_kd``        — Ultralytics 8.4 built-in ``distill_model=`` (score-weighted feature L2), seed 0;
+* ``ultralytics_kd``        — Ultralytics 8.4 built-in ``distill_model=`` (score-weighted feature L2), every seed;
 * ``detkd``                 — detkd's default recipe, every seed;
 * ablations (``--ablations``, seed 0): cls-only, box-only, feat-only (cwd), feat mse, feat mgd.
 
 Metric: Ultralytics' val mAP50-95 / mAP50 of each run's best.pt on the val split. Also wall time per run and the
 median train-epoch time relative to the baseline. Results: ``<out-dir>/distill_gain_<tag>.json`` and ``.md``.
 
-Runs are recorded in ``<state-dir>/state.json`` as they finish; a re-run skips what is already there (so long
-protocols can be split across several invocations, e.g. GPU calls with a time limit: ``--only``).
+Without a GPU, ``--shapes N_TRAIN N_VAL`` generates the demo's procedural dataset (at ``--imgsz``) instead of
+``--data``, so the same protocol runs on a CPU in about an hour::
+
+    python benchmarks/distill_gain.py --shapes 192 48 --imgsz 128 --batch 16 --teacher-epochs 40 --epochs 30 \
+        --workers 0 --device cpu
+
+Runs are recorded in ``<state-dir>/state.json`` as they finish; a re-run skips what is already there, so a long
+protocol can be split across several invocations (GPU calls with a time limit): ``--only`` picks runs,
+``--time-budget S`` starts no run expected to end after S seconds (estimated from the runs already recorded) and
+exits with status 3 while runs remain — call the same command again to go on.
 """
 
 from __future__ import annotations
@@ -76,14 +84,21 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     }
 
 
-def plan(args) -> list[tuple[str, int]]:
+def expected_wall_s(state: dict, kind: str) -> float | None:
+    """How long a run of ``kind`` should take: the longest recorded run of the same role (teacher / student)."""
+    same_role = [r["wall_s"] for r in state["runs"].values() if (r["kind"] == "teacher") == (kind == "teacher")]
+    return max(same_role) if same_role else None
+
+
+def plan(args, only: bool = True) -> list[tuple[str, int]]:
+    """(kind, seed) of every run of the protocol; with ``only``, just those ``--only`` selects."""
     runs = [("teacher", 0)] if not args.teacher else []
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
     if args.ultralytics_kd:
-        runs.append(("ultralytics_kd", args.seeds[0]))
+        runs += [("ultralytics_kd", s) for s in args.seeds]
     if args.ablations:
         runs += [(k, args.seeds[0]) for k in ABLATIONS]
-    if args.only:  # kinds ("baseline") or single runs ("baseline_s1")
+    if only and args.only:  # kinds ("baseline") or single runs ("baseline_s1")
         runs = [r for r in runs if r[0] in args.only or f"{r[0]}_s{r[1]}" in args.only]
     return runs
 
@@ -133,6 +148,8 @@ def render(result: dict) -> str:
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
     if result.get("verdict"):
         lines += ["", f"**Teacher verdict:** {result['verdict']}"]
+    if result.get("pending"):
+        lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +166,8 @@ def teacher_verdict(agg: dict) -> str | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "raccoon"))
+    p.add_argument("--shapes", type=int, nargs=2, metavar=("N_TRAIN", "N_VAL"),
+                   help="generate the demo's procedural shapes dataset (at --imgsz) instead of --data")
     p.add_argument("--tag", help="results name (default: the dataset folder name)")
     p.add_argument("--teacher", help="existing teacher .pt (skips teacher training)")
     p.add_argument("--teacher-cfg", default="yolov8s.yaml")
@@ -165,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="run only these kinds now (teacher baseline detkd ultralytics_kd ...)")
     p.add_argument("--kd", default="{}", help="JSON of KDConfig overrides for all detkd runs")
     p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="start no run expected to finish after S seconds; exit 3 while runs remain")
     p.add_argument("--runs", type=Path, default=Path("runs/distill_gain"))
     p.add_argument("--state-dir", type=Path, help="where state.json lives (default: --runs)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -174,15 +195,21 @@ def main(argv=None) -> int:
     from detkd.bench.machine import machine_info
     from detkd.api import resolve_data
 
+    if args.shapes:
+        from detkd.data.synthetic import SyntheticSpec, make_shapes_dataset
+
+        n_train, n_val = args.shapes
+        args.data = make_shapes_dataset(args.runs / f"shapes_{n_train}_{n_val}_{args.imgsz}px",
+                                        SyntheticSpec(n_train=n_train, n_val=n_val, imgsz=args.imgsz))
     data_yaml = resolve_data(args.data)
-    tag = args.tag or Path(str(args.data).rstrip("/")).name
+    tag = args.tag or ("shapes" if args.shapes else Path(str(args.data).rstrip("/")).name)
     state_dir = args.state_dir or args.runs
     state_dir.mkdir(parents=True, exist_ok=True)
     state_file = state_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
     teacher = args.teacher or state.get("teacher")
 
-    todo = plan(args)
+    todo, t_start = plan(args), time.perf_counter()
     for i, (kind, seed) in enumerate(todo):
         key = f"{kind}_s{seed}"
         if key in state["runs"]:
@@ -190,6 +217,11 @@ def main(argv=None) -> int:
             continue
         if kind not in {"teacher", "baseline"} and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
+        expected = expected_wall_s(state, kind)
+        if args.time_budget and expected and time.perf_counter() - t_start + expected > args.time_budget:
+            print(f"[{i + 1}/{len(todo)}] {key}: not started, expected {expected:.0f} s would pass the "
+                  f"{args.time_budget:.0f} s time budget", flush=True)
+            break
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
         state["runs"][key] = train_run(kind, args, data_yaml, seed, teacher, key)
         state["machine"] = machine_info(args.device)  # the machine the runs were trained on
@@ -197,15 +229,21 @@ def main(argv=None) -> int:
             teacher = state["teacher"] = state["runs"][key]["best"]
         state_file.write_text(json.dumps(state, indent=2))
 
+    pending = [f"{k}_s{s}" for k, s in plan(args, only=False) if f"{k}_s{s}" not in state["runs"]]
+    left_now = [f"{k}_s{s}" for k, s in todo if f"{k}_s{s}" not in state["runs"]]
     summary = aggregate(state)
     settings = {**{k: str(v) for k, v in vars(args).items()}, "tag": tag}
     if "teacher_s0" in state["runs"]:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs
     result = {"machine": state.get("machine") or machine_info(args.device), "settings": settings,
-              "summary": summary, "runs": state["runs"], "verdict": teacher_verdict(summary)}
+              "summary": summary, "runs": state["runs"], "verdict": teacher_verdict(summary),
+              "pending": pending}
     from detkd.bench.report import write_json_and_markdown
 
     write_json_and_markdown(args.out_dir / f"distill_gain_{tag}", result, render(result))
+    if left_now:
+        print(f"{len(left_now)} run(s) still to do ({' '.join(left_now)}): run the same command again to go on.")
+        return 3
     return 0
 
 
