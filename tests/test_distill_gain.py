@@ -20,6 +20,16 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
             "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--device", "cpu", "--seeds", "0", "1",
             "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
             "--train-args", json.dumps({"warmup_epochs": 0, "val": False})]
+    # a partial protocol: what is missing is named in the results, and the time budget stops before a long run
+    assert distill_gain.main([*argv, "--only", "teacher", "baseline_s0"]) == 0
+    partial = json.loads((tmp_path / "out" / "distill_gain_tiny.json").read_text())
+    assert set(partial["runs"]) == {"teacher_s0", "baseline_s0"} and "detkd_s0" in partial["pending"]
+    assert "**Not run yet:** baseline_s1, detkd_s0" in (tmp_path / "out" / "distill_gain_tiny.md").read_text()
+    capsys.readouterr()
+    assert distill_gain.main([*argv, "--time-budget", "0.001"]) == 3  # nothing fits: nothing starts
+    assert "baseline_s1: not started" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "out" / "distill_gain_tiny.json").read_text())["runs"]) == set(partial["runs"])
+
     assert distill_gain.main(argv) == 0
     result = json.loads((tmp_path / "out" / "distill_gain_tiny.json").read_text())
     kinds = set(result["summary"])
@@ -29,6 +39,8 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
         assert r["wall_s"] > 0 and 0.0 <= r["mAP50-95"] <= 1.0 and r["median_epoch_s"] > 0
     md = (tmp_path / "out" / "distill_gain_tiny.md").read_text()
     assert "| baseline (student alone) | 0,1 |" in md and "Ultralytics built-in distill_model" in md
+    assert result["summary"]["ultralytics_kd"]["seeds"] == [0, 1] and result["pending"] == []
+    assert "Not run yet" not in md
     assert result["verdict"]  # random teacher vs random student: a verdict is always stated
 
     capsys.readouterr()
