@@ -84,6 +84,11 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     }
 
 
+def run_key(kind: str, seed: int) -> str:
+    """The name of one run in state.json and on the command line (``--only baseline_s1``)."""
+    return f"{kind}_s{seed}"
+
+
 def expected_wall_s(state: dict, kind: str) -> float | None:
     """How long a run of ``kind`` should take: the longest recorded run of the same role (teacher / student)."""
     same_role = [r["wall_s"] for r in state["runs"].values() if (r["kind"] == "teacher") == (kind == "teacher")]
@@ -99,7 +104,7 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     if args.ablations:
         runs += [(k, args.seeds[0]) for k in ABLATIONS]
     if only and args.only:  # kinds ("baseline") or single runs ("baseline_s1")
-        runs = [r for r in runs if r[0] in args.only or f"{r[0]}_s{r[1]}" in args.only]
+        runs = [r for r in runs if r[0] in args.only or run_key(*r) in args.only]
     return runs
 
 
@@ -211,7 +216,7 @@ def main(argv=None) -> int:
 
     todo, t_start = plan(args), time.perf_counter()
     for i, (kind, seed) in enumerate(todo):
-        key = f"{kind}_s{seed}"
+        key = run_key(kind, seed)
         if key in state["runs"]:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
@@ -229,8 +234,8 @@ def main(argv=None) -> int:
             teacher = state["teacher"] = state["runs"][key]["best"]
         state_file.write_text(json.dumps(state, indent=2))
 
-    pending = [f"{k}_s{s}" for k, s in plan(args, only=False) if f"{k}_s{s}" not in state["runs"]]
-    left_now = [f"{k}_s{s}" for k, s in todo if f"{k}_s{s}" not in state["runs"]]
+    pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
+                         for runs in (plan(args, only=False), todo))
     summary = aggregate(state)
     settings = {**{k: str(v) for k, v in vars(args).items()}, "tag": tag}
     if "teacher_s0" in state["runs"]:
