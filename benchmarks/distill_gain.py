@@ -71,7 +71,8 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     elif kind == "ultralytics_kd":
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher})
     else:
-        kd = KDConfig(teacher=teacher, validate_teacher=False, **ABLATIONS.get(kind, {}), **args.kd)
+        settings = {**args.kd, **ABLATIONS.get(kind, {}), **args.variants.get(kind, {})}
+        kd = KDConfig(teacher=teacher, validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
     timer = EpochTimer().attach(trainer)
     t0 = time.perf_counter()
@@ -81,7 +82,21 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
         "kind": kind, "seed": seed, "epochs": epochs, "wall_s": time.perf_counter() - t0,
         "median_epoch_s": timer.median(), "best": str(trainer.best),
         "mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
+        "curve": read_curve(Path(trainer.save_dir) / "results.csv"),
     }
+
+
+def read_curve(results_csv: Path) -> dict[str, list[float]]:
+    """Per-epoch columns of a run's results.csv (val mAP, train losses incl. KD terms) for learning curves."""
+    import csv
+
+    if not results_csv.is_file():
+        return {}
+    with open(results_csv) as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    keep = ["epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss", "train/cls_loss", "train/dfl_loss",
+            "train/cls_kd", "train/box_kd", "train/feat_kd"]
+    return {k: [float(r[k]) for r in rows] for k in keep if rows and k in rows[0]}
 
 
 def run_key(kind: str, seed: int) -> str:
@@ -101,6 +116,7 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
     if args.ultralytics_kd:
         runs += [("ultralytics_kd", s) for s in args.seeds]
+    runs += [(k, s) for k in args.variants for s in args.seeds]
     if args.ablations:
         runs += [(k, args.seeds[0]) for k in ABLATIONS]
     if only and args.only:  # kinds ("baseline") or single runs ("baseline_s1")
@@ -143,19 +159,37 @@ def render(result: dict) -> str:
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["teacher", "baseline", "ultralytics_kd", "detkd", *ABLATIONS]
+    order = ["teacher", "baseline", "ultralytics_kd", "detkd", *settings_variants(s), *ABLATIONS]
     for kind in [k for k in order if k in agg]:
         a = agg[kind]
         spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
         delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind != "baseline" else ""
         ratio = f"{a['epoch_ratio']:.2f}x" if a["epoch_ratio"] else ""
-        lines.append(f"| {LABELS.get(kind, kind)} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
+        label = LABELS.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
+                           settings_variants(s) else kind)
+        lines.append(f"| {label} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
     if result.get("verdict"):
         lines += ["", f"**Teacher verdict:** {result['verdict']}"]
     if result.get("pending"):
         lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
+
+
+def settings_variants(settings: dict) -> list[str]:
+    v = settings.get("variants", {})
+    return list(v) if isinstance(v, dict) else []
+
+
+def parse_variants(items: list[str]) -> dict[str, dict]:
+    """``NAME=JSON`` items → {name: KDConfig overrides}; names become run kinds (``--only NAME``)."""
+    out = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        if not name.isidentifier() or name in LABELS:
+            raise SystemExit(f"--variant '{item}': NAME must be a new identifier (not {', '.join(LABELS)})")
+        out[name] = json.loads(spec or "{}")
+    return out
 
 
 def teacher_verdict(agg: dict) -> str | None:
@@ -186,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ultralytics-kd", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--variant", dest="variant_items", action="append", default=[], metavar="NAME=JSON",
+                   help="a named KD configuration (KDConfig overrides on top of --kd) run on every seed; repeatable")
     p.add_argument("--only", nargs="+", help="run only these kinds now (teacher baseline detkd ultralytics_kd ...)")
     p.add_argument("--kd", default="{}", help="JSON of KDConfig overrides for all detkd runs")
     p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")
@@ -196,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     args.kd, args.train_args = json.loads(args.kd), json.loads(args.train_args)
+    args.variants = parse_variants(args.variant_items)
 
     from detkd.bench.machine import machine_info
     from detkd.api import resolve_data
@@ -237,7 +274,8 @@ def main(argv=None) -> int:
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
                          for runs in (plan(args, only=False), todo))
     summary = aggregate(state)
-    settings = {**{k: str(v) for k, v in vars(args).items()}, "tag": tag}
+    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items"}}, "tag": tag,
+                "variants": args.variants}
     if "teacher_s0" in state["runs"]:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs
     result = {"machine": state.get("machine") or machine_info(args.device), "settings": settings,

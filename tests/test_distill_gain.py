@@ -19,7 +19,8 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
     argv = ["--data", str(shapes_coco), "--tag", "tiny", "--teacher-cfg", "yolov8n.yaml", "--teacher-epochs", "1",
             "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--device", "cpu", "--seeds", "0", "1",
             "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
-            "--train-args", json.dumps({"warmup_epochs": 0, "val": False})]
+            "--train-args", json.dumps({"warmup_epochs": 0, "val": False}),
+            "--variant", 'verified={"anchor_weighting": "verified", "schedule": "cosine"}']
     # a partial protocol: what is missing is named in the results, and the time budget stops before a long run
     assert distill_gain.main([*argv, "--only", "teacher", "baseline_s0"]) == 0
     partial = json.loads((tmp_path / "out" / "distill_gain_tiny.json").read_text())
@@ -33,12 +34,16 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
     assert distill_gain.main(argv) == 0
     result = json.loads((tmp_path / "out" / "distill_gain_tiny.json").read_text())
     kinds = set(result["summary"])
-    assert kinds == {"teacher", "baseline", "detkd", "ultralytics_kd", *distill_gain.ABLATIONS}
+    assert kinds == {"teacher", "baseline", "detkd", "ultralytics_kd", "verified", *distill_gain.ABLATIONS}
+    assert result["summary"]["verified"]["seeds"] == [0, 1]  # a named variant runs on every seed
+    curve = result["runs"]["verified_s0"]["curve"]
+    assert curve["epoch"] == [1.0] and curve["train/cls_kd"][0] > 0  # per-epoch curves come from results.csv
     assert result["summary"]["baseline"]["n"] == 2 and result["summary"]["detkd"]["seeds"] == [0, 1]
     for r in result["runs"].values():
         assert r["wall_s"] > 0 and 0.0 <= r["mAP50-95"] <= 1.0 and r["median_epoch_s"] > 0
     md = (tmp_path / "out" / "distill_gain_tiny.md").read_text()
     assert "| baseline (student alone) | 0,1 |" in md and "Ultralytics built-in distill_model" in md
+    assert "variant `verified`" in md
     assert result["summary"]["ultralytics_kd"]["seeds"] == [0, 1] and result["pending"] == []
     assert "Not run yet" not in md
     assert result["verdict"]  # random teacher vs random student: a verdict is always stated
@@ -47,3 +52,36 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
     assert distill_gain.main(argv) == 0  # everything is reused, nothing retrained
     out = capsys.readouterr().out
     assert out.count("done before, reused") == len(result["runs"])
+
+
+def test_recipe_summary_acceptance_checks(tmp_path):
+    """Hand-made results: the three acceptance checks of the recipe protocol, and the curves plot."""
+    sys.path.insert(0, str(BENCH))
+    import recipe_summary
+    from detkd.bench.machine import machine_info
+
+    machine = machine_info("cpu")
+
+    def kind(runs):
+        return {"mAP50-95": sum(runs) / len(runs), "mAP50-95_runs": runs, "spread": (max(runs) - min(runs)) / 2,
+                "seeds": list(range(len(runs))), "mAP50": 0.5}
+
+    def result(tag, base, cand, builtin):
+        runs = {f"{k}_s{i}": {"kind": k, "seed": i, "curve": {"metrics/mAP50-95(B)": [0.1, v]}}
+                for k, vals in (("baseline", base), ("detkd", cand)) for i, v in enumerate(vals)}
+        return {"settings": {"tag": tag, "student": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 8,
+                             "seeds": "[0, 1]", "data": tag},
+                "machine": machine, "runs": runs,
+                "summary": {"baseline": kind(base), "detkd": kind(cand), "ultralytics_kd": kind(builtin)}}
+
+    results = {"a": result("a", [0.30, 0.32], [0.35, 0.36], [0.31, 0.31]),   # beyond spread
+               "b": result("b", [0.30, 0.32], [0.31, 0.33], [0.33, 0.33]),   # above mean, within spread
+               "c": result("c", [0.40, 0.42], [0.45, 0.47], [0.40, 0.40])}   # beyond spread
+    checks = recipe_summary.acceptance(results, "detkd")
+    assert checks["never_below_baseline"] and checks["beyond_spread_on_most"] and checks["above_builtin_on_average"]
+    assert [v["beyond_spread"] for v in checks["datasets"].values()] == [True, False, True]
+    results["b"] = result("b", [0.30, 0.32], [0.29, 0.30], [0.33, 0.33])  # below the baseline mean on one dataset
+    assert not recipe_summary.acceptance(results, "detkd")["never_below_baseline"]
+    png = recipe_summary.plot_curves(results, ["baseline", "detkd"], tmp_path / "curves.png")
+    assert png.stat().st_size > 0
+    assert "**no**" in recipe_summary.render(results, "detkd", recipe_summary.acceptance(results, "detkd"))

@@ -18,7 +18,7 @@ from detkd.losses.feature import boxes_to_masks, feature_kd_loss
 from detkd.losses.localization import box_iou_kd_loss, decode_boxes, localization_kd_loss
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
-from detkd.losses.weighting import anchor_weights
+from detkd.losses.weighting import anchor_weights, verified_weights
 from detkd.models.teacher import FrozenTeacher, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
@@ -47,14 +47,14 @@ class DistillationLoss:
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raw = self.det.parse_output(preds)
         assigned, det_loss, items = self.det.get_assigned_targets_and_loss(raw, batch)
-        fg_mask, anchor_points = assigned[0], assigned[3]
+        fg_mask, anchor_points, stride_tensor = assigned[0], assigned[3], assigned[4]
         batch_size = raw["boxes"].shape[0]
-        kd_terms = self.distillation_terms(split_head_outputs(raw), batch, fg_mask, anchor_points)
+        kd_terms = self.distillation_terms(split_head_outputs(raw), batch, fg_mask, anchor_points, stride_tensor)
         items.update({k: v.detach() for k, v in kd_terms.items()})
         total = torch.cat([det_loss, torch.stack([kd_terms[k] for k in KD_LOSS_NAMES]).to(det_loss.dtype)])
         return total * batch_size, items
 
-    def distillation_terms(self, student, batch, fg_mask, anchor_points) -> dict[str, torch.Tensor]:
+    def distillation_terms(self, student, batch, fg_mask, anchor_points, stride_tensor=None) -> dict[str, torch.Tensor]:
         """Weighted KD terms (scalars) for one batch; a disabled term is an exact 0 (and costs nothing)."""
         w = self.term_weights()
         zero = student.scores.new_zeros(()).float()
@@ -65,7 +65,7 @@ class DistillationLoss:
         if teacher.scores.shape != student.scores.shape:
             raise RuntimeError(f"teacher/student head shapes differ: {tuple(teacher.scores.shape)} vs "
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
-        weights = anchor_weights(teacher.scores, fg_mask, self.kd.anchor_weighting)
+        weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
         if w["cls_kd"] > 0:
             terms["cls_kd"] = w["cls_kd"] * classification_kd_loss(
                 student.scores.float(), teacher.scores, weights, self.kd.cls_mode, self.kd.cls_temperature)
@@ -86,6 +86,21 @@ class DistillationLoss:
                 student.feats, teacher.feats, self.adapters, self.kd.feat_method, self.kd.feat_temperature,
                 masks, self.kd.mgd_mask_ratio)
         return terms
+
+    def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor) -> torch.Tensor:
+        """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`)."""
+        if self.kd.anchor_weighting != "verified":
+            return anchor_weights(teacher.scores, fg_mask, self.kd.anchor_weighting)
+        gt_labels, gt_boxes = self.ground_truth(batch, teacher.scores.shape[0])
+        t_boxes = decode_boxes(teacher.boxes, anchor_points, self.det.reg_max) * stride_tensor  # px, xyxy
+        return verified_weights(teacher.scores, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
+
+    def ground_truth(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels (B, N, 1) and xyxy pixel boxes (B, N, 4) of the batch, padded per image (Ultralytics' format)."""
+        img_hw = torch.tensor(batch["img"].shape[2:], device=self.det.device, dtype=torch.float32)
+        targets = torch.cat((batch["batch_idx"].view(-1, 1), batch["cls"].view(-1, 1), batch["bboxes"]), 1)
+        targets = self.det.preprocess(targets.to(self.det.device), batch_size, scale_tensor=img_hw[[1, 0, 1, 0]])
+        return targets.split((1, 4), 2)
 
     # ------------------------------------------------------------------------- Ultralytics compatibility
     def update(self) -> None:

@@ -6,8 +6,14 @@ by background where teacher and student both say "nothing" — the useful signal
 * ``teacher``:  w = max_c σ(t_ac)                 — the teacher's confidence (dark knowledge where it sees objects,
                                                    including ones the labels missed or the student mislocalizes);
 * ``assigned``: w = 1[a ∈ student's TAL foreground] — the anchors the student's own task-aligned assigner trains;
-* ``union`` (default): w = max(teacher, assigned)    — both, so assigned anchors always count fully and confident
-                                                   teacher anchors add soft weight.
+* ``union``:    w = max(teacher, assigned)         — both, so assigned anchors always count fully and confident
+                                                   teacher anchors add soft weight;
+* ``verified``: w = max_g σ(t_{a,c_g}) · IoU(b^t_a, g) over the image's ground-truth boxes g (class c_g) — the
+                teacher is imitated where it is *right*: its score for the labelled class times how well its box
+                covers the labelled object. Anchors where the teacher is confident about nothing that is labelled
+                (its false positives) and labelled objects it misses or mislocates get little weight; near-object
+                anchors the student's assigner leaves out still count when the teacher is right there.
+                Needs labels: on images without ground truth every weight is 0.
 
 Weights are detached (they select, they are not trained) and shaped (B, A).
 """
@@ -16,11 +22,14 @@ from __future__ import annotations
 
 import torch
 
-ANCHOR_WEIGHTINGS = ("union", "teacher", "assigned")
+ANCHOR_WEIGHTINGS = ("union", "teacher", "assigned", "verified")
 
 
 def anchor_weights(teacher_logits: torch.Tensor, fg_mask: torch.Tensor | None, mode: str = "union") -> torch.Tensor:
-    """Anchor weights (B, A) from teacher logits (B, A, C) and the student's foreground mask (B, A) bool."""
+    """Anchor weights (B, A) from teacher logits (B, A, C) and the student's foreground mask (B, A) bool.
+
+    ``verified`` needs boxes and labels: use :func:`verified_weights`.
+    """
     teacher_conf = teacher_logits.detach().float().sigmoid().amax(-1)
     if mode == "teacher" or fg_mask is None:
         return teacher_conf
@@ -30,3 +39,34 @@ def anchor_weights(teacher_logits: torch.Tensor, fg_mask: torch.Tensor | None, m
     if mode == "union":
         return torch.maximum(teacher_conf, assigned)
     raise ValueError(f"unknown anchor weighting '{mode}' (expected one of {ANCHOR_WEIGHTINGS})")
+
+
+def verified_weights(
+    teacher_logits: torch.Tensor,
+    teacher_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_mask: torch.Tensor,
+) -> torch.Tensor:
+    """w_a = max_g σ(t_{a,c_g}) · IoU(b^t_a, g): how right the teacher is at each anchor (B, A), in [0, 1].
+
+    Args:
+        teacher_logits: (B, A, C) class logits.
+        teacher_boxes: (B, A, 4) decoded xyxy boxes, in the same units as ``gt_boxes``.
+        gt_labels: (B, N, 1) class index of each ground-truth slot (Ultralytics' padded targets).
+        gt_boxes: (B, N, 4) xyxy ground-truth boxes.
+        gt_mask: (B, N, 1) which slots hold a real box (padding is 0).
+    """
+    from ultralytics.utils.metrics import bbox_iou
+
+    b, a, _ = teacher_logits.shape
+    n = gt_boxes.shape[1]
+    if n == 0:
+        return teacher_logits.new_zeros(b, a).float()
+    probs = teacher_logits.detach().float().sigmoid()
+    labels = gt_labels.long().view(b, 1, n).expand(b, a, n)
+    cls_prob = probs.gather(2, labels)  # (B, A, N): teacher score for each box's class
+    iou = bbox_iou(teacher_boxes.detach().float().unsqueeze(2), gt_boxes.float().unsqueeze(1), xywh=False)
+    iou = iou.squeeze(-1).clamp(min=0.0)  # (B, A, N)
+    score = cls_prob * iou * gt_mask.view(b, 1, n).float()
+    return score.amax(-1)
