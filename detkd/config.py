@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from detkd.errors import ConfigError
+from detkd.losses.balance import BALANCE_MODES
 from detkd.losses.feature import FEATURE_METHODS
 from detkd.losses.schedule import SCHEDULES
 from detkd.losses.weighting import ANCHOR_WEIGHTINGS
@@ -38,6 +39,8 @@ class KDConfig:
         anchor_weighting: ``union`` / ``teacher`` / ``assigned`` (see :mod:`detkd.losses.weighting`).
         schedule: ``constant`` / ``linear`` / ``cosine`` multiplier on all KD weights over training.
         schedule_final: the multiplier reached at the last epoch (linear/cosine).
+        balance: ``none`` (weights multiply the raw terms) or ``detection`` (each term rescaled to its weight times
+            the running detection loss, see :mod:`detkd.losses.balance`).
         min_teacher_map: refuse to start when the teacher's val mAP50-95 is below this (None: never refuse).
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in FP16 on CUDA (fused, channels_last). False keeps FP32.
@@ -59,6 +62,7 @@ class KDConfig:
     anchor_weighting: str = "union"
     schedule: str = "constant"
     schedule_final: float = 0.0
+    balance: str = "none"
     min_teacher_map: float | None = None
     validate_teacher: bool = True
     teacher_half: bool = True
@@ -81,6 +85,7 @@ class KDConfig:
             "feat_method": FEATURE_METHODS,
             "anchor_weighting": ANCHOR_WEIGHTINGS,
             "schedule": SCHEDULES,
+            "balance": BALANCE_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -152,7 +157,8 @@ class KDConfig:
             f" mask_ratio={self.mgd_mask_ratio:g}" if self.feat_method == "mgd" else f" tau={self.feat_temperature:g}")
         rows.append(f"feat_kd {self.feat_kd:<10g} method={self.feat_method}{extra} (P3/P4/P5, 1x1 adapters)")
         rows.append(f"anchors {self.anchor_weighting:<10} schedule={self.schedule}"
-                    + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else ""))
+                    + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else "")
+                    + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
         return "\n".join(rows)
 
 

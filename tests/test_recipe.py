@@ -54,3 +54,76 @@ def test_verified_weights_invariant_to_box_units():
     w1 = verified_weights(logits, boxes, gt_labels, gt_boxes, gt_mask)
     w8 = verified_weights(logits, boxes * 8, gt_labels, gt_boxes * 8, gt_mask)
     assert torch.allclose(w1, w8, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ balancing
+from detkd.losses.balance import LossBalancer  # noqa: E402
+
+
+def test_balancer_matches_detection_loss_magnitude():
+    """First batch: a balanced term equals the detection loss (EMA starts at the first value), gradient keeps its
+    direction: d(L')/dθ = D/L · dL/dθ."""
+    bal = LossBalancer()
+    theta = torch.tensor(2.0, requires_grad=True)
+    raw = 3.0 * theta**2  # 12
+    bal.observe_detection(torch.tensor(6.0))
+    out = bal("cls_kd", raw)
+    assert out.item() == pytest.approx(6.0)
+    out.backward()
+    assert theta.grad.item() == pytest.approx(6.0 / 12.0 * 12.0)  # D/L · dL/dθ = 0.5 · 6θ
+
+
+def test_balancer_invariances_and_running_average():
+    """Scaling the detection loss by s scales the balanced term by s; scaling the raw term changes nothing."""
+    def run(det_scale, kd_scale):
+        bal, outs = LossBalancer(momentum=0.5), []
+        for det, kd in [(4.0, 1.0), (2.0, 3.0), (5.0, 2.0)]:
+            bal.observe_detection(torch.tensor(det * det_scale))
+            outs.append(bal("box_kd", torch.tensor(kd * kd_scale)).item())
+        return outs
+
+    base = run(1.0, 1.0)
+    assert run(10.0, 1.0) == pytest.approx([10 * v for v in base])
+    assert run(1.0, 7.0) == pytest.approx(base)
+    # by hand, momentum 0.5: D̄ = 4, 3, 4;  K̄ = 1, 2, 2;  L' = L·D̄/K̄ = 4, 4.5, 4
+    assert base == pytest.approx([4.0, 4.5, 4.0])
+
+
+def test_balancer_needs_the_detection_loss_first():
+    with pytest.raises(RuntimeError, match="observe_detection"):
+        LossBalancer()("cls_kd", torch.tensor(1.0))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_distill_with_verified_weighting_and_balance(tmp_path, shapes_yaml, teacher_pt):
+    """verified anchors + balance + a decaying schedule train end to end; the logged KD terms are shares of the
+    detection loss (balance: each ≈ its weight × the running detection loss)."""
+    import csv
+
+    from conftest import TINY_TRAIN
+    from detkd.config import KDConfig
+    from detkd.engine.trainer import DistillationTrainer
+
+    kd = KDConfig(teacher=teacher_pt, anchor_weighting="verified", balance="detection", schedule="cosine",
+                  cls_kd=0.5, box_kd=0.5, feat_kd=0.0, validate_teacher=False)
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="verified", **TINY_TRAIN), kd=kd)
+    seen = {}
+
+    def grab(t):
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        bal = unwrap_model(t.model).criterion.balancer
+        seen.update({k: float(v) for k, v in bal.running.items()})
+
+    trainer.add_callback("on_train_epoch_end", grab)
+    trainer.train()
+    assert set(seen) == {"detection", "cls_kd", "box_kd"} and all(v > 0 for v in seen.values())
+    with open(trainer.csv) as f:
+        rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    first = rows[0]
+    det = first["train/box_loss"] + first["train/cls_loss"] + first["train/dfl_loss"]
+    for col in ("train/cls_kd", "train/box_kd"):
+        assert 0 < first[col] < 5 * 0.5 * det, col  # same order as half the detection loss, never runaway
+    assert first["train/feat_kd"] == 0.0

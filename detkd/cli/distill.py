@@ -17,7 +17,7 @@ KD_FLAGS = {
     "box_kd": "box_kd", "box_temp": "box_temperature", "box_iou": "box_iou",
     "feat_kd": "feat_kd", "feat_method": "feat_method", "feat_temp": "feat_temperature",
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
-    "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final",
+    "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
     "teacher_graphs": "teacher_graphs",
 }
@@ -55,9 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--feat-temp", type=float, help="CWD temperature tau [1.0]")
     k.add_argument("--feat-fg-mask", type=_bool, metavar="BOOL", help="mse only: imitate inside GT boxes [false]")
     k.add_argument("--mgd-mask-ratio", type=float, help="mgd only: masked fraction [0.65]")
-    k.add_argument("--anchor-weighting", choices=("union", "teacher", "assigned"), help="KD anchors [union]")
+    k.add_argument("--anchor-weighting", choices=("union", "teacher", "assigned", "verified"), help="KD anchors [union]")
     k.add_argument("--kd-schedule", choices=("constant", "linear", "cosine"), help="KD weight schedule [constant]")
     k.add_argument("--kd-final", type=float, help="KD weight multiplier at the last epoch (linear/cosine) [0]")
+    k.add_argument("--kd-balance", choices=("none", "detection"),
+                   help="detection: each KD weight is a share of the running detection loss [none]")
     k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
     k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
     k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")

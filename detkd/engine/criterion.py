@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from detkd.config import KDConfig
+from detkd.losses.balance import LossBalancer
 from detkd.losses.feature import boxes_to_masks, feature_kd_loss
 from detkd.losses.localization import box_iou_kd_loss, decode_boxes, localization_kd_loss
 from detkd.losses.logit import classification_kd_loss
@@ -33,6 +34,7 @@ class DistillationLoss:
         self.adapters = adapters  # FeatureAdapters (or its DDP wrapper) or None when feat_kd == 0
         self.kd = kd
         self.progress = 0.0  # epoch / epochs, set by the trainer each epoch
+        self.balancer = LossBalancer() if kd.balance == "detection" else None
 
     # ------------------------------------------------------------------------------------------ weights
     def term_weights(self) -> dict[str, float]:
@@ -49,6 +51,8 @@ class DistillationLoss:
         assigned, det_loss, items = self.det.get_assigned_targets_and_loss(raw, batch)
         fg_mask, anchor_points, stride_tensor = assigned[0], assigned[3], assigned[4]
         batch_size = raw["boxes"].shape[0]
+        if self.balancer is not None:
+            self.balancer.observe_detection(det_loss.sum())
         kd_terms = self.distillation_terms(split_head_outputs(raw), batch, fg_mask, anchor_points, stride_tensor)
         items.update({k: v.detach() for k, v in kd_terms.items()})
         total = torch.cat([det_loss, torch.stack([kd_terms[k] for k in KD_LOSS_NAMES]).to(det_loss.dtype)])
@@ -67,8 +71,8 @@ class DistillationLoss:
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
         weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
         if w["cls_kd"] > 0:
-            terms["cls_kd"] = w["cls_kd"] * classification_kd_loss(
-                student.scores.float(), teacher.scores, weights, self.kd.cls_mode, self.kd.cls_temperature)
+            terms["cls_kd"] = self.weighted("cls_kd", w, classification_kd_loss(
+                student.scores.float(), teacher.scores, weights, self.kd.cls_mode, self.kd.cls_temperature))
         if w["box_kd"] > 0:
             reg_max = self.det.reg_max
             ld = localization_kd_loss(student.boxes.float(), teacher.boxes, weights, reg_max, self.kd.box_temperature)
@@ -76,16 +80,20 @@ class DistillationLoss:
                 s_box = decode_boxes(student.boxes.float(), anchor_points, reg_max)
                 t_box = decode_boxes(teacher.boxes, anchor_points, reg_max)
                 ld = ld + self.kd.box_iou * box_iou_kd_loss(s_box, t_box, weights)
-            terms["box_kd"] = w["box_kd"] * ld
+            terms["box_kd"] = self.weighted("box_kd", w, ld)
         if w["feat_kd"] > 0:
             masks = None
             if self.kd.feat_method == "mse" and self.kd.feat_fg_mask:
                 masks = boxes_to_masks(batch["bboxes"], batch["batch_idx"], batch["img"].shape[0],
                                        [f.shape[-2:] for f in teacher.feats])
-            terms["feat_kd"] = w["feat_kd"] * feature_kd_loss(
+            terms["feat_kd"] = self.weighted("feat_kd", w, feature_kd_loss(
                 student.feats, teacher.feats, self.adapters, self.kd.feat_method, self.kd.feat_temperature,
-                masks, self.kd.mgd_mask_ratio)
+                masks, self.kd.mgd_mask_ratio))
         return terms
+
+    def weighted(self, name: str, weights: dict[str, float], raw: torch.Tensor) -> torch.Tensor:
+        """weight × raw term, or weight × raw balanced against the detection loss (``balance='detection'``)."""
+        return weights[name] * (self.balancer(name, raw) if self.balancer is not None else raw)
 
     def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor) -> torch.Tensor:
         """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`)."""
