@@ -233,6 +233,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.kd, args.train_args = json.loads(args.kd), json.loads(args.train_args)
     args.variants = parse_variants(args.variant_items)
+    args.runs = args.runs.resolve()  # Ultralytics puts a relative project under its own runs_dir, not here
 
     from detkd.bench.machine import machine_info
     from detkd.api import resolve_data
