@@ -1,5 +1,6 @@
 """The recipe's building blocks: verified anchor weighting (hand-computed values and invariances)."""
 
+import json
 import math
 
 import pytest
@@ -120,6 +121,8 @@ def test_distill_with_verified_weighting_and_balance(tmp_path, shapes_yaml, teac
     trainer.add_callback("on_train_epoch_end", grab)
     trainer.train()
     assert set(seen) == {"detection", "cls_kd", "box_kd"} and all(v > 0 for v in seen.values())
+    guard = json.loads((trainer.save_dir / "kd_guard.json").read_text())  # the KD guard ran every epoch
+    assert len(guard["history"]["kd_align_cls"]) == 2
     with open(trainer.csv) as f:
         rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     first = rows[0]
@@ -127,3 +130,41 @@ def test_distill_with_verified_weighting_and_balance(tmp_path, shapes_yaml, teac
     for col in ("train/cls_kd", "train/box_kd"):
         assert 0 < first[col] < 5 * 0.5 * det, col  # same order as half the detection loss, never runaway
     assert first["train/feat_kd"] == 0.0
+    for col in ("train/kd_align_cls", "train/kd_align_box"):  # diagnostics: cosines, logged, not in the loss
+        assert -1.0 <= first[col] <= 1.0 and first[col] != 0.0, col
+
+
+# ------------------------------------------------------------------------------------------------ guard
+from detkd.engine.guard import KDGuard, gradient_alignment  # noqa: E402
+
+
+def test_gradient_alignment_hand_computed():
+    """Linear losses: the gradients are the coefficient vectors, so the cosines are known exactly."""
+    scores = torch.randn(2, 3, 5, requires_grad=True)
+    boxes = torch.randn(2, 8, 5, requires_grad=True)
+    a, b = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    c = torch.randn(2, 8, 5)
+    det = torch.stack([(boxes * c).sum(), (scores * a).sum(), (boxes * c).sum() * 0.5])  # box, cls, dfl
+    kd = {"cls_kd": (scores * b).sum(), "box_kd": -(boxes * c).sum(), "feat_kd": torch.zeros(())}
+    out = gradient_alignment(det, kd, scores, boxes)
+    expected = (a.flatten() @ b.flatten()) / (a.norm() * b.norm())
+    assert out["kd_align_cls"].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert out["kd_align_box"].item() == pytest.approx(-1.0, abs=1e-5)  # KD exactly against the labels
+    assert scores.grad is None and boxes.grad is None  # a probe: nothing accumulates into .grad
+    kd_off = {"cls_kd": torch.zeros(()), "box_kd": torch.zeros(()), "feat_kd": torch.zeros(())}
+    off = gradient_alignment(det, kd_off, scores, boxes)
+    assert off["kd_align_cls"].item() == 0.0 and off["kd_align_box"].item() == 0.0  # a disabled term: 0
+
+
+def test_guard_warns_once_after_patience_and_only_for_active_terms(tmp_path):
+    guard = KDGuard(threshold=0.0, patience=3)
+    seq = [0.3, -0.1, -0.2, 0.1, -0.1, -0.2, -0.3, -0.4]
+    warnings = []
+    for epoch, v in enumerate(seq, 1):
+        msgs = guard.update(epoch, {"kd_align_cls": torch.tensor(v), "kd_align_box": torch.tensor(v)},
+                            {"cls": True, "box": False})
+        warnings += [(epoch, m) for m in msgs]
+    assert [e for e, _ in warnings] == [7]  # 3 negative epochs in a row first at epoch 7; box is off: silent
+    assert "cls KD term" in warnings[0][1] and "-0.20, -0.30" in warnings[0][1]
+    saved = json.loads(guard.save(tmp_path).read_text())
+    assert saved["warned"] == {"kd_align_cls": 7} and len(saved["history"]["kd_align_box"]) == len(seq)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from detkd.config import KDConfig
+from detkd.engine.guard import gradient_alignment
 from detkd.losses.balance import LossBalancer
 from detkd.losses.feature import boxes_to_masks, feature_kd_loss
 from detkd.losses.localization import box_iou_kd_loss, decode_boxes, localization_kd_loss
@@ -55,6 +56,7 @@ class DistillationLoss:
             self.balancer.observe_detection(det_loss.sum())
         kd_terms = self.distillation_terms(split_head_outputs(raw), batch, fg_mask, anchor_points, stride_tensor)
         items.update({k: v.detach() for k, v in kd_terms.items()})
+        items.update(gradient_alignment(det_loss, kd_terms, raw["scores"], raw["boxes"]))  # diagnostics, not losses
         total = torch.cat([det_loss, torch.stack([kd_terms[k] for k in KD_LOSS_NAMES]).to(det_loss.dtype)])
         return total * batch_size, items
 

@@ -28,6 +28,7 @@ from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
 from detkd.engine.criterion import DistillationLoss
+from detkd.engine.guard import KDGuard
 from detkd.errors import ConfigError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
@@ -77,6 +78,8 @@ class DistillationTrainer(StudentTrainer):
         self.teacher_metrics: dict = {}
         self.student_start_metrics: dict = {}
         self.add_callback("on_train_epoch_start", _update_kd_progress)
+        self.guard = KDGuard()
+        self.add_callback("on_train_epoch_end", _watch_kd_alignment)
 
     # --------------------------------------------------------------------------------- model & teacher
     def setup_model(self):
@@ -202,6 +205,17 @@ class DistillationTrainer(StudentTrainer):
             torch.save({"epoch": self.epoch, "adapters": self.adapters.state_dict(), "kd": self.kd.to_dict()},
                        self._adapters_path())
         return saved
+
+
+def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
+    """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term (see engine/guard.py)."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if not isinstance(criterion, DistillationLoss) or RANK not in {-1, 0}:
+        return
+    w = criterion.term_weights()
+    for msg in trainer.guard.update(trainer.epoch + 1, trainer.tloss, {"cls": w["cls_kd"] > 0, "box": w["box_kd"] > 0}):
+        LOGGER.warning(f"{PREFIX}{msg}")
+    trainer.guard.save(trainer.save_dir)
 
 
 def _update_kd_progress(trainer: DistillationTrainer) -> None:
