@@ -266,7 +266,10 @@ def main(argv=None) -> int:
                   f"{args.time_budget:.0f} s time budget", flush=True)
             break
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
-        state["runs"][key] = train_run(kind, args, data_yaml, seed, teacher, key)
+        result = train_run(kind, args, data_yaml, seed, teacher, key)
+        # re-read before writing: other processes may share this state (one protocol split over several cores)
+        state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
+        state["runs"][key] = result
         state["machine"] = machine_info(args.device)  # the machine the runs were trained on
         if kind == "teacher":
             teacher = state["teacher"] = state["runs"][key]["best"]
