@@ -10,6 +10,15 @@ carries its localization uncertainty, not just its expected value:
 with anchor weights w on the valuable localization region (assigned anchors and/or where the teacher is confident).
 Optionally an IoU term on decoded boxes: L_iou = Σ w·(1 − IoU(box_s, box_t)) / Σ w, boxes decoded with
 Ultralytics' own DFL expectation and ``dist2bbox``.
+
+**Without shared bins** (teacher and student ``reg_max`` differ, or either is 1 — YOLO26 predicts the four
+distances directly), bins cannot be compared; what both models predict is the expected distance of each side from
+the anchor, in stride (grid) units: d = Σ_k k·softmax(z)_k for a DFL head, d = z for a ``reg_max = 1`` head. Then
+
+    L_dist = Σ_{b,a} w_ba · (1/4) Σ_side |d_s − d_t| / Σ w   +   Σ w·(1 − IoU(box_s, box_t)) / Σ w
+
+(L1 in stride units, so one unit is one grid cell at every level; plus the IoU of the decoded boxes, which weighs
+sides by the object's size). A DFL teacher's expected distances are the target of a YOLO26 student, and back.
 """
 
 from __future__ import annotations
@@ -41,14 +50,44 @@ def localization_kd_loss(
     return weighted_mean(dfl_kl(student_dist, teacher_dist, reg_max, temperature), weights) * temperature**2
 
 
-def decode_boxes(dist: torch.Tensor, anchor_points: torch.Tensor, reg_max: int) -> torch.Tensor:
-    """DFL logits (B, A, 4·R) → xyxy boxes (B, A, 4) in grid units (multiply by stride for pixels)."""
-    from ultralytics.utils.tal import dist2bbox
+def expected_distances(dist: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Box logits (B, A, 4·R) → expected left/top/right/bottom distances (B, A, 4) in grid units.
 
+    DFL heads (R > 1): Σ_k k·softmax(z)_k per side; ``reg_max = 1`` heads (YOLO26) predict the distances directly.
+    """
+    if reg_max <= 1:
+        return dist
     b, a, _ = dist.shape
     proj = torch.arange(reg_max, dtype=dist.dtype, device=dist.device)
-    ltrb = dist.view(b, a, 4, reg_max).softmax(-1).matmul(proj)
-    return dist2bbox(ltrb, anchor_points, xywh=False)
+    return dist.view(b, a, 4, reg_max).softmax(-1).matmul(proj)
+
+
+def decode_boxes(dist: torch.Tensor, anchor_points: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Box logits (B, A, 4·R) → xyxy boxes (B, A, 4) in grid units (multiply by stride for pixels)."""
+    from ultralytics.utils.tal import dist2bbox
+
+    return dist2bbox(expected_distances(dist, reg_max), anchor_points, xywh=False)
+
+
+def distance_kd_loss(
+    student_dist: torch.Tensor,
+    teacher_dist: torch.Tensor,
+    weights: torch.Tensor,
+    anchor_points: torch.Tensor,
+    student_reg_max: int,
+    teacher_reg_max: int,
+) -> torch.Tensor:
+    """Box KD on decoded distances when bins are not shared (scalar): weighted L1 in grid units + (1 − IoU).
+
+    Shapes: dists (B, A, 4·R_s) and (B, A, 4·R_t), weights (B, A), anchor_points (A, 2) in grid units.
+    """
+    from ultralytics.utils.tal import dist2bbox
+
+    d_s = expected_distances(student_dist, student_reg_max)
+    d_t = expected_distances(teacher_dist, teacher_reg_max)
+    l1 = weighted_mean((d_s - d_t).abs().mean(-1), weights)
+    iou = box_iou_kd_loss(dist2bbox(d_s, anchor_points, xywh=False), dist2bbox(d_t, anchor_points, xywh=False), weights)
+    return l1 + iou
 
 
 def box_iou_kd_loss(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
