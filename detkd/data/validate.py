@@ -16,6 +16,8 @@ images_duplicate_id            a later image with an ``id`` already seen: skippe
 images_name_clash              same path but extension as another image (a.jpg / a.png): skipped (YOLO layout)
 images_non_rgb                 grayscale / RGBA / palette / CMYK / 16-bit: kept (the loader converts to RGB)
 images_size_mismatch           ``width``/``height`` in the JSON differ from the file: the file's size is used
+images_exif_rotated            EXIF orientation 2-8: kept; labels written in the displayed frame (see below)
+images_exif_stored_frame       of those, the JSON's boxes are in the stored (un-rotated) frame: labels turned
 images_background              no training box: kept as a background image (empty label file)
 annotations_unknown_image      ``image_id`` names no image: skipped
 annotations_unknown_category   ``category_id`` names no category: skipped
@@ -32,7 +34,14 @@ Issues that would make pycocotools crash or silently mis-evaluate (duplicate ima
 annotations, missing ``area``/``iscrowd``/``id``) set :attr:`CocoSplit.needs_repair`; evaluation then uses the
 repaired copy from :func:`repaired_ground_truth` instead of the original JSON.
 
-Box format throughout: COCO ``[x, y, w, h]`` in pixels, top-left origin.
+EXIF orientation (:mod:`detkd.data.exif`): Ultralytics loads every image upright, in its *displayed* frame (EXIF
+tag applied), so the YOLO labels are always in that frame and :attr:`CocoImage.width`/``height`` are its size. The
+JSON's boxes stay in the frame the JSON uses, decided per image by :func:`detkd.data.exif.decide_frames` (boxes
+that fit only one frame, then the JSON's ``width``/``height``, else the displayed frame) and stored in
+:attr:`CocoImage.json_frame`; bounds checks and clipping happen in that frame, and ``images_size_mismatch``
+compares the JSON's size with the file's size in that frame.
+
+Box format throughout: COCO ``[x, y, w, h]`` in pixels, top-left origin, in the JSON's frame.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detkd.data.exif import box_to_displayed, decide_frames, displayed_size, image_orientation
 from detkd.errors import DatasetError
 
 COCO_FORMAT_URL = "https://cocodataset.org/#format-data"
@@ -60,6 +70,8 @@ ISSUES: dict[str, str] = {
     "images_name_clash": "skipped (same label file name as another image)",
     "images_non_rgb": "kept, converted to RGB by the loader",
     "images_size_mismatch": "kept, size read from the file",
+    "images_exif_rotated": "kept, labels in the displayed (EXIF-rotated) frame Ultralytics loads",
+    "images_exif_stored_frame": "JSON boxes in the stored frame: labels turned, predictions turned back",
     "images_background": "kept as background",
     "annotations_unknown_image": "skipped",
     "annotations_unknown_category": "skipped",
@@ -113,19 +125,33 @@ class ValidationReport:
 
 @dataclass
 class CocoImage:
-    """One usable image: COCO ``id``, ``file_name`` (relative to the split's image dir), size from the file."""
+    """One usable image: COCO ``id``, ``file_name`` (relative to the split's image dir), size from the file in the
+    displayed frame (EXIF orientation applied: what Ultralytics loads), and the frame of the JSON's boxes."""
 
     id: int | str
     file_name: str
     path: Path
-    width: int
+    width: int  # displayed frame
     height: int
     copy: bool = False  # True when the file must be copied, not linked (Ultralytics rewrites it in place)
+    orientation: int = 1  # EXIF orientation tag (1 = none)
+    json_frame: str = "displayed"  # frame of the JSON's boxes: 'displayed' or 'stored' (see detkd.data.exif)
+
+    @property
+    def json_size(self) -> tuple[int, int]:
+        """``(width, height)`` in the JSON's frame."""
+        return displayed_size(self.width, self.height, self.orientation) if self.json_frame == "stored" \
+            else (self.width, self.height)
+
+    def to_displayed(self, box) -> list[float]:
+        """A ``[x, y, w, h]`` box of the JSON -> the displayed frame (the YOLO labels' frame)."""
+        return box_to_displayed(box, self.orientation, *self.json_size) if self.json_frame == "stored" else list(box)
 
 
 @dataclass
 class CocoSplit:
-    """A validated split. ``boxes[image_id]`` = training boxes ``[(category_id, [x, y, w, h])]``, clipped."""
+    """A validated split. ``boxes[image_id]`` = training boxes ``[(category_id, [x, y, w, h])]``, clipped, in the
+    JSON's frame (:meth:`CocoImage.to_displayed` gives the labels' frame)."""
 
     split: str
     json_path: Path
@@ -181,17 +207,18 @@ def parse_categories(coco: dict, path: Path) -> list[dict]:
     return [{"id": i, "name": cats[i]} for i in sorted(cats)]
 
 
-def _check_image(path: Path) -> tuple[str | None, int, int, str, bool]:
-    """Open an image without decoding it fully. Returns (problem or None, width, height, PIL mode, needs_copy)."""
+def _check_image(path: Path) -> tuple[str | None, int, int, str, bool, int]:
+    """Open an image without decoding it fully. Returns (problem or None, stored width, stored height, PIL mode,
+    needs_copy, EXIF orientation)."""
     from PIL import Image
 
     if not path.is_file():
-        return "images_missing", 0, 0, "", False
+        return "images_missing", 0, 0, "", False, 1
     try:
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:  # verify() leaves the object unusable; re-open for size/mode
-            w, h, mode, fmt = im.width, im.height, im.mode, im.format
+            w, h, mode, fmt, orientation = im.width, im.height, im.mode, im.format, image_orientation(im)
         needs_copy = False
         if fmt == "JPEG":
             with open(path, "rb") as f:
@@ -201,10 +228,10 @@ def _check_image(path: Path) -> tuple[str | None, int, int, str, bool]:
                         im.load()  # raises on a truncated file
                     needs_copy = True  # decodable, but Ultralytics re-saves such files in place: don't link
     except Exception:
-        return "images_corrupt", 0, 0, "", False
+        return "images_corrupt", 0, 0, "", False, 1
     if min(w, h) < 10:
-        return "images_too_small", w, h, mode, False
-    return None, w, h, mode, needs_copy
+        return "images_too_small", w, h, mode, False, orientation
+    return None, w, h, mode, needs_copy, orientation
 
 
 def _finite_box(b) -> list[float] | None:
@@ -250,7 +277,7 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
     def check(im):
         p = image_dir / im["file_name"]
         return (im, p, *_check_image(p)) if check_images else (im, p, None, im.get("width", 0), im.get("height", 0),
-                                                                 "RGB", False)
+                                                                 "RGB", False, 1)
 
     results = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -262,19 +289,17 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
         results = list(it)
 
     images: dict = {}
-    for im, p, problem, w, h, mode, needs_copy in results:
+    for im, p, problem, w, h, mode, needs_copy, orientation in results:
         if problem:
             report.add(problem, im["file_name"])
             continue
         if mode not in ("RGB",):
             report.add("images_non_rgb", f"{im['file_name']} ({mode})")
-        jw, jh = im.get("width"), im.get("height")
-        if check_images and (jw, jh) != (w, h):
-            report.add("images_size_mismatch", f"{im['file_name']}: JSON {jw}x{jh}, file {w}x{h}")
-        images[im["id"]] = CocoImage(im["id"], im["file_name"], p, int(w), int(h), needs_copy)
+        dw, dh = displayed_size(int(w), int(h), orientation)
+        images[im["id"]] = CocoImage(im["id"], im["file_name"], p, dw, dh, needs_copy, orientation)
 
-    # Annotations
-    boxes: dict = {i: [] for i in images}
+    # Annotations: structure first; bounds once the frame of each image's boxes is known
+    pending: dict = {i: [] for i in images}  # image id -> [(ann id, category id, box, crowd)]
     crowd: dict = {}
     ann_ids = set()
     for a in coco["annotations"]:
@@ -303,20 +328,27 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
         if w <= 0 or h <= 0:
             report.add("annotations_nonpositive_size", f"ann {aid}: bbox {box}")
             continue
-        if a.get("iscrowd", 0):
-            report.add("annotations_crowd", f"ann {aid}")
-            crowd[img_id] = crowd.get(img_id, 0) + 1
-            continue
-        W, H = images[img_id].width, images[img_id].height
-        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
-        if x1 <= x0 or y1 <= y0:
-            report.add("annotations_outside_image", f"ann {aid}: bbox {box} in {W}x{H}")
-            continue
-        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-            if max(x0 - x, y0 - y, x + w - x1, y + h - y1) > 1e-3:  # not float noise of a box on the border
-                report.add("annotations_clipped", f"ann {aid}: bbox {box} in {W}x{H}")
-            box = [x0, y0, x1 - x0, y1 - y0]
-        boxes[img_id].append((a["category_id"], box))
+        pending[img_id].append((aid, a["category_id"], box, bool(a.get("iscrowd", 0))))
+
+    _exif_frames(images, seen, pending, report, check_images)
+    boxes: dict = {i: [] for i in images}
+    for img_id, anns in pending.items():
+        W, H = images[img_id].json_size
+        for aid, cid, box, is_crowd in anns:
+            if is_crowd:
+                report.add("annotations_crowd", f"ann {aid}")
+                crowd[img_id] = crowd.get(img_id, 0) + 1
+                continue
+            x, y, w, h = box
+            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
+            if x1 <= x0 or y1 <= y0:
+                report.add("annotations_outside_image", f"ann {aid}: bbox {box} in {W}x{H}")
+                continue
+            if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+                if max(x0 - x, y0 - y, x + w - x1, y + h - y1) > 1e-3:  # not float noise of a box on the border
+                    report.add("annotations_clipped", f"ann {aid}: bbox {box} in {W}x{H}")
+                box = [x0, y0, x1 - x0, y1 - y0]
+            boxes[img_id].append((cid, box))
 
     for i, b in boxes.items():
         if not b:
@@ -332,6 +364,32 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
     report.n_boxes = sum(len(b) for b in boxes.values())
     return CocoSplit(split, json_path, image_dir, categories, list(images.values()), boxes, report, needs_repair,
                      coco, crowd)
+
+
+def _exif_frames(images: dict, entries: dict, pending: dict, report: ValidationReport, check_images: bool) -> None:
+    """Set each image's :attr:`CocoImage.json_frame` (EXIF-rotated images only, :func:`decide_frames`) and report
+    EXIF-rotated images and JSON sizes that differ from the file's in the JSON's frame."""
+    def json_wh(i):
+        wh = (entries[i].get("width"), entries[i].get("height"))
+        return wh if all(isinstance(v, (int, float)) for v in wh) else None
+
+    rotated = {i: im for i, im in images.items() if im.orientation != 1}
+    frames = decide_frames({i: (displayed_size(im.width, im.height, im.orientation), (im.width, im.height),
+                                json_wh(i), [b for _, _, b, _ in pending[i]]) for i, im in rotated.items()})
+    for i, im in images.items():
+        if i in frames:
+            im.json_frame, reason = frames[i]
+            sw, sh = displayed_size(im.width, im.height, im.orientation)
+            report.add("images_exif_rotated", f"{im.file_name}: orientation {im.orientation}, stored {sw}x{sh}, "
+                                              f"displayed {im.width}x{im.height}, JSON boxes in the {im.json_frame} "
+                                              f"frame ({reason})")
+            if im.json_frame == "stored":
+                report.add("images_exif_stored_frame", im.file_name)
+        jw, jh = entries[i].get("width"), entries[i].get("height")
+        if check_images and (jw, jh) != im.json_size:
+            where = f" ({im.json_frame} frame)" if i in frames else ""
+            report.add("images_size_mismatch", f"{im.file_name}: JSON {jw}x{jh}, file {'x'.join(map(str, im.json_size))}"
+                                               f"{where}")
 
 
 def repaired_ground_truth(s: CocoSplit) -> dict:

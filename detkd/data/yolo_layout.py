@@ -7,13 +7,21 @@ COCO -> YOLO (:func:`write_yolo_layout`) writes::
       images/<split>/<file_name>      symlinks to the original images (copies where linking is impossible)
       labels/<split>/<stem>.txt       one line per box: ``class_index cx cy w h``, normalised to [0, 1]
       image_ids_<split>.json          {file_name: COCO image id} of the images in images/<split>
+      exif_stored_<split>.json        {file_name: EXIF orientation} of the images whose JSON boxes are in the stored
+                                      (un-rotated) frame (see below)
       annotations/instances_<split>.json   only when the original JSON needed repairs for pycocotools
       report.json                     validation counts per split
 
 Extra ``data.yaml`` keys (ignored by Ultralytics, used by detkd's evaluation):
 ``category_ids`` (COCO id of each class index), ``coco`` {split: original JSON}, ``coco_eval`` {split: JSON
 evaluated against: the original, or its repaired copy}, ``images`` {split: original image dir}, ``image_ids``
-{split: file name of the id map}.
+{split: file name of the id map}, ``exif_stored`` {split: file name of the EXIF map}.
+
+EXIF orientation (:mod:`detkd.data.exif`): images are linked unchanged and Ultralytics loads them upright (EXIF
+applied), so labels are written in that displayed frame and normalised by its size. Where the JSON's boxes are in
+the stored frame, they are turned into the displayed frame here, and everything that returns to COCO
+coordinates (:class:`~detkd.eval.validator.COCOEvalDetectionValidator`'s predictions, :func:`yolo_to_coco`) turns
+them back with the ``exif_stored`` map, so predictions land in the JSON's own frame.
 
 YOLO -> COCO (:func:`yolo_to_coco`) rebuilds a COCO dict from a data.yaml's split, restoring the original category
 and image ids when the data.yaml carries them.
@@ -79,11 +87,11 @@ def write_yolo_layout(splits: dict[str, CocoSplit], categories: list[dict], out_
     out_dir = Path(out_dir)
     class_index = {c["id"]: i for i, c in enumerate(categories)}
     data = {"path": str(out_dir.resolve())}
-    coco, coco_eval, image_dirs, id_maps, reports = {}, {}, {}, {}, {}
+    coco, coco_eval, image_dirs, id_maps, exif_maps, reports = {}, {}, {}, {}, {}, {}
     for split, s in splits.items():
         img_root = out_dir / "images" / split
         img_root.mkdir(parents=True, exist_ok=True)
-        id_map, used_labels = {}, set()
+        id_map, exif_map, used_labels = {}, {}, set()
         it = TQDM(s.images, desc=f"detkd: writing YOLO {split} labels") if progress and len(s.images) > 200 \
             else s.images
         for im in it:
@@ -96,10 +104,15 @@ def write_yolo_layout(splits: dict[str, CocoSplit], categories: list[dict], out_
             used_labels.add(label)
             _place(im.path, dst, link and not im.copy)
             label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text("\n".join(yolo_label_lines(s.boxes[im.id], class_index, im.width, im.height)))
+            shown = [(cid, im.to_displayed(box)) for cid, box in s.boxes[im.id]]  # Ultralytics' (EXIF) frame
+            label.write_text("\n".join(yolo_label_lines(shown, class_index, im.width, im.height)))
             id_map[rel.as_posix()] = im.id
+            if im.json_frame == "stored" and im.orientation != 1:
+                exif_map[rel.as_posix()] = im.orientation
         s.report.n_images = len(id_map)
         (out_dir / f"image_ids_{split}.json").write_text(json.dumps(id_map))
+        (out_dir / f"exif_stored_{split}.json").write_text(json.dumps(exif_map))
+        exif_maps[split] = f"exif_stored_{split}.json"
         data[split] = f"images/{split}"
         coco[split] = str(s.json_path.resolve())
         if s.needs_repair:
@@ -118,7 +131,7 @@ def write_yolo_layout(splits: dict[str, CocoSplit], categories: list[dict], out_
         "nc": len(categories),
         "names": {i: c["name"] for i, c in enumerate(categories)},
         "category_ids": [c["id"] for c in categories],
-        "coco": coco, "coco_eval": coco_eval, "images": image_dirs, "image_ids": id_maps,
+        "coco": coco, "coco_eval": coco_eval, "images": image_dirs, "image_ids": id_maps, "exif_stored": exif_maps,
         "splits": list(splits),
         **(extra or {}),
     })
@@ -152,10 +165,14 @@ def yolo_to_coco(data_yaml: str | Path, split: str = "val", category_ids: list[i
 
     Category ids: ``category_ids`` if given, else the data.yaml's ``category_ids`` (written by detkd), else 1..nc.
     Image ids and file names: the data.yaml's ``image_ids`` map when present, else a numeric file stem, else 1..N
-    in sorted order. Boxes are ``[x, y, w, h]`` pixels from the image size read from each file.
+    in sorted order. Boxes are ``[x, y, w, h]`` pixels of the image as Ultralytics loads it (EXIF orientation
+    applied, size from ``exif_size``), turned back into the stored frame for the images of the data.yaml's
+    ``exif_stored`` map (a COCO JSON in that frame), so the result is in the frame of the original JSON.
     """
     from PIL import Image
-    from ultralytics.data.utils import img2label_paths
+    from ultralytics.data.utils import exif_size, img2label_paths
+
+    from detkd.data.exif import box_to_stored, displayed_size
 
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
@@ -175,6 +192,9 @@ def yolo_to_coco(data_yaml: str | Path, split: str = "val", category_ids: list[i
     id_map = {}
     if isinstance(data.get("image_ids"), dict) and data["image_ids"].get(split):
         id_map = json.loads((root / data["image_ids"][split]).read_text())
+    exif_stored = {}
+    if isinstance(data.get("exif_stored"), dict) and data["exif_stored"].get(split):
+        exif_stored = json.loads((root / data["exif_stored"][split]).read_text())
     split_dir = root / data[split] if isinstance(data[split], str) else None
 
     images, anns = [], []
@@ -185,8 +205,10 @@ def yolo_to_coco(data_yaml: str | Path, split: str = "val", category_ids: list[i
         if image_id is None:
             image_id = k + 1
         with Image.open(f) as im:
-            w, h = im.size
-        images.append({"id": image_id, "file_name": rel, "width": w, "height": h})
+            w, h = exif_size(im)  # the frame the labels are in
+        orientation = int(exif_stored.get(rel, 1))
+        json_w, json_h = displayed_size(w, h, orientation)  # the stored frame's size (swap is its own inverse)
+        images.append({"id": image_id, "file_name": rel, "width": json_w, "height": json_h})
         lb = Path(lb)
         for line in (lb.read_text().splitlines() if lb.is_file() else []):
             v = line.split()
@@ -198,7 +220,7 @@ def yolo_to_coco(data_yaml: str | Path, split: str = "val", category_ids: list[i
             else:  # segment polygon: its bounding box
                 xs, ys = [float(x) for x in v[1::2]], [float(y) for y in v[2::2]]
                 cx, cy, bw, bh = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
-            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            box = box_to_stored([(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], orientation, w, h)
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": ids[c], "bbox": box,
                          "area": box[2] * box[3], "iscrowd": 0})
     cats = [{"id": ids[i], "name": names[i]} for i in sorted(names)]

@@ -7,7 +7,10 @@ files and maps image ids from numeric file stems. This subclass changes the narr
 * ``init_metrics``: ``class_map`` = the data.yaml's ``category_ids`` (original, possibly non-contiguous COCO ids);
   the file -> COCO ``image_id`` map comes from the data.yaml's ``image_ids``; Ultralytics' rebuilt-from-labels
   ground truth (``gdict``) is turned off: the dataset's own JSON is the ground truth.
-* ``pred_to_json``: Ultralytics' boxes (scaled to the original image, ``[x, y, w, h]``), with the true image id.
+* ``pred_to_json``: Ultralytics' boxes (scaled to the original image, ``[x, y, w, h]``), with the true image id,
+  in the frame of the JSON's boxes: Ultralytics predicts on the EXIF-rotated (displayed) image, so images whose
+  JSON is in the stored frame (the data.yaml's ``exif_stored`` map, see :mod:`detkd.data.exif`) get their boxes
+  turned back.
 * ``eval_json``: pycocotools ``COCOeval`` (:func:`detkd.eval.metrics.coco_box_metrics`) on the data.yaml's
   ``coco_eval[split]`` JSON, restricted to the images the dataloader saw. Sets ``stats['fitness']`` = COCO AP, so
   a trainer selects ``best.pt`` on official AP, and adds ``metrics/AP(COCO)``, ``metrics/AP50(COCO)``,
@@ -40,6 +43,7 @@ from pathlib import Path
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER
 
+from detkd.data.exif import box_to_stored
 from detkd.errors import DatasetError, IncompatibleModelsError
 from detkd.eval.metrics import coco_box_metrics, format_table, load_gt
 
@@ -87,6 +91,9 @@ class COCOEvalDetectionValidator(DetectionValidator):
                          root / "images" / self.split)
         rel_ids = json.loads((root / id_file).read_text())
         self._image_ids = {os.path.normpath(split_dir / rel): i for rel, i in rel_ids.items()}
+        exif_file = (self.data.get("exif_stored") or {}).get(self.split)
+        exif = json.loads((root / exif_file).read_text()) if exif_file else {}
+        self._exif_stored = {os.path.normpath(split_dir / rel): int(o) for rel, o in exif.items()}
         files = [os.path.normpath(f) for f in self.dataloader.dataset.im_files]
         self._eval_img_ids = [self._image_ids[f] for f in files if f in self._image_ids]
 
@@ -97,8 +104,12 @@ class COCOEvalDetectionValidator(DetectionValidator):
         if image_id is None:
             raise DatasetError(f"image '{pbatch['im_file']}' is not in the dataset's image id map: the YOLO cache "
                                f"is out of date. Delete {self.data['path']} and run again.")
+        orientation = self._exif_stored.get(os.path.normpath(pbatch["im_file"]), 1)
+        h, w = (int(v) for v in pbatch["ori_shape"])  # the displayed frame the boxes were scaled to
         for d in self.jdict[n:]:
             d["image_id"] = image_id
+            if orientation != 1:  # the JSON's boxes are in the stored frame
+                d["bbox"] = [round(v, 3) for v in box_to_stored(d["bbox"], orientation, w, h)]
 
     def eval_json(self, stats: dict) -> dict:
         gt_path = str(self.data["coco_eval"][self.split])
