@@ -32,6 +32,8 @@ class KDConfig:
         box_temperature: temperature of LD.
         box_iou: extra weight of the 1−IoU term on decoded student vs teacher boxes (0 disables).
         feat_kd: weight of neck-feature imitation at P3/P4/P5 (0 disables).
+        one2one_kd: end-to-end students (YOLO26): relative weight of the logit and box KD on the one-to-one branch,
+            added to the one-to-many branch's (0: one-to-many only).
         feat_method: ``cwd`` (channel-wise), ``mse`` or ``mgd``.
         feat_temperature: τ of CWD.
         feat_fg_mask: ``mse`` only — imitate inside ground-truth boxes only.
@@ -55,6 +57,7 @@ class KDConfig:
     box_temperature: float = 2.0
     box_iou: float = 0.0
     feat_kd: float = 1.0
+    one2one_kd: float = 1.0
     feat_method: str = "cwd"
     feat_temperature: float = 1.0
     feat_fg_mask: bool = False
@@ -74,7 +77,7 @@ class KDConfig:
     # ----------------------------------------------------------------------------------------------- checks
     def validate(self) -> "KDConfig":
         """Raise :class:`ConfigError` naming the bad setting and the allowed values."""
-        for name in ("cls_kd", "box_kd", "box_iou", "feat_kd"):
+        for name in ("cls_kd", "box_kd", "box_iou", "feat_kd", "one2one_kd"):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables the term).")
         for name in ("cls_temperature", "box_temperature", "feat_temperature"):

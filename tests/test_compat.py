@@ -55,17 +55,19 @@ def test_stride_and_level_mismatch():
         check_compatibility(model("yolov8n-p2.yaml", names=DATA["names"]), model(), DATA)
 
 
-def test_reg_max_mismatch_only_matters_for_box_kd():
+def test_reg_max_mismatch_switches_box_kd_to_decoded_distances():
     teacher = model(names=DATA["names"], reg_max=8)
-    with pytest.raises(IncompatibleModelsError, match="reg_max=8 and student reg_max=16.*--box-kd 0"):
-        check_compatibility(teacher, model(), DATA, box_kd=True)
-    notes = check_compatibility(teacher, model(), DATA, box_kd=False)
-    assert any("Localization distillation is off" in n for n in notes)
+    notes = check_compatibility(teacher, model(), DATA, box_kd=True)
+    assert any("reg_max=8, student reg_max=16: no shared DFL bins" in n and "decoded box distances" in n
+               for n in notes)
+    assert not any("no shared DFL bins" in n for n in check_compatibility(model(names=DATA["names"]), model(), DATA))
 
 
-def test_end_to_end_student_refused():
-    with pytest.raises(IncompatibleModelsError, match="end-to-end"):
-        check_compatibility(model(names=DATA["names"]), model("yolo26n.yaml"), DATA, box_kd=False)
+@pytest.mark.parametrize("teacher_cfg,student_cfg", [("yolov8n.yaml", "yolo26n.yaml"), ("yolo11n.yaml", "yolo26n.yaml"),
+                                                     ("yolo26n.yaml", "yolo26n.yaml"), ("yolo26n.yaml", "yolov8n.yaml")])
+def test_cross_family_pairs_with_the_same_levels_are_accepted(teacher_cfg, student_cfg):
+    notes = check_compatibility(model(teacher_cfg, names=DATA["names"]), model(student_cfg), DATA)
+    assert any("decoded box distances" in n for n in notes) == ("26" in teacher_cfg + student_cfg)
 
 
 def test_missing_weights_suggest_yaml(tmp_path):

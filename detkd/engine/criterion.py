@@ -1,6 +1,7 @@
 """The training criterion: the student's own YOLOv8 detection loss plus the weighted distillation terms.
 
-It wraps Ultralytics' ``v8DetectionLoss`` (task-aligned assigner, CIoU + DFL + BCE — all reused, nothing copied)
+It wraps Ultralytics' ``v8DetectionLoss`` (task-aligned assigner, CIoU + DFL + BCE — all reused, nothing copied),
+or ``E2ELoss`` for end-to-end students (YOLO26/YOLOv10),
 and is installed as the student's ``criterion``, the one extension point Ultralytics' training loop calls
 (``model(batch) → model.loss(batch) → criterion(preds, batch)``). Under DDP this runs inside the DDP-wrapped
 student's forward, so gradient synchronisation works unchanged.
@@ -17,25 +18,56 @@ from detkd.config import KDConfig
 from detkd.engine.guard import gradient_alignment
 from detkd.losses.balance import LossBalancer
 from detkd.losses.feature import boxes_to_masks, feature_kd_loss
-from detkd.losses.localization import box_iou_kd_loss, decode_boxes, localization_kd_loss
+from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_kd_loss,
+                                       localization_kd_loss)
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
 from detkd.losses.weighting import anchor_weights, verified_weights
-from detkd.models.teacher import FrozenTeacher, split_head_outputs
+from detkd.models.teacher import FrozenTeacher, detect_head, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
 
 
+def box_kd_path(student_reg_max: int, teacher_reg_max: int) -> str:
+    """``ld`` when both heads have the same DFL bins (reg_max > 1), else ``distance`` (decoded box distances)."""
+    return "ld" if student_reg_max == teacher_reg_max and student_reg_max > 1 else "distance"
+
+
 class DistillationLoss:
-    """Detection loss + KD terms. Not an ``nn.Module`` and never copied or saved with the student."""
+    """Detection loss + KD terms. Not an ``nn.Module`` and never copied or saved with the student.
+
+    End-to-end students (YOLO26, YOLOv10: ``E2ELoss`` = a one-to-many and a one-to-one ``v8DetectionLoss``) keep
+    Ultralytics' own mix of the two detection losses. KD goes on the one-to-many branch (dense, it trains the
+    backbone and neck), with the usual anchor weighting; and on the one-to-one branch — which sees detached
+    features, so it only shapes that head — with weight ``one2one_kd`` on the anchors its top-1 assigner picks.
+    """
 
     def __init__(self, detection_loss, teacher: FrozenTeacher, adapters, kd: KDConfig):
-        self.det = detection_loss  # ultralytics.utils.loss.v8DetectionLoss of the student
+        self.det = detection_loss  # v8DetectionLoss, or E2ELoss for end-to-end students
+        self.end2end = hasattr(detection_loss, "one2one")
+        self.dense = detection_loss.one2many if self.end2end else detection_loss  # trains the backbone
         self.teacher = teacher
         self.adapters = adapters  # FeatureAdapters (or its DDP wrapper) or None when feat_kd == 0
         self.kd = kd
         self.progress = 0.0  # epoch / epochs, set by the trainer each epoch
         self.balancer = LossBalancer() if kd.balance == "detection" else None
+        self.student_reg_max = int(self.dense.reg_max)
+        self.box_path = box_kd_path(self.student_reg_max, teacher.reg_max)
+
+    def describe(self) -> list[str]:
+        """Which path each KD term takes for this teacher/student pair (printed at start)."""
+        s, t = self.student_reg_max, self.teacher.reg_max
+        box = (f"LD: KL on shared DFL bins (reg_max {s})" if self.box_path == "ld" else
+               f"decoded distances: L1 in grid units + 1-IoU (teacher reg_max {t}, student reg_max {s}: no shared bins)")
+        lines = [f"cls_kd: {self.kd.cls_mode} on the class logits", f"box_kd: {box}",
+                 f"feat_kd: {self.kd.feat_method} on the neck features through 1x1 adapters"]
+        if self.end2end:
+            lines.append(f"end-to-end student: KD on the one-to-many branch (trains backbone and neck) + "
+                         f"{self.kd.one2one_kd:g} x cls/box KD on the one-to-one branch at its top-1 anchors "
+                         f"(that branch sees detached features)")
+        if getattr(detect_head(self.teacher.model), "one2one_cv2", None) is not None:
+            lines.append("end-to-end teacher: its one-to-many outputs are the dense targets")
+        return lines
 
     # ------------------------------------------------------------------------------------------ weights
     def term_weights(self) -> dict[str, float]:
@@ -48,20 +80,31 @@ class DistillationLoss:
 
     # ------------------------------------------------------------------------------------------ forward
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raw = self.det.parse_output(preds)
-        assigned, det_loss, items = self.det.get_assigned_targets_and_loss(raw, batch)
+        raw = self.dense.parse_output(preds)
+        dense_raw, o2o_raw = (raw["one2many"], raw["one2one"]) if self.end2end else (raw, None)
+        assigned, det_loss, items = self.dense.get_assigned_targets_and_loss(dense_raw, batch)
         fg_mask, anchor_points, stride_tensor = assigned[0], assigned[3], assigned[4]
-        batch_size = raw["boxes"].shape[0]
+        o2o_fg = None
+        if o2o_raw is not None:  # Ultralytics' E2ELoss: o2m·L_o2m + o2o·L_o2o, items from the one-to-one branch
+            o2o_assigned, o2o_loss, items = self.det.one2one.get_assigned_targets_and_loss(o2o_raw, batch)
+            det_loss, o2o_fg = det_loss * self.det.o2m + o2o_loss * self.det.o2o, o2o_assigned[0]
+        batch_size = dense_raw["boxes"].shape[0]
         if self.balancer is not None:
             self.balancer.observe_detection(det_loss.sum())
-        kd_terms = self.distillation_terms(split_head_outputs(raw), batch, fg_mask, anchor_points, stride_tensor)
+        student = split_head_outputs(dense_raw)
+        kd_terms = self.distillation_terms(student, batch, fg_mask, anchor_points, stride_tensor,
+                                           one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg))
         items.update({k: v.detach() for k, v in kd_terms.items()})
-        items.update(gradient_alignment(det_loss, kd_terms, raw["scores"], raw["boxes"]))  # diagnostics, not losses
+        items.update(gradient_alignment(det_loss, kd_terms, dense_raw["scores"], dense_raw["boxes"]))  # diagnostics
         total = torch.cat([det_loss, torch.stack([kd_terms[k] for k in KD_LOSS_NAMES]).to(det_loss.dtype)])
         return total * batch_size, items
 
-    def distillation_terms(self, student, batch, fg_mask, anchor_points, stride_tensor=None) -> dict[str, torch.Tensor]:
-        """Weighted KD terms (scalars) for one batch; a disabled term is an exact 0 (and costs nothing)."""
+    def distillation_terms(self, student, batch, fg_mask, anchor_points, stride_tensor=None,
+                           one2one=None) -> dict[str, torch.Tensor]:
+        """Weighted KD terms (scalars) for one batch; a disabled term is an exact 0 (and costs nothing).
+
+        ``one2one``: (HeadOutputs, fg_mask) of an end-to-end student's one-to-one branch, or None.
+        """
         w = self.term_weights()
         zero = student.scores.new_zeros(()).float()
         terms = dict.fromkeys(KD_LOSS_NAMES, zero)
@@ -72,17 +115,13 @@ class DistillationLoss:
             raise RuntimeError(f"teacher/student head shapes differ: {tuple(teacher.scores.shape)} vs "
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
         weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
-        if w["cls_kd"] > 0:
-            terms["cls_kd"] = self.weighted("cls_kd", w, classification_kd_loss(
-                student.scores.float(), teacher.scores, weights, self.kd.cls_mode, self.kd.cls_temperature))
-        if w["box_kd"] > 0:
-            reg_max = self.det.reg_max
-            ld = localization_kd_loss(student.boxes.float(), teacher.boxes, weights, reg_max, self.kd.box_temperature)
-            if self.kd.box_iou > 0:
-                s_box = decode_boxes(student.boxes.float(), anchor_points, reg_max)
-                t_box = decode_boxes(teacher.boxes, anchor_points, reg_max)
-                ld = ld + self.kd.box_iou * box_iou_kd_loss(s_box, t_box, weights)
-            terms["box_kd"] = self.weighted("box_kd", w, ld)
+        raw = self.head_terms(student, teacher, weights, anchor_points, w)
+        if one2one is not None and self.kd.one2one_kd > 0:
+            o2o_student, o2o_fg = one2one
+            o2o = self.head_terms(o2o_student, teacher, o2o_fg.float(), anchor_points, w)
+            raw = {k: raw[k] + self.kd.one2one_kd * o2o[k] for k in raw}
+        for name, value in raw.items():
+            terms[name] = self.weighted(name, w, value)
         if w["feat_kd"] > 0:
             masks = None
             if self.kd.feat_method == "mse" and self.kd.feat_fg_mask:
@@ -93,6 +132,27 @@ class DistillationLoss:
                 masks, self.kd.mgd_mask_ratio))
         return terms
 
+    def head_terms(self, student, teacher, weights, anchor_points, w) -> dict[str, torch.Tensor]:
+        """Unweighted logit and box KD of one head branch against the teacher's dense outputs (active terms)."""
+        out = {}
+        if w["cls_kd"] > 0:
+            out["cls_kd"] = classification_kd_loss(student.scores.float(), teacher.scores, weights, self.kd.cls_mode,
+                                                   self.kd.cls_temperature)
+        if w["box_kd"] > 0:
+            out["box_kd"] = self.box_term(student.boxes.float(), teacher.boxes, weights, anchor_points)
+        return out
+
+    def box_term(self, s_boxes, t_boxes, weights, anchor_points) -> torch.Tensor:
+        """LD on shared DFL bins (+ optional IoU), or decoded-distance KD when the bins are not shared."""
+        s_reg, t_reg = self.student_reg_max, self.teacher.reg_max
+        if self.box_path == "distance":
+            return distance_kd_loss(s_boxes, t_boxes, weights, anchor_points, s_reg, t_reg)
+        ld = localization_kd_loss(s_boxes, t_boxes, weights, s_reg, self.kd.box_temperature)
+        if self.kd.box_iou > 0:
+            s_box, t_box = decode_boxes(s_boxes, anchor_points, s_reg), decode_boxes(t_boxes, anchor_points, t_reg)
+            ld = ld + self.kd.box_iou * box_iou_kd_loss(s_box, t_box, weights)
+        return ld
+
     def weighted(self, name: str, weights: dict[str, float], raw: torch.Tensor) -> torch.Tensor:
         """weight × raw term, or weight × raw balanced against the detection loss (``balance='detection'``)."""
         return weights[name] * (self.balancer(name, raw) if self.balancer is not None else raw)
@@ -102,14 +162,14 @@ class DistillationLoss:
         if self.kd.anchor_weighting != "verified":
             return anchor_weights(teacher.scores, fg_mask, self.kd.anchor_weighting)
         gt_labels, gt_boxes = self.ground_truth(batch, teacher.scores.shape[0])
-        t_boxes = decode_boxes(teacher.boxes, anchor_points, self.det.reg_max) * stride_tensor  # px, xyxy
+        t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor  # px, xyxy
         return verified_weights(teacher.scores, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
 
     def ground_truth(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (B, N, 1) and xyxy pixel boxes (B, N, 4) of the batch, padded per image (Ultralytics' format)."""
-        img_hw = torch.tensor(batch["img"].shape[2:], device=self.det.device, dtype=torch.float32)
+        img_hw = torch.tensor(batch["img"].shape[2:], device=self.dense.device, dtype=torch.float32)
         targets = torch.cat((batch["batch_idx"].view(-1, 1), batch["cls"].view(-1, 1), batch["bboxes"]), 1)
-        targets = self.det.preprocess(targets.to(self.det.device), batch_size, scale_tensor=img_hw[[1, 0, 1, 0]])
+        targets = self.dense.preprocess(targets.to(self.dense.device), batch_size, scale_tensor=img_hw[[1, 0, 1, 0]])
         return targets.split((1, 4), 2)
 
     # ------------------------------------------------------------------------- Ultralytics compatibility

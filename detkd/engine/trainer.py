@@ -153,6 +153,8 @@ class DistillationTrainer(StudentTrainer):
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
 
     def _know_your_teacher(self) -> str | None:

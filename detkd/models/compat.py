@@ -30,13 +30,8 @@ def check_head_supported(model, role: str) -> None:
 
 
 def check_student_head(student) -> None:
-    """The student must train with the one-to-many v8 detection loss (end-to-end heads are not supported yet)."""
+    """The student must have a YOLO Detect head (one-to-many, or end-to-end with a one-to-one branch too)."""
     check_head_supported(student, "student")
-    if getattr(detect_head(student), "one2one_cv2", None) is not None:
-        raise IncompatibleModelsError(
-            "the student has an end-to-end (one-to-one, NMS-free) head, e.g. YOLOv10/YOLO26. detkd distils into "
-            "one-to-many heads (YOLOv8, YOLO11 ...): use e.g. 'yolov8n.yaml' or 'yolo11n.yaml' as student."
-        )
 
 
 def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False) -> list[str]:
@@ -83,13 +78,9 @@ def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teach
             f"teacher strides {t_strides} differ from student strides {s_strides}: anchors would not line up. "
             f"Use models with the same strides (e.g. a P6 teacher needs a P6 student)."
         )
-    if int(t_head.reg_max) != int(s_head.reg_max):
-        msg = (f"teacher reg_max={t_head.reg_max} and student reg_max={s_head.reg_max} differ: their DFL bin "
-               f"distributions cannot be compared.")
-        if box_kd:
-            raise IncompatibleModelsError(msg + " Disable localization distillation with --box-kd 0, "
-                                                "or use models with the same reg_max.")
-        notes.append(msg + " Localization distillation is off, so this is fine.")
+    if int(t_head.reg_max) != int(s_head.reg_max) or int(s_head.reg_max) <= 1:
+        notes.append(f"teacher reg_max={t_head.reg_max}, student reg_max={s_head.reg_max}: no shared DFL bins, so box "
+                     f"KD compares decoded box distances (L1 in grid units + 1-IoU) instead of bin distributions.")
     notes.append(f"feature levels: strides {s_strides}, student channels {feature_channels(student)} -> "
                  f"teacher channels {feature_channels(teacher)}")
     return notes

@@ -1,0 +1,121 @@
+"""YOLO26 (end-to-end, reg_max=1) and YOLO11 students and teachers, cross-family pairs, on tiny CPU runs."""
+
+from __future__ import annotations
+
+import csv
+import copy
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.engine.trainer import DistillationTrainer
+
+
+def _teacher(tmp_path, cfg: str, names) -> str:
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    net = DetectionModel(cfg, nc=len(names), verbose=False)
+    net.names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
+    path = tmp_path / f"teacher_{cfg.replace('.yaml', '')}.pt"
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
+    return str(path)
+
+
+def _names(shapes_yaml):
+    from ultralytics.utils import YAML
+
+    return YAML.load(shapes_yaml)["names"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher_cfg,student_cfg", [("yolov8n.yaml", "yolo26n.yaml"), ("yolo11n.yaml", "yolo26n.yaml"),
+                                                     ("yolo26n.yaml", "yolo26n.yaml"), ("yolo26n.yaml", "yolov8n.yaml")])
+def test_family_pairs_train_and_the_student_predicts(tmp_path, shapes_yaml, teacher_cfg, student_cfg):
+    from ultralytics import YOLO
+
+    teacher = _teacher(tmp_path, teacher_cfg, _names(shapes_yaml))
+    trainer = DistillationTrainer(
+        overrides=dict(model=student_cfg, data=shapes_yaml, project=str(tmp_path), name="kd",
+                       **{**TINY_TRAIN, "epochs": 1}),
+        kd=KDConfig(teacher=teacher, validate_teacher=False))
+    trainer.train()
+    with open(trainer.csv) as f:
+        row = {k.strip(): float(v) for k, v in next(csv.DictReader(f)).items()}
+    for col in ("train/cls_kd", "train/box_kd", "train/feat_kd"):
+        assert row[col] > 0, col
+    model = YOLO(str(trainer.best))
+    res = model.predict(torch.rand(1, 3, 64, 64), imgsz=64, verbose=False)
+    assert res[0].boxes is not None
+    assert ("26" in student_cfg) == (getattr(model.model.model[-1], "one2one_cv2", None) is not None)
+
+
+def _criterion(student, teacher_net, **kd):
+    from detkd.engine.criterion import DistillationLoss
+    from detkd.models.teacher import FrozenTeacher
+
+    return DistillationLoss(student.init_criterion(), FrozenTeacher(teacher_net, torch.device("cpu")), None,
+                            KDConfig(teacher="x", feat_kd=0.0, **kd))
+
+
+def _batch(nc: int):
+    torch.manual_seed(3)
+    return {"img": torch.rand(2, 3, 64, 64), "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [1.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.3]])}
+
+
+def test_yolo26_student_equal_to_its_teacher_gives_zero_kd_and_uses_the_distance_path():
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = __import__("ultralytics.cfg", fromlist=["get_cfg"]).get_cfg()
+    teacher = copy.deepcopy(student).eval()
+    student.eval()  # BatchNorm in eval: both produce identical outputs
+    crit = _criterion(student, teacher, one2one_kd=0.0)
+    assert crit.end2end and crit.box_path == "distance"
+    assert any("decoded distances" in line for line in crit.describe())
+    batch = _batch(2)
+    student.model[-1].training = True  # the training branch dict (one2many + one2one) on eval BatchNorm
+    out = student(batch["img"])
+    loss, items = crit(out, batch)
+    assert items["cls_kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert items["box_kd"].item() == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():  # a fresh one-to-one head is a copy of the one-to-many head: make it differ
+        for p in student.model[-1].one2one_cv3.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    crit_o2o = _criterion(student, teacher, one2one_kd=1.0)
+    _, items_o2o = crit_o2o(student(batch["img"]), batch)
+    assert items_o2o["cls_kd"].item() > 0  # the one-to-one branch is pulled toward the teacher's dense targets
+    _, items_o2m = crit(student(batch["img"]), batch)
+    assert items_o2m["cls_kd"].item() == pytest.approx(0.0, abs=1e-6)  # the one-to-many branch still equals it
+
+
+def test_one2one_kd_reaches_only_the_one2one_head():
+    """KD on the one-to-one branch never reaches the backbone (that branch sees detached features)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = __import__("ultralytics.cfg", fromlist=["get_cfg"]).get_cfg()
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    crit = _criterion(student, teacher, one2one_kd=1.0, cls_kd=1.0, box_kd=1.0)
+    batch = _batch(2)
+    raw = student(batch["img"])
+    dense = crit.dense.parse_output(raw)["one2many"]
+    o2o = crit.dense.parse_output(raw)["one2one"]
+    from detkd.models.teacher import split_head_outputs
+
+    t = crit.teacher(batch["img"])
+    fg = torch.zeros(2, t.scores.shape[1], dtype=torch.bool)
+    fg[:, :5] = True
+    terms = crit.head_terms(split_head_outputs(o2o), t, fg.float(), torch.zeros(t.scores.shape[1], 2),
+                            {"cls_kd": 1.0, "box_kd": 1.0, "feat_kd": 0.0})
+    (terms["cls_kd"] + terms["box_kd"]).backward()
+    head = student.model[-1]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.one2one_cv3.parameters())
+    assert all(p.grad is None for p in student.model[0].parameters())  # backbone untouched
+    assert all(p.grad is None for p in head.cv3.parameters())  # and the one-to-many head too
+    assert dense["scores"].requires_grad
