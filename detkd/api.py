@@ -39,13 +39,14 @@ class RunResult:
 
 
 def resolve_data(data: str | Path) -> str:
-    """An Ultralytics data.yaml path for ``data`` (COCO datasets are converted once into a cache)."""
+    """An Ultralytics data.yaml path for ``data`` (COCO datasets are converted once into a cache, and refused when
+    the train or val split has no usable box)."""
     try:
         from detkd.data.coco import prepare_dataset
     except ImportError:  # pragma: no cover - converter not installed
         prepare_dataset = None
     if prepare_dataset is not None:
-        return str(prepare_dataset(data))
+        return str(prepare_dataset(data, for_training=True))
     p = Path(str(data))
     if not p.is_file():
         raise DatasetError(f"data '{data}' not found: pass an Ultralytics data.yaml or a COCO dataset folder.")

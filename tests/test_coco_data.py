@@ -119,6 +119,32 @@ def test_cache_reused_and_keyed_by_content(tmp_path):
     assert y2 != y1 and y2.is_file()
 
 
+@pytest.mark.parametrize("yaml_dirs", [False, True])
+def test_cache_reconverts_when_images_appear_or_disappear(tmp_path, yaml_dirs):
+    """The cache key covers the image files (names, sizes, mtimes), not only the JSON."""
+    root = make_shapes_dataset(tmp_path / "ds", SyntheticSpec(n_train=2, n_val=3, imgsz=64))
+    data = root
+    if yaml_dirs:  # image folders named in a detkd COCO YAML instead of guessed
+        data = tmp_path / "ds.yaml"
+        data.write_text(yaml.safe_dump({"path": str(root), "val": {"json": "annotations/instances_val.json",
+                                                                    "images": "val"}}))
+
+    def n_val(y):
+        return len(list((y.parent / "images" / "val").iterdir()))
+
+    y1 = prepare_dataset(data, verbose=False)
+    assert n_val(y1) == 3
+    f = sorted((root / "val").iterdir())[0]
+    content = f.read_bytes()
+    f.unlink()  # an image disappears
+    y2 = prepare_dataset(data, verbose=False)
+    assert y2 != y1 and n_val(y2) == 2
+    f.write_bytes(content)  # and comes back
+    y3 = prepare_dataset(data, verbose=False)
+    assert n_val(y3) == 3
+    assert prepare_dataset(data, verbose=False) == y3  # unchanged files: reused
+
+
 def test_readonly_dataset_caches_elsewhere(tmp_path, monkeypatch):
     root = make_shapes_dataset(tmp_path / "ro", SyntheticSpec(n_train=2, n_val=2, imgsz=64))
     monkeypatch.setenv("DETKD_CACHE_DIR", str(tmp_path / "cache"))

@@ -18,12 +18,20 @@
 
 The conversion (:mod:`detkd.data.yolo_layout`) lands in ``<dataset>/.detkd_cache/<name>-<hash>/`` (or
 ``$DETKD_CACHE_DIR`` / ``~/.cache/detkd/`` when the dataset folder is read-only), keyed by the SHA-256 of the JSON
-files and the image folders, and is reused while they do not change. Validation counts
-(:mod:`detkd.data.validate`) are printed at the end of a conversion and whenever the cache is reused.
+files and the listing of the image files (names, sizes, modification times), and is reused while they do not
+change. A cache folder that cannot be written is one :class:`~detkd.errors.DatasetError` saying where to point
+``DETKD_CACHE_DIR``. Validation counts (:mod:`detkd.data.validate`) are printed at the end of a conversion and
+whenever the cache is reused; ``prepare_dataset(..., for_training=True)`` refuses a dataset whose train or val
+split has no usable box (:func:`check_trainable`).
+
+EXIF orientation: labels are written in the frame Ultralytics loads (EXIF applied); the JSON keeps its own frame,
+detected per image (see :mod:`detkd.data.exif`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -35,7 +43,7 @@ import yaml
 
 from detkd.errors import DatasetError
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: labels in the EXIF-rotated frame; exif_stored maps
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -131,13 +139,17 @@ def describe_dataset(data: str | Path) -> CocoSource | Path:
     raise DatasetError(f"'{path}': unrecognised dataset (expected a folder, a .yaml or .yml file).")
 
 
+def _image_dir_candidates(json_path: Path, root: Path, split: str) -> list[Path]:
+    tag = json_path.stem.removeprefix("instances_")
+    return list(dict.fromkeys([root / tag, root / split, root / "images" / tag, root / "images" / split,
+                               root / "images", root, json_path.parent]))
+
+
 def guess_image_dir(json_path: Path, root: Path, split: str, file_names: list[str]) -> Path:
     """The folder under which most sampled ``file_names`` exist (candidates: ``<tag>``, ``<split>``,
     ``images/<tag>``, ``images/<split>``, ``images``, ``.`` below ``root``, tag = ``train2017`` for
     ``instances_train2017.json``)."""
-    tag = json_path.stem.removeprefix("instances_")
-    cands = list(dict.fromkeys([root / tag, root / split, root / "images" / tag, root / "images" / split,
-                                root / "images", root, json_path.parent]))
+    cands = _image_dir_candidates(Path(json_path), Path(root), split)
     sample = file_names[:: max(1, len(file_names) // 20)][:20]
     if not sample:
         return cands[1] if cands[1].is_dir() else root
@@ -158,19 +170,55 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(splits: dict, root: Path) -> str:
-    """Hash of the converter version, each split's JSON content and its image folder (given, or guessed below the
-    dataset ``root``)."""
+def image_listing(folder: Path, exclude: Path | None = None) -> str:
+    """SHA-256 of the image files below ``folder``: relative path, size and modification time of each (no file is
+    read). Hidden folders (``.detkd_cache``) and ``exclude`` (a cache inside the dataset) are left out."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    folder, rows = Path(folder), []
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) != skip)
+        for f in filenames:
+            if f.rpartition(".")[-1].lower() in IMG_FORMATS:
+                p = os.path.join(dirpath, f)
+                try:
+                    st = os.stat(p)
+                except OSError:  # dangling link
+                    continue
+                rows.append(f"{os.path.relpath(p, folder)}|{st.st_size}|{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+
+def cache_key(splits: dict, root: Path, exclude: Path | None = None) -> str:
+    """Hash of the converter version, each split's JSON content, its image folder (given, or guessed below the
+    dataset ``root``) and the listing of the image files there (:func:`image_listing`), so images that appear,
+    disappear or change reconvert. A guessed folder is not known before the JSON is parsed: the listing then
+    covers every existing candidate of :func:`guess_image_dir` below ``root`` (``<tag>``, ``<split>``,
+    ``images/...``), or all of ``root`` when none exists (images beside the annotations)."""
     h = hashlib.sha256(CONVERTER_VERSION.encode())
+    listings: dict = {}
     for split in sorted(splits):
         js, img = splits[split]
-        where = Path(img).resolve() if img is not None else f"guess:{Path(root).resolve()}"
-        h.update(f"{split}|{_sha256(js)}|{where}".encode())
+        if img is not None:
+            dirs = [Path(img).resolve()]
+        else:
+            cands = [c.resolve() for c in _image_dir_candidates(Path(js), Path(root), split)[:5] if c.is_dir()]
+            dirs = [c for c in cands if not any(o != c and c.is_relative_to(o) for o in cands)]  # outermost
+            dirs = dirs or [Path(root).resolve()]
+        parts = []
+        for d in dirs:
+            if d not in listings:
+                listings[d] = image_listing(d, exclude) if d.is_dir() else "missing"
+            parts.append(f"{d}:{listings[d]}")
+        h.update(f"{split}|{_sha256(js)}|{'' if img is not None else 'guess|'}{'|'.join(parts)}".encode())
     return h.hexdigest()[:16]
 
 
 def default_cache_root(dataset_root: Path) -> Path:
-    """``<dataset>/.detkd_cache`` when writable, else ``$DETKD_CACHE_DIR`` or ``~/.cache/detkd``."""
+    """``<dataset>/.detkd_cache`` when writable, else ``$DETKD_CACHE_DIR`` or ``~/.cache/detkd`` (which may not be
+    writable either: :func:`prepare_dataset` says so)."""
     local = dataset_root / ".detkd_cache"
     try:
         # permission bits too: root can write anywhere, but a dataset marked read-only (r-x) must stay untouched
@@ -180,7 +228,38 @@ def default_cache_root(dataset_root: Path) -> Path:
                 return local
     except OSError:
         pass
-    return Path(os.environ.get("DETKD_CACHE_DIR") or Path.home() / ".cache" / "detkd")
+    return Path(os.environ.get("DETKD_CACHE_DIR") or Path("~/.cache/detkd").expanduser())
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextlib.contextmanager
+def writing_to(folder: Path, dataset_root: Path | None = None, explicit: bool = False):
+    """Turn a permission (or disk-full) error while writing below ``folder`` into one :class:`DatasetError` that
+    says where the cache can go instead. ``dataset_root``: the dataset whose cache this is (named in the message);
+    ``explicit``: ``folder`` was chosen by the caller (an argument), not by the default rule."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _NOT_WRITABLE + (errno.ENOSPC, errno.EDQUOT):
+            raise
+        inside = e.filename is None or os.path.abspath(e.filename).startswith(os.path.abspath(folder))
+        if not inside:  # not a write into the cache: a file of the dataset cannot be read
+            raise DatasetError(f"cannot read '{e.filename}' ({e.strerror}). Make the dataset readable by this "
+                               f"user.") from None
+        problem = "has no space left" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "is not writable"
+        if explicit:
+            raise DatasetError(f"cannot write the YOLO conversion of the COCO dataset: '{folder}' {problem} "
+                               f"({e.strerror}). Choose a writable output folder.") from None
+        env = os.environ.get("DETKD_CACHE_DIR")
+        where = f"DETKD_CACHE_DIR={env}" if env else f"'{folder}' (the fallback cache: $HOME/.cache/detkd)"
+        ro = (f"the dataset folder '{dataset_root}' is read-only, so the conversion goes to " if dataset_root
+              is not None and not Path(folder).resolve().is_relative_to(Path(dataset_root).resolve()) else "")
+        fix = "a writable folder" if problem == "is not writable" else "a folder on a disk with free space"
+        raise DatasetError(f"cannot write the YOLO conversion of the COCO dataset: {ro}{where}, which {problem} "
+                           f"({e.strerror}). Point DETKD_CACHE_DIR at {fix}, e.g. "
+                           f"`export DETKD_CACHE_DIR=/tmp/detkd_cache`, and run again.") from None
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -212,6 +291,11 @@ def merge_categories(splits: dict) -> list[dict]:
 
 def convert_coco_source(src: CocoSource, out_dir: str | Path, link: bool = True, verbose: bool = True) -> Path:
     """Validate every split of ``src`` and write its YOLO layout to ``out_dir`` (no caching). Returns data.yaml."""
+    with writing_to(Path(out_dir), explicit=True):
+        return _convert(src, out_dir, link, verbose)
+
+
+def _convert(src: CocoSource, out_dir: str | Path, link: bool = True, verbose: bool = True) -> Path:
     from detkd.data.yolo_layout import write_yolo_layout
 
     splits = {s: load_split(js, img, src.root, s, progress=verbose) for s, (js, img) in src.splits.items()}
@@ -225,12 +309,14 @@ def convert_coco_source(src: CocoSource, out_dir: str | Path, link: bool = True,
     return out
 
 
-def prepare_dataset(data: str | Path, cache_dir: str | Path | None = None, verbose: bool = True) -> Path:
+def prepare_dataset(data: str | Path, cache_dir: str | Path | None = None, verbose: bool = True,
+                    for_training: bool = False) -> Path:
     """Return the path of an Ultralytics-ready data.yaml for ``data`` (see module docstring for the inputs).
 
     COCO input is converted once into ``<cache_dir or default>/<name>-<hash>/`` and reused; the data.yaml carries
-    ``path, train, val, nc, names`` plus ``category_ids, coco, coco_eval, images, image_ids`` (see
-    :mod:`detkd.data.yolo_layout`). Raises :class:`~detkd.errors.DatasetError` for unusable input.
+    ``path, train, val, nc, names`` plus ``category_ids, coco, coco_eval, images, image_ids, exif_stored`` (see
+    :mod:`detkd.data.yolo_layout`). Raises :class:`~detkd.errors.DatasetError` for unusable input, an unwritable
+    cache folder, and (``for_training``) a train or val split without a usable box (:func:`check_trainable`).
     """
     src = describe_dataset(data)
     if isinstance(src, Path):
@@ -239,19 +325,28 @@ def prepare_dataset(data: str | Path, cache_dir: str | Path | None = None, verbo
         if not Path(js).is_file():
             raise DatasetError(f"{split} annotations '{js}' not found.")
     root = Path(cache_dir) if cache_dir else default_cache_root(src.root)
-    final = root / f"{src.name}-{cache_key(src.splits, src.root)}"
-    if (final / "data.yaml").is_file():
-        if verbose:
-            _log(f"detkd: using cached YOLO conversion {final}")
-            _log_reports(final)
-        return final / "data.yaml"
+    with writing_to(root, src.root, explicit=cache_dir is not None):
+        final = root / f"{src.name}-{cache_key(src.splits, src.root, exclude=root)}"
+        if (final / "data.yaml").is_file():
+            if verbose:
+                _log(f"detkd: using cached YOLO conversion {final}")
+                _log_reports(final)
+        else:
+            _convert_into(src, root, final, verbose)
+    if for_training:
+        check_trainable(final / "data.yaml")
+    return final / "data.yaml"
+
+
+def _convert_into(src: CocoSource, root: Path, final: Path, verbose: bool) -> None:
+    """Convert ``src`` into a temporary folder of ``root``, then rename it to ``final`` (atomic for readers)."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         _log(f"detkd: converting COCO dataset '{src.name}' to the YOLO layout in {final} (once)")
     try:
-        convert_coco_source(src, tmp, verbose=verbose)
+        _convert(src, tmp, verbose=verbose)
         _retarget(tmp, final)
         try:
             os.rename(tmp, final)
@@ -262,7 +357,24 @@ def prepare_dataset(data: str | Path, cache_dir: str | Path | None = None, verbo
         shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         _log_reports(final)
-    return final / "data.yaml"
+
+
+def check_trainable(data_yaml: str | Path) -> None:
+    """Refuse (:class:`DatasetError`) training on a converted COCO dataset whose train split (the val images when
+    there is none) or val split has no usable box, saying which split and why (from its validation report): the
+    detector would learn only background, and validation without ground truth gives mAP -1."""
+    from detkd.data.validate import why_no_boxes
+
+    folder = Path(data_yaml).parent
+    reports = json.loads((folder / "report.json").read_text())
+    for split in dict.fromkeys(("train" if "train" in reports else "val", "val")):
+        r = reports.get(split)
+        if r is not None and r["n_boxes"] == 0:
+            use = ("training would learn only background" if split == "train" else
+                   "validation has no ground truth (mAP -1) to select best.pt on")
+            also = "" if "train" in reports else " (no train split: training uses the val images)"
+            raise DatasetError(f"{split} split of '{r['json']}' has no usable box{also}: {why_no_boxes(r)}. "
+                               f"Without boxes {use}. Fix the annotations (see {folder / 'report.json'}).")
 
 
 def _retarget(tmp: Path, final: Path) -> None:

@@ -100,6 +100,8 @@ class ValidationReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     n_images: int = 0  # usable images
     n_boxes: int = 0  # training boxes written
+    n_annotations: int = 0  # annotation entries in the JSON
+    category_ids: list = field(default_factory=list)  # ids the JSON's 'categories' define
 
     def add(self, key: str, example: str = "") -> None:
         self.counts[key] += 1
@@ -120,7 +122,34 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"split": self.split, "json": str(self.json_path), "n_images": self.n_images, "n_boxes": self.n_boxes,
+                "n_annotations": self.n_annotations, "category_ids": list(self.category_ids),
                 "counts": {k: self.counts[k] for k in ISSUES if self.counts[k]}, "examples": self.examples}
+
+
+_WHY = {  # what a dropped annotation means, for a split left without boxes
+    "annotations_unknown_category": "category_id not among the ids in 'categories' {ids}",
+    "annotations_unknown_image": "image_id names no image of the JSON",
+    "annotations_on_skipped_image": "their images were skipped (missing, corrupt or unsupported files)",
+    "annotations_crowd": "iscrowd=1 boxes are ignored for training",
+    "annotations_outside_image": "the box lies outside its image",
+    "annotations_nonpositive_size": "width or height <= 0",
+    "annotations_malformed_bbox": "bbox is not 4 finite numbers",
+}
+
+
+def why_no_boxes(report: dict) -> str:
+    """Why a split (``ValidationReport.to_dict()``) has no training box: no annotation at all, or which checks
+    dropped how many of them, with examples."""
+    n = report.get("n_annotations", 0)
+    if not n:
+        return f"its JSON has no annotations ({report['n_images']} images, all background)"
+    ids = ", ".join(map(str, report.get("category_ids", [])))
+    parts = []
+    for k, why in _WHY.items():
+        if report["counts"].get(k):
+            ex = "; ".join(report["examples"].get(k, [])[:2])
+            parts.append(f"{report['counts'][k]} {k} ({why.format(ids=ids)}" + (f"; e.g. {ex})" if ex else ")"))
+    return f"all {n} annotations were dropped: " + ", ".join(parts)
 
 
 @dataclass
@@ -362,6 +391,8 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
         isinstance(a, dict) and ("area" not in a or "iscrowd" not in a) for a in coco["annotations"])
     report.n_images = len(images)
     report.n_boxes = sum(len(b) for b in boxes.values())
+    report.n_annotations = len(coco["annotations"])
+    report.category_ids = sorted(cat_ids)
     return CocoSplit(split, json_path, image_dir, categories, list(images.values()), boxes, report, needs_repair,
                      coco, crowd)
 
