@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="direction", required=True)
     a = sub.add_parser("coco2yolo", help="COCO dataset -> YOLO layout")
     a.add_argument("data", help="COCO dataset folder or detkd COCO YAML")
-    a.add_argument("--out", help="output folder (default: detkd's cache, reused while the JSON is unchanged)")
+    a.add_argument("--out", help="output folder (default: detkd's cache, reused while the JSON and the image files are unchanged)")
     a.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     a.set_defaults(fn=coco2yolo)
     b = sub.add_parser("yolo2coco", help="YOLO split -> COCO instances JSON")
