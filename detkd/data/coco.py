@@ -244,8 +244,8 @@ def writing_to(folder: Path, dataset_root: Path | None = None, explicit: bool = 
     except OSError as e:
         if e.errno not in _NOT_WRITABLE + (errno.ENOSPC, errno.EDQUOT):
             raise
-        inside = e.filename is None or os.path.abspath(e.filename).startswith(os.path.abspath(folder))
-        if not inside:  # not a write into the cache: a file of the dataset cannot be read
+        folder = Path(folder).absolute()
+        if e.filename is not None and not Path(os.path.abspath(e.filename)).is_relative_to(folder):  # not a write into the cache: a file of the dataset cannot be read
             raise DatasetError(f"cannot read '{e.filename}' ({e.strerror}). Make the dataset readable by this "
                                f"user.") from None
         problem = "has no space left" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "is not writable"
@@ -253,9 +253,11 @@ def writing_to(folder: Path, dataset_root: Path | None = None, explicit: bool = 
             raise DatasetError(f"cannot write the YOLO conversion of the COCO dataset: '{folder}' {problem} "
                                f"({e.strerror}). Choose a writable output folder.") from None
         env = os.environ.get("DETKD_CACHE_DIR")
-        where = f"DETKD_CACHE_DIR={env}" if env else f"'{folder}' (the fallback cache: $HOME/.cache/detkd)"
-        ro = (f"the dataset folder '{dataset_root}' is read-only, so the conversion goes to " if dataset_root
-              is not None and not Path(folder).resolve().is_relative_to(Path(dataset_root).resolve()) else "")
+        in_dataset = dataset_root is not None and folder.resolve().is_relative_to(Path(dataset_root).resolve())
+        where = (f"'{folder}'" if in_dataset else f"DETKD_CACHE_DIR={env}" if env else
+                 f"'{folder}' (the fallback cache: $HOME/.cache/detkd)")
+        ro = "" if in_dataset or dataset_root is None else \
+            f"the dataset folder '{dataset_root}' is read-only, so the conversion goes to "
         fix = "a writable folder" if problem == "is not writable" else "a folder on a disk with free space"
         raise DatasetError(f"cannot write the YOLO conversion of the COCO dataset: {ro}{where}, which {problem} "
                            f"({e.strerror}). Point DETKD_CACHE_DIR at {fix}, e.g. "
