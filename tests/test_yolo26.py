@@ -119,3 +119,30 @@ def test_one2one_kd_reaches_only_the_one2one_head():
     assert all(p.grad is None for p in student.model[0].parameters())  # backbone untouched
     assert all(p.grad is None for p in head.cv3.parameters())  # and the one-to-many head too
     assert dense["scores"].requires_grad
+
+
+def test_end_to_end_onnx_export_parity(tmp_path):
+    """A YOLO26 student exports to ONNX with its NMS-free output (N, 300, 6); parity compares those rows and fails
+    loudly when the file does not represent the model."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.errors import DetKDError
+    from detkd.export import export_model
+    from detkd.export.parity import check_onnx_parity, is_end_to_end
+
+    torch.manual_seed(0)
+    net = DetectionModel("yolo26n.yaml", nc=3, verbose=False).eval()
+    net.names = {0: "a", 1: "b", 2: "c"}
+    with torch.no_grad():  # a random head scores ~0 everywhere (all ties): spread the scores like a trained one
+        for seq in net.model[-1].one2one_cv3:
+            seq[-1].bias.copy_(3 * torch.randn_like(seq[-1].bias))
+    assert is_end_to_end(net)
+    result = export_model(net, format="onnx", imgsz=64, output=tmp_path / "s.onnx", parity=False, verbose=False)
+    report = check_onnx_parity(net, result.path, imgsz=64, conf=0.05, verbose=False)
+    assert report.passed and report.n_det_torch == report.n_det_onnx > 0 and report.n_matched > 0
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for seq in other.model[-1].one2one_cv3:
+            seq[-1].bias.add_(1.0)  # the deployed (one-to-one) scores shift
+    with pytest.raises(DetKDError, match="does not match the torch model"):
+        check_onnx_parity(other, result.path, imgsz=64, conf=0.05, verbose=False)

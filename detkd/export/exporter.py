@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from detkd.errors import DetKDError
+from detkd.models.compat import is_end_to_end
 from detkd.export.student import FORBIDDEN_TOKENS, assert_student_only, load_student, save_student_checkpoint
 
 # format -> (Python modules it needs, all importable; pip packages that provide them). Formats Ultralytics offers but
@@ -126,6 +127,8 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     overrides = {"format": fmt, "imgsz": imgsz, "batch": batch, "quantize": 16 if half else None, "dynamic": dynamic,
                  "device": device, "simplify": simplify, "opset": opset, "mode": "export", "verbose": verbose,
                  "data": None}
+    if is_end_to_end(net):
+        overrides["nms"] = False  # end-to-end students export their NMS-free one-to-one head: (N, 300, 6) detections
     try:
         path = Exporter(overrides=overrides)(model=model)
     except DetKDError:

@@ -1,6 +1,8 @@
 """Torch vs ONNX Runtime parity of an exported student: same images, raw outputs and post-NMS detections compared.
 
-Raw outputs are the detector's decoded predictions, shape ``(N, 4 + nc, A)``: rows 0-3 are xywh boxes in input pixels,
+End-to-end students (YOLO26) output final detections ``(N, 300, 6)`` (x1, y1, x2, y2, score, class): those are
+compared column-wise, and their detections are the rows above ``conf`` (NMS-free, as deployed).
+Other raw outputs are the detector's decoded predictions, shape ``(N, 4 + nc, A)``: rows 0-3 are xywh boxes in input pixels,
 the rest class scores in [0, 1], ``A`` anchors (8400 at 640 px). Boxes and scores are compared separately (pixels vs
 probabilities). Detections come from Ultralytics' ``non_max_suppression`` on both outputs and are matched per image by
 class and IoU; a detection missing on one side only counts as a disagreement when it is not borderline (score within
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from detkd.errors import DetKDError
+from detkd.models.compat import is_end_to_end
 
 # precision -> (box_atol in pixels per 640 px of input, box_rtol, score_atol, IoU needed to call two detections the
 # same). Boxes pass when |torch - onnx| <= box_atol + box_rtol * |torch| everywhere (as numpy.allclose).
@@ -96,6 +99,8 @@ def preprocess(images: list[np.ndarray], imgsz: int) -> torch.Tensor:
 def torch_outputs(net: torch.nn.Module, x: torch.Tensor, device: torch.device, half: bool) -> np.ndarray:
     """Raw decoded output of the fused student, float32 numpy (N, 4 + nc, A)."""
     model = deepcopy(net).float().eval().to(device)
+    if is_end_to_end(model):
+        model.end2end = True  # the NMS-free one-to-one head, as exported and deployed
     model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
     if half:
         model = model.half()
@@ -142,6 +147,26 @@ def _nms(raw: np.ndarray, conf: float, iou: float) -> list[torch.Tensor]:
     return non_max_suppression(torch.from_numpy(raw), conf, iou, max_time_img=10.0)
 
 
+def _row_box_diff(ref: np.ndarray, out: np.ndarray, score_atol: float) -> np.ndarray:
+    """End-to-end outputs (N, K, 6) are top-K lists: rows of (almost) tied scores may come out in another order.
+    Per torch row, the box difference to the nearest ONNX row of the same class and a score within ``score_atol``
+    (N, K, 4): element-wise when the orders agree, order-free otherwise."""
+    diffs = np.empty(ref.shape[:-1] + (4,), np.float32)
+    for n in range(ref.shape[0]):
+        box = np.abs(ref[n, :, None, :4] - out[n, None, :, :4])  # (K, K, 4)
+        ok = (np.abs(ref[n, :, None, 4] - out[n, None, :, 4]) <= score_atol) & (ref[n, :, None, 5] == out[n, None, :, 5])
+        worst = np.where(ok, box.max(-1), np.inf)  # (K, K)
+        best = worst.argmin(1)
+        diffs[n] = box[np.arange(box.shape[0]), best]
+        diffs[n][~ok.any(1)] = np.inf  # no ONNX row with this score and class at all
+    return diffs
+
+
+def _nms_free(raw: np.ndarray, conf: float) -> list[torch.Tensor]:
+    """Detections of an end-to-end output: the rows scoring at least ``conf`` (same layout as NMS output)."""
+    return [torch.from_numpy(r[r[:, 4] >= conf]) for r in raw]
+
+
 def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float, nms_iou: float, match_iou: float,
                        score_margin: float) -> tuple[int, int, int]:
     """Match two sets of per-image detections (each (n, 6): x1, y1, x2, y2, score, class).
@@ -155,6 +180,8 @@ def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float
     matched = borderline = mismatched = 0
     for da, db in zip(a, b):
         iou = box_iou(da[:, :4], db[:, :4]) if len(da) and len(db) else torch.zeros(len(da), len(db))
+        if len(da) and len(db):  # coincident boxes are the same detection, even degenerate ones (IoU undefined)
+            iou = torch.where((da[:, None, :4] - db[None, :, :4]).abs().amax(-1) <= 1e-3, torch.ones_like(iou), iou)
         same_cls = da[:, 5:6] == db[:, 5].unsqueeze(0) if len(da) and len(db) else torch.zeros(len(da), len(db), dtype=torch.bool)
         cand = torch.where(same_cls, iou, torch.zeros_like(iou))
         used_b = set()
@@ -217,9 +244,16 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[
     if ref.shape != out.shape:
         raise DetKDError(f"ONNX output shape {out.shape} differs from torch {ref.shape}: the export is broken.")
     diff = np.abs(ref - out)
-    box_diff, score_diff = float(diff[:, :4].max()), float(diff[:, 4:].max())
-    boxes_ok = bool((diff[:, :4] <= box_atol + box_rtol * np.abs(ref[:, :4])).all())
-    det_t, det_o = _nms(ref, conf, iou), _nms(out, conf, iou)
+    if is_end_to_end(net):  # (N, max_det, 6): boxes in the last axis, then score and class; no NMS
+        kept = ref[..., 4] >= conf  # rows under conf are never deployed (and tie among themselves in any order)
+        row_diff = np.where(kept[..., None], _row_box_diff(ref, out, score_atol), 0.0)
+        box_diff, score_diff = float(row_diff.max()), float(diff[..., 4].max())  # scores are sorted: element-wise
+        boxes_ok = bool((row_diff <= box_atol + box_rtol * np.abs(ref[..., :4])).all())
+        det_t, det_o = _nms_free(ref, conf), _nms_free(out, conf)
+    else:  # (N, 4 + nc, A): decoded boxes then class scores, NMS on both
+        box_diff, score_diff = float(diff[:, :4].max()), float(diff[:, 4:].max())
+        boxes_ok = bool((diff[:, :4] <= box_atol + box_rtol * np.abs(ref[:, :4])).all())
+        det_t, det_o = _nms(ref, conf, iou), _nms(out, conf, iou)
     matched, borderline, mismatched = compare_detections(det_t, det_o, conf, iou, match_iou, score_margin=score_atol)
     agree = mismatched == 0
     report = ParityReport(

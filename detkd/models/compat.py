@@ -29,6 +29,12 @@ def check_head_supported(model, role: str) -> None:
         )
 
 
+def is_end_to_end(model) -> bool:
+    """YOLO26/YOLOv10 heads have a one-to-one branch: NMS-free inference (Ultralytics runs it with ``nms=False``)."""
+    head = model.model[-1] if hasattr(model, "model") and hasattr(model.model, "__getitem__") else None
+    return getattr(head, "one2one_cv2", None) is not None
+
+
 def check_student_head(student) -> None:
     """The student must have a YOLO Detect head (one-to-many, or end-to-end with a one-to-one branch too)."""
     check_head_supported(student, "student")
