@@ -146,3 +146,20 @@ def test_end_to_end_onnx_export_parity(tmp_path):
             seq[-1].bias.add_(1.0)  # the deployed (one-to-one) scores shift
     with pytest.raises(DetKDError, match="does not match the torch model"):
         check_onnx_parity(other, result.path, imgsz=64, conf=0.05, verbose=False)
+
+
+def test_bench_times_the_nms_free_path_of_end_to_end_models():
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.bench.speed import benchmark_model, make_predictor
+
+    net = DetectionModel("yolo26n.yaml", nc=2, verbose=False).eval()
+    net.names = {0: "a", 1: "b"}
+    predictor = make_predictor(net, torch.device("cpu"), False, 64, 1, nms_free=True)
+    assert predictor.model.end2end and predictor.args.nms is False  # the one-to-one head, no NMS
+    row = benchmark_model(net, imgsz=64, batch=1, device="cpu", warmup=1, iters=2, time_budget=5, min_iters=1,
+                          source_shape=(64, 64))
+    assert any("NMS-free" in n for n in row["notes"])
+    v8 = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    v8.names = {0: "a", 1: "b"}
+    assert not make_predictor(v8, torch.device("cpu"), False, 64, 1).model.end2end

@@ -112,16 +112,19 @@ def synthetic_frames(batch: int, shape: tuple[int, int] = (720, 1280), seed: int
 
 
 def make_predictor(source: torch.nn.Module | str | Path, device: torch.device, half: bool, imgsz: int, batch: int,
-                   conf: float = 0.25, iou: float = 0.7):
+                   conf: float = 0.25, iou: float = 0.7, nms_free: bool = False):
     """An Ultralytics ``DetectionPredictor`` with its ``AutoBackend`` built on ``source`` (module or .onnx path).
 
-    Square letterbox (``rect=False``), so every backend sees imgsz x imgsz inputs.
+    Square letterbox (``rect=False``), so every backend sees imgsz x imgsz inputs. ``nms_free``: end-to-end models
+    (YOLO26) run their one-to-one head and skip NMS, as deployed.
     """
     from ultralytics.models.yolo.detect import DetectionPredictor
 
     overrides = {"imgsz": imgsz, "batch": batch, "device": "cpu" if device.type == "cpu" else str(device.index),
                  "quantize": 16 if half else None, "conf": conf, "iou": iou, "rect": False, "verbose": False,
                  "save": False, "mode": "predict", "task": "detect"}
+    if nms_free:
+        overrides["nms"] = False
     predictor = DetectionPredictor(overrides=overrides)
     predictor.setup_model(source, verbose=False)
     return predictor
@@ -188,6 +191,7 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
         ``e2e_stages_ms`` (preprocess/inference/postprocess mean per call), ``notes`` and ``status: "ok"``.
     """
     from detkd.export.student import load_student
+    from detkd.models.compat import is_end_to_end
 
     backend = normalize_backend(backend)
     if int(imgsz) <= 0 or int(imgsz) % 32:
@@ -201,6 +205,9 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
     if not getattr(net, "task", None):
         net.task = "detect"
     profile = profile or model_profile(net, imgsz)
+    nms_free = is_end_to_end(net)
+    if nms_free:
+        notes.append("end-to-end model: NMS-free one-to-one head timed (no NMS in the end-to-end pipeline)")
 
     tmp = None
     if backend == "onnxruntime":
@@ -217,7 +224,7 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
         source = net
     try:
         with quiet_ultralytics():
-            predictor = make_predictor(source, run_dev, half, imgsz, batch, conf, iou)
+            predictor = make_predictor(source, run_dev, half, imgsz, batch, conf, iou, nms_free=nms_free)
         if threads:
             torch.set_num_threads(int(threads))
         frames = synthetic_frames(batch, source_shape)
