@@ -1,4 +1,7 @@
-"""COCO evaluation: metric correctness against pycocotools called directly, evaluate_coco, CLI, training validator."""
+"""COCO evaluation: metric correctness against pycocotools called directly, evaluate_coco, CLI, training validator.
+
+detkd evaluates with faster-coco-eval by default; its numbers equal pycocotools' to a few ulps (TOL), see also
+tests/test_coco_backends.py."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from detkd.errors import DatasetError
 from detkd.eval.metrics import STAT_KEYS, coco_box_metrics, format_table
 
 NONCONTIG = (2, 11, 40, 77)
+TOL = 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,8 @@ def test_half_missed_known_ap(tmp_path):
     assert m["AR100"] == pytest.approx(0.5) and m["APs"] == -1.0  # no small objects: pycocotools says -1
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dets))
-    assert [m[k] for k in STAT_KEYS] == pycocotools_direct(tmp_path / "gt.json", tmp_path / "dt.json")
+    assert [m[k] for k in STAT_KEYS] == pytest.approx(pycocotools_direct(tmp_path / "gt.json", tmp_path / "dt.json"),
+                                                      abs=TOL)
 
 
 def test_equals_pycocotools_on_noisy_detections(shapes, tmp_path):
@@ -97,10 +102,11 @@ def test_equals_pycocotools_on_noisy_detections(shapes, tmp_path):
     f.write_text(json.dumps(dets))
     m = coco_box_metrics(gt_file, f)
     ref = pycocotools_direct(gt_file, f)
-    assert [m[k] for k in STAT_KEYS] == ref
+    assert [m[k] for k in STAT_KEYS] == pytest.approx(ref, abs=TOL)
     assert 0.05 < m["AP"] < 0.95  # a non-trivial case
     sub = [im["id"] for im in gt["images"][:3]]
-    assert [coco_box_metrics(gt_file, f, img_ids=sub)[k] for k in STAT_KEYS] == pycocotools_direct(gt_file, f, sub)
+    assert [coco_box_metrics(gt_file, f, img_ids=sub)[k] for k in STAT_KEYS] == pytest.approx(
+        pycocotools_direct(gt_file, f, sub), abs=TOL)
 
 
 def test_crowd_region_detection_is_not_a_false_positive():
@@ -145,7 +151,8 @@ def check_eval_run(m: dict, data, split="val"):
     gt = json.loads(meta["coco"][split].read_text())
     assert {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}  # original image ids
     assert {d["category_id"] for d in dets} <= set(meta["category_ids"])  # original category ids
-    assert [m[k] for k in STAT_KEYS] == pycocotools_direct(meta["coco"][split], m["detections_json"])
+    assert [m[k] for k in STAT_KEYS] == pytest.approx(pycocotools_direct(meta["coco"][split], m["detections_json"]),
+                                                      abs=TOL)
     return dets
 
 
@@ -186,7 +193,18 @@ def test_cli_eval_prints_table(shapes, tmp_path, capsys):
                "--out", str(tmp_path / "cli")])
     out = capsys.readouterr().out
     assert rc == 0 and "AP50" in out and "triangle" in out and "per 1000 images" in out
+    assert "COCO bbox (faster-coco-eval)" in out  # the default backend, named in the table
     assert (tmp_path / "cli" / "metrics.json").is_file() and (tmp_path / "cli" / "predictions.json").is_file()
+    rc = main(["eval", "--model", "yolov8n.yaml", "--data", str(shapes), "--imgsz", "64", "--conf", "0.0001",
+               "--out", str(tmp_path / "ref"), "--coco-backend", "pycocotools"])
+    assert rc == 0 and "COCO bbox (pycocotools)" in capsys.readouterr().out
+    fast, ref = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cli", "ref"))
+    assert (fast["coco_backend"], ref["coco_backend"]) == ("faster", "pycocotools")
+    assert [fast[k] for k in STAT_KEYS] == pytest.approx([ref[k] for k in STAT_KEYS], abs=TOL)
+    assert fast["per_class"] == pytest.approx(ref["per_class"], abs=TOL)
+    with pytest.raises(SystemExit) as e:  # argparse: names the valid choices, exit 2
+        main(["eval", "--model", "yolov8n.yaml", "--data", str(shapes), "--coco-backend", "fast"])
+    assert e.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
     assert main(["eval", "--model", "yolov8n.yaml", "--data", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
 
@@ -202,9 +220,9 @@ def test_validator_sets_fitness_from_coco_ap(shapes, tmp_path, monkeypatch):
     calls = []
     real = vmod.coco_box_metrics
 
-    def fake_ap(gt, dets, img_ids=None):  # real pycocotools run; AP replaced by a value Ultralytics never gives
-        m = real(gt, dets, img_ids=img_ids)
-        calls.append({"n_dets": len(dets), "n_images": m["n_images"], "real_AP": m["AP"]})
+    def fake_ap(gt, dets, img_ids=None, backend=None):  # real COCOeval; AP replaced by a value Ultralytics never gives
+        m = real(gt, dets, img_ids=img_ids, backend=backend)
+        calls.append({"n_dets": len(dets), "n_images": m["n_images"], "real_AP": m["AP"], "backend": backend})
         m["AP"] = 0.4321
         return m
 
@@ -222,7 +240,7 @@ def test_validator_sets_fitness_from_coco_ap(shapes, tmp_path, monkeypatch):
                                conf=0.0001, amp=False, verbose=False))
     t.train()
     assert len(calls) == 2  # epoch 1 validation + final validation of best.pt
-    assert all(c["n_images"] == 6 and c["n_dets"] > 0 for c in calls)
+    assert all(c["n_images"] == 6 and c["n_dets"] > 0 and c["backend"] == "faster" for c in calls)
     assert t.best_fitness == pytest.approx(0.4321)  # best.pt chosen on the COCO AP
     assert t.metrics["metrics/AP(COCO)"] == pytest.approx(0.4321)
     assert t.validator.class_map == list(NONCONTIG)

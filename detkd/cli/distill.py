@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--fraction", type=float)
     t.add_argument("--cache", help="ram / disk / false")
     t.add_argument("--coco-eval", action="store_true",
-                   help="validate with pycocotools on the dataset's own COCO JSON; best.pt chosen on official AP")
+                   help="validate with COCOeval (faster-coco-eval; DETKD_COCO_BACKEND=pycocotools for the "
+                        "reference) on the dataset's own COCO JSON; best.pt chosen on official AP")
     t.add_argument("--augmentations", metavar="SPEC",
                    help="extra albumentations: YAML list (see tools/example_augmentations.yaml) or module.py:function")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

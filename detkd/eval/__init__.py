@@ -1,5 +1,5 @@
-"""COCO evaluation: pycocotools metrics (:mod:`.metrics`), a COCO-scoring Ultralytics validator (:mod:`.validator`)
-and the ``evaluate_coco`` entry point (:mod:`.coco_eval`)."""
+"""COCO evaluation: COCOeval metrics, faster-coco-eval or pycocotools (:mod:`.metrics`), a COCO-scoring Ultralytics
+validator (:mod:`.validator`) and the ``evaluate_coco`` entry point (:mod:`.coco_eval`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``evaluate_coco``: run a detector on a COCO split and score it with pycocotools against the dataset's own JSON.
+"""``evaluate_coco``: run a detector on a COCO split and score it with COCOeval against the dataset's own JSON
+(faster-coco-eval by default, pycocotools as the reference: ``backend``, see :mod:`detkd.eval.metrics`).
 
 Inference is Ultralytics' validation loop (letterboxed rectangular batches, NMS) through
 :class:`~detkd.eval.validator.COCOEvalDetectionValidator`, so the numbers are those the distillation trainer
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from detkd.errors import WeightsNotFoundError
-from detkd.eval.metrics import STAT_KEYS, format_table
+from detkd.eval.metrics import BACKEND_LABEL, STAT_KEYS, format_table
 
 
 def resolve_model(model, nc: int):
@@ -47,14 +48,16 @@ def resolve_model(model, nc: int):
 
 
 def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
-                  batch: int = 16, device: str = "cpu", out_dir=None, verbose: bool = True) -> dict:
+                  batch: int = 16, device: str = "cpu", out_dir=None, verbose: bool = True,
+                  backend: str | None = None) -> dict:
     """Evaluate ``model`` on ``split`` of ``data`` (COCO folder, detkd COCO YAML, or a data.yaml from
-    :func:`~detkd.data.coco.prepare_dataset`) with pycocotools.
+    :func:`~detkd.data.coco.prepare_dataset`) with COCOeval of ``backend`` ('faster' = faster-coco-eval, default;
+    'pycocotools' = the reference; default from ``$DETKD_COCO_BACKEND``).
 
     Returns (and writes to ``out_dir/metrics.json``)::
 
         {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl': float (-1 = no GT),
-         'per_class': {name: AP | None}, 'per_class_AP50': {...}, 'per_class_instances': {...},
+         'per_class': {name: AP | None}, 'per_class_AP50': {...}, 'per_class_instances': {...}, 'coco_backend',
          'n_images', 'n_detections', 'seconds' (all), 'seconds_per_1000_images' (the validation run: inference,
          NMS, COCOeval), 'ms_per_image' (Ultralytics' preprocess/inference/postprocess split), 'model', 'data', 'split', 'imgsz',
          'conf', 'iou', 'gt_json', 'detections_json'}
@@ -66,9 +69,11 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
 
     from detkd.data.coco import load_coco_meta, prepare_dataset
     from detkd.errors import DatasetError
+    from detkd.eval.metrics import resolve_backend
     from detkd.eval.validator import COCOEvalDetectionValidator
 
     t0 = time.perf_counter()
+    backend = resolve_backend(backend)
     data_yaml = prepare_dataset(data, verbose=verbose)
     meta = load_coco_meta(data_yaml)
     if split not in meta["coco_eval"]:
@@ -80,6 +85,7 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
                 batch=batch, device=device, plots=False, save_json=True, verbose=False,
                 model=net if isinstance(net, str) else None)
     validator = COCOEvalDetectionValidator(save_dir=out_dir, args=args)
+    validator.coco_backend = backend
     t1 = time.perf_counter()
     validator(model=net)
     t_run = time.perf_counter() - t1  # model set-up + inference + NMS + COCOeval
@@ -99,7 +105,7 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     ordered = {k: m[k] for k in STAT_KEYS} | {k: v for k, v in m.items() if k not in STAT_KEYS}
     (out_dir / "metrics.json").write_text(json.dumps(ordered, indent=1))
     if verbose:
-        print(format_table(ordered, title=f"COCO bbox, {split} of {Path(str(data)).name}"))
+        print(format_table(ordered, title=f"COCO bbox ({BACKEND_LABEL[backend]}), {split} of {Path(str(data)).name}"))
         print(f"{seconds:.1f} s ({ordered['seconds_per_1000_images']:.1f} s per 1000 images). "
               f"Results in {out_dir}: metrics.json, {dets_file.name}")
     return ordered

@@ -1,4 +1,4 @@
-"""A DetectionValidator whose verdict is pycocotools AP on the dataset's own COCO JSON.
+"""A DetectionValidator whose verdict is the official COCO AP on the dataset's own COCO JSON.
 
 Ultralytics' ``DetectionValidator`` already serialises predictions to COCO results (``save_json``,
 ``pred_to_json``, ``class_map``) and evaluates them in ``eval_json``; it is only wired for the official COCO/LVIS
@@ -11,7 +11,8 @@ files and maps image ids from numeric file stems. This subclass changes the narr
   in the frame of the JSON's boxes: Ultralytics predicts on the EXIF-rotated (displayed) image, so images whose
   JSON is in the stored frame (the data.yaml's ``exif_stored`` map, see :mod:`detkd.data.exif`) get their boxes
   turned back.
-* ``eval_json``: pycocotools ``COCOeval`` (:func:`detkd.eval.metrics.coco_box_metrics`) on the data.yaml's
+* ``eval_json``: ``COCOeval`` (:func:`detkd.eval.metrics.coco_box_metrics`; backend ``coco_backend``: faster-coco-eval
+  by default, pycocotools with ``DETKD_COCO_BACKEND=pycocotools``) on the data.yaml's
   ``coco_eval[split]`` JSON, restricted to the images the dataloader saw. Sets ``stats['fitness']`` = COCO AP, so
   a trainer selects ``best.pt`` on official AP, and adds ``metrics/AP(COCO)``, ``metrics/AP50(COCO)``,
   ``metrics/AP75(COCO)``, ``metrics/AR100(COCO)`` and ``metrics/mAP_{small,medium,large}(B)``.
@@ -45,16 +46,17 @@ from ultralytics.utils import LOGGER
 
 from detkd.data.exif import box_to_stored
 from detkd.errors import DatasetError, IncompatibleModelsError
-from detkd.eval.metrics import coco_box_metrics, format_table, load_gt
+from detkd.eval.metrics import BACKEND_LABEL, coco_box_metrics, format_table, load_gt, resolve_backend
 
 
 class COCOEvalDetectionValidator(DetectionValidator):
-    """DetectionValidator scoring with pycocotools on the dataset's own JSON (see module docstring)."""
+    """DetectionValidator scoring with COCOeval on the dataset's own JSON (see module docstring)."""
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.args.save_json = True  # makes the base class collect self.jdict and call eval_json
         self.coco_metrics: dict | None = None
+        self.coco_backend = resolve_backend()  # 'faster' or 'pycocotools' (evaluate_coco sets it)
         self._gt_cache: dict = {}
 
     @property
@@ -113,9 +115,11 @@ class COCOEvalDetectionValidator(DetectionValidator):
 
     def eval_json(self, stats: dict) -> dict:
         gt_path = str(self.data["coco_eval"][self.split])
-        if gt_path not in self._gt_cache:
-            self._gt_cache = {gt_path: load_gt(gt_path)}  # parsed once, reused every epoch
-        m = coco_box_metrics(self._gt_cache[gt_path], self.jdict, img_ids=self._eval_img_ids)
+        backend = resolve_backend(self.coco_backend)
+        if (gt_path, backend) not in self._gt_cache:
+            self._gt_cache = {(gt_path, backend): load_gt(gt_path, backend)}  # parsed once, reused every epoch
+        m = coco_box_metrics(self._gt_cache[gt_path, backend], self.jdict, img_ids=self._eval_img_ids,
+                             backend=backend)
         m["gt_json"] = gt_path
         self.coco_metrics = m
         stats.update({"metrics/AP(COCO)": m["AP"], "metrics/AP50(COCO)": m["AP50"], "metrics/AP75(COCO)": m["AP75"],
@@ -123,8 +127,8 @@ class COCOEvalDetectionValidator(DetectionValidator):
                       "metrics/mAP_medium(B)": m["APm"], "metrics/mAP_large(B)": m["APl"]})
         stats["fitness"] = max(m["AP"], 0.0)
         if self.training:
-            LOGGER.info(f"{'COCO (pycocotools)':>22}  AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AP75 {m['AP75']:.4f}  "
-                        f"AR100 {m['AR100']:.4f}")
+            LOGGER.info(f"{'COCO (' + BACKEND_LABEL[backend] + ')':>22}  AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  "
+                        f"AP75 {m['AP75']:.4f}  AR100 {m['AR100']:.4f}")
         elif self.args.verbose:
             LOGGER.info(format_table(m, title=f"COCO bbox ({self.split})"))
         return stats
