@@ -163,3 +163,19 @@ def test_bench_times_the_nms_free_path_of_end_to_end_models():
     v8 = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
     v8.names = {0: "a", 1: "b"}
     assert not make_predictor(v8, torch.device("cpu"), False, 64, 1).model.end2end
+
+
+def test_eval_scores_the_nms_free_output_and_says_so(tmp_path, shapes_coco):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.eval.coco_eval import evaluate_coco
+
+    for cfg, expected in (("yolo26n.yaml", "NMS-free (one-to-one head)"), ("yolov8n.yaml", "NMS (iou 0.7)")):
+        net = DetectionModel(cfg, nc=4, verbose=False).eval()
+        if "26" in cfg:  # silence the one-to-one head: only the NMS-free path then finds nothing
+            with torch.no_grad():
+                for seq in net.model[-1].one2one_cv3:
+                    seq[-1].bias.fill_(-30.0)
+        m = evaluate_coco(net, shapes_coco, imgsz=64, out_dir=tmp_path / cfg, verbose=False)
+        assert m["postprocess"] == expected and 0.0 <= m["AP"] <= 1.0
+        assert (m["n_detections"] == 0) == ("26" in cfg), m["n_detections"]  # the deployed head was scored

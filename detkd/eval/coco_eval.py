@@ -84,6 +84,9 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     args = dict(task="detect", mode="val", data=str(data_yaml), split=split, imgsz=imgsz, conf=conf, iou=iou,
                 batch=batch, device=device, plots=False, save_json=True, verbose=False,
                 model=net if isinstance(net, str) else None)
+    nms_free = _is_end_to_end(net)
+    if nms_free:  # YOLO26: score the deployed NMS-free one-to-one head, not one-to-many + NMS
+        args["nms"] = False
     validator = COCOEvalDetectionValidator(save_dir=out_dir, args=args)
     validator.coco_backend = backend
     t1 = time.perf_counter()
@@ -101,14 +104,31 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
         "ms_per_image": {k: round(v, 2) for k, v in validator.speed.items()},
         "model": _describe(model), "data": str(data), "data_yaml": str(data_yaml), "split": split, "imgsz": imgsz,
         "conf": conf, "iou": iou, "detections_json": str(dets_file),
+        "postprocess": "NMS-free (one-to-one head)" if nms_free else f"NMS (iou {iou:g})",
     })
     ordered = {k: m[k] for k in STAT_KEYS} | {k: v for k, v in m.items() if k not in STAT_KEYS}
     (out_dir / "metrics.json").write_text(json.dumps(ordered, indent=1))
     if verbose:
-        print(format_table(ordered, title=f"COCO bbox ({BACKEND_LABEL[backend]}), {split} of {Path(str(data)).name}"))
+        print(format_table(ordered, title=f"COCO bbox ({BACKEND_LABEL[backend]}), {split} of {Path(str(data)).name}, "
+                                          f"{ordered['postprocess']}"))
         print(f"{seconds:.1f} s ({ordered['seconds_per_1000_images']:.1f} s per 1000 images). "
               f"Results in {out_dir}: metrics.json, {dets_file.name}")
     return ordered
+
+
+def _is_end_to_end(net) -> bool:
+    """An end-to-end (YOLO26) detector given as a module or a .pt checkpoint; exported files decide for themselves."""
+    import torch
+
+    from detkd.models.compat import is_end_to_end
+
+    if isinstance(net, torch.nn.Module):
+        return is_end_to_end(net)
+    if str(net).lower().endswith((".pt", ".pth")):
+        from detkd.models.loading import load_detection_model
+
+        return is_end_to_end(load_detection_model(net))
+    return False
 
 
 def _describe(model) -> str:
