@@ -9,6 +9,7 @@ import torch
 
 from detkd.config import KDConfig
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
+from detkd.engine.guard import ALIGN_ITEMS
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.teacher import FrozenTeacher, feature_channels
 
@@ -49,7 +50,8 @@ def test_kd_terms_are_zero_when_student_equals_teacher(feat_method, cls_mode):
     img = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         loss, items = crit(student(img), _batch(img))
-    assert list(items)[-3:] == list(KD_LOSS_NAMES)
+    names = list(items)
+    assert names[3:6] == list(KD_LOSS_NAMES) and names[6:] == list(ALIGN_ITEMS)
     for k in KD_LOSS_NAMES:
         assert items[k].item() == pytest.approx(0.0, abs=1e-6), k
     assert loss.shape == (6,) and loss[:3].sum() > 0  # the detection loss itself is untouched
