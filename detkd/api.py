@@ -69,9 +69,12 @@ def _train_overrides(student, data, train_args: dict) -> dict:
 
 def _result(trainer) -> RunResult:
     metrics, m = {}, trainer.metrics or {}
-    if "metrics/AP(COCO)" in m:  # --coco-eval: official pycocotools AP on the dataset's own JSON
+    if "metrics/AP(COCO)" in m:  # --coco-eval: official COCO AP on the dataset's own JSON
+        from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
+
+        backend = getattr(trainer.validator, "coco_backend", None) or resolve_backend()
         metrics = {"mAP50-95": float(m["metrics/AP(COCO)"]), "mAP50": float(m["metrics/AP50(COCO)"]),
-                   "source": "pycocotools"}
+                   "source": BACKEND_LABEL[backend]}
     elif m:
         metrics = {"mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
                    "source": "ultralytics"}

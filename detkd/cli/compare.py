@@ -1,7 +1,7 @@
 """``detkd compare``: teacher, baseline student and distilled student(s) on identical settings, one report.
 
     detkd compare --teacher teacher.pt --student yolov8n.yaml --data path/to/coco_dataset --epochs 100 --imgsz 640 \\
-                  --batch 16 --device 0 --with-ultralytics-kd \\
+                  --batch 16 --device 0 --with-ultralytics-kd --seeds 0 1 \\
                   --kd detkd --kd mgd:feat_method=mgd,feat_kd=2 --kd mine:my_kd.yaml,cls_kd=0.5
 
 Writes ``<project>/<name>/report.md`` (table: params, GFLOPs, AP, AP50, APs/m/l, latency p50, FPS, ΔAP vs baseline,
@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--imgsz", type=int, default=640)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="repeat every student run with each seed (e.g. --seeds 0 1 2): the report gives AP mean ± "
+                        "std per configuration and says whether KD beats the baseline beyond the seed spread")
     t.add_argument("--device", default=None, help="training device: cpu, 0, 0,1 [Ultralytics' choice]")
     t.add_argument("--workers", type=int, default=None, help="dataloader workers [Ultralytics' default]")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -103,7 +106,7 @@ def build_settings(args):
     return CompareSettings(
         teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd),
         with_ultralytics_kd=args.with_ultralytics_kd, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-        seed=args.seed, device=args.device, workers=args.workers, train_args=parse_set(args.set),
+        seed=args.seed, seeds=args.seeds, device=args.device, workers=args.workers, train_args=parse_set(args.set),
         project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,
         bench_imgsz=args.bench_imgsz, bench_warmup=args.bench_warmup, bench_iters=args.bench_iters,

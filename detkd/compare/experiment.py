@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detkd.errors import ConfigError, DetKDError
+from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
 MARKER = "compare_run.json"
 EVAL_MARKER = "compare_eval.json"
@@ -46,6 +47,7 @@ class CompareSettings:
     imgsz: int = 640
     batch: int = 16
     seed: int = 0
+    seeds: list | None = None  # several seeds: every student run repeated per seed (overrides ``seed``)
     device: str | None = None
     workers: int | None = None
     train_args: dict = field(default_factory=dict)
@@ -70,6 +72,8 @@ class CompareSettings:
             raise ConfigError("--teacher is required: the teacher checkpoint (.pt) to distil from.")
         if not self.data:
             raise ConfigError("--data is required: an Ultralytics data.yaml or a COCO dataset folder.")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"--seeds {self.seeds}: give one or more different seeds, e.g. --seeds 0 1 2.")
         for k in ("epochs", "imgsz", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k}={getattr(self, k)} must be >= 1.")
@@ -92,6 +96,11 @@ class CompareSettings:
         return self
 
     @property
+    def seed_list(self) -> list[int]:
+        """The seeds every student run is trained with: ``seeds``, else ``[seed]``."""
+        return [int(x) for x in self.seeds] if self.seeds else [int(self.seed)]
+
+    @property
     def out_dir(self) -> Path:
         return Path(self.project) / (self.name or default_name(self.data, self.student))
 
@@ -104,6 +113,8 @@ class RunSpec:
     kind: str  # teacher | baseline | distilled | ultralytics_kd
     label: str  # row label in the report
     kd: dict | None = None  # distilled only: KDConfig fields (no teacher)
+    seed: int = 0
+    config: str = ""  # the configuration this run belongs to (its key without the seed suffix)
     weights: str | None = None  # teacher path, or best.pt once trained
     results_csv: str | None = None
     train: dict = field(default_factory=dict)  # marker contents (wall_s, median_epoch_s, reused, ...)
@@ -132,11 +143,21 @@ def default_name(data, student) -> str:
 
 
 def plan(s: CompareSettings) -> list[RunSpec]:
-    """Teacher, baseline, one distilled run per KD configuration, then Ultralytics' built-in KD when asked."""
-    specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher)), RunSpec("baseline", "baseline", "baseline")]
-    specs += [RunSpec(f"distilled-{n}", "distilled", f"distilled: {n}", kd=dict(cfg)) for n, cfg in s.kd_configs.items()]
+    """Teacher, then per seed: baseline, one distilled run per KD configuration, Ultralytics' built-in KD when asked.
+
+    With one seed the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with several each gets
+    ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``.
+    """
+    configs = [("baseline", "baseline", "baseline", None)]
+    configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()]
     if s.with_ultralytics_kd:
-        specs.append(RunSpec("ultralytics-kd", "ultralytics_kd", "ultralytics-kd"))
+        configs.append(("ultralytics-kd", "ultralytics_kd", "ultralytics-kd", None))
+    seeds = s.seed_list
+    many = len(seeds) > 1
+    specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher), seed=seeds[0], config="teacher")]
+    for seed in seeds:
+        specs += [RunSpec(f"{key}-s{seed}" if many else key, kind, f"{label} (seed {seed})" if many else label,
+                          kd=kd, seed=seed, config=key) for key, kind, label, kd in configs]
     return specs
 
 
@@ -170,7 +191,7 @@ def _normal(obj):
 
 def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict:
     fp = {"kind": spec.kind, "student": model_id(s.student), "data": model_id(data_yaml), "epochs": int(s.epochs),
-          "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(s.seed), "train_args": s.train_args}
+          "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(spec.seed), "train_args": s.train_args}
     if spec.kind in {"distilled", "ultralytics_kd"}:
         fp["teacher"] = model_id(s.teacher)
     if spec.kind == "distilled":
@@ -220,7 +241,7 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     from detkd.engine.callbacks import EpochTimer
 
     overrides = dict(model=str(s.student), data=data_yaml, epochs=int(s.epochs), imgsz=int(s.imgsz),
-                     batch=int(s.batch), seed=int(s.seed), project=str((out / "train").resolve()), name=spec.key,
+                     batch=int(s.batch), seed=int(spec.seed), project=str((out / "train").resolve()), name=spec.key,
                      exist_ok=True, **s.train_args)
     if s.device is not None:
         overrides["device"] = str(s.device)
@@ -292,12 +313,12 @@ def is_coco_data(data_yaml: str) -> bool:
 
 
 def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, out: Path, log=print) -> RunSpec:
-    """COCO metrics of ``spec.weights`` (pycocotools on the dataset's own JSON, or Ultralytics val for a plain
+    """COCO metrics of ``spec.weights`` (COCOeval on the dataset's own JSON, or Ultralytics val for a plain
     data.yaml: AP, AP50, AP75 only); reused when weights and settings are unchanged."""
     eval_dir = out / "eval" / spec.key
     fp = _normal({"weights": model_id(spec.weights), "data": model_id(data_yaml), "split": s.eval_split,
                   "imgsz": int(s.imgsz), "conf": s.eval_conf, "iou": s.eval_iou, "batch": int(s.eval_batch),
-                  "method": "pycocotools" if coco else "ultralytics"})
+                  "method": f"coco:{resolve_backend()}" if coco else "ultralytics"})
     old = _read_json(eval_dir / EVAL_MARKER)
     if old and old.get("fingerprint") == fp:
         spec.metrics = {**old["metrics"], "reused": True}
@@ -386,7 +407,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     say(f"data: {s.data}")
     data_yaml = resolve_data(s.data)
     coco = is_coco_data(data_yaml)
-    log(f"      {'COCO dataset: official COCO AP with pycocotools' if coco else 'plain data.yaml: Ultralytics val AP (no APs/m/l)'}"
+    log(f"      {'COCO dataset: official COCO AP with ' + BACKEND_LABEL[resolve_backend()] if coco else 'plain data.yaml: Ultralytics val AP (no APs/m/l)'}"
         f"; output {out}")
 
     say(f"checking teacher/student/data, evaluating teacher {s.teacher} ...")
@@ -395,7 +416,8 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     evaluate_run(specs[0], s, data_yaml, coco, out, log)
 
     for r in trained:
-        say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}, seed {s.seed}) ...")
+        seed = "" if len(s.seed_list) > 1 else f", seed {r.seed}"  # several seeds: the label names it
+        say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}{seed}) ...")
         train_run(r, s, data_yaml, out, log)
 
     say(f"evaluating {len(trained)} student runs ({'COCO' if coco else 'Ultralytics'} AP, {s.eval_split} split) ...")

@@ -6,6 +6,9 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from detkd.compare.seeds import aggregate, format_seed_table
+from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
+
 COLUMNS = ("model", "params (M)", "GFLOPs", "AP", "AP50", "APs", "APm", "APl", "latency p50 (ms)", "FPS",
            "ΔAP vs baseline")
 
@@ -17,19 +20,33 @@ def _num(v, fmt: str = ".3f") -> str:
     return format(float(v), fmt)
 
 
+def read_guard(run_folder) -> dict | None:
+    """The KD guard's record of a distilled run (``kd_guard.json`` beside its results.csv), or None."""
+    path = Path(str(run_folder)) / "kd_guard.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_rows(specs) -> list[dict]:
-    """Flat report rows from evaluated and benchmarked :class:`~detkd.compare.experiment.RunSpec` objects."""
-    base = next((r.metrics.get("AP") for r in specs if r.kind == "baseline"), None)
+    """Flat report rows from evaluated and benchmarked :class:`~detkd.compare.experiment.RunSpec` objects.
+
+    ΔAP is against the baseline trained with the same seed (the same augmentation stream)."""
+    base = {r.seed: r.metrics.get("AP") for r in specs if r.kind == "baseline"}
     rows = []
     for r in specs:
         m, sp = r.metrics, r.speed
-        ap = m.get("AP")
+        ap, b = m.get("AP"), base.get(r.seed)
+        guard = read_guard(r.train["save_dir"]) if r.kind == "distilled" and r.train.get("save_dir") else None
         rows.append({
-            "key": r.key, "kind": r.kind, "label": r.label, "weights": r.weights, "results_csv": r.results_csv,
+            "key": r.key, "kind": r.kind, "label": r.label, "seed": r.seed, "config": r.config or r.key,
+            "config_label": r.label.split(" (seed ")[0], "weights": r.weights, "results_csv": r.results_csv,
             "params_m": sp.get("params_m"), "gflops": sp.get("gflops"),
             **{k: m.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
             "latency_p50_ms": sp.get("latency_p50_ms"), "fps": sp.get("fps"),
-            "delta_AP": None if base is None or ap is None or r.kind == "baseline" else ap - base,
+            "delta_AP": None if b is None or ap is None or r.kind == "baseline" else ap - b,
+            "guard": guard,
             "train": {k: v for k, v in r.train.items() if k != "fingerprint"},
             "reused": {"train": r.train.get("reused") if r.kind != "teacher" else None,
                        "eval": m.get("reused"), "bench": sp.get("reused")},
@@ -41,18 +58,31 @@ def build_rows(specs) -> list[dict]:
 def teacher_verdict(rows: list[dict]) -> str:
     """The teacher verdict in words (empty when the teacher or the baseline has no AP)."""
     t = next((r for r in rows if r["kind"] == "teacher"), None)
-    b = next((r for r in rows if r["kind"] == "baseline"), None)
-    if not t or not b or t.get("AP") is None or b.get("AP") is None:
+    base = [r["AP"] for r in rows if r["kind"] == "baseline" and r.get("AP") is not None]
+    if not t or not base or t.get("AP") is None:
         return ""
-    if t["AP"] <= b["AP"]:
-        return (f"this teacher is weaker than the student trained alone (AP {t['AP']:.3f} vs {b['AP']:.3f}): "
+    b = sum(base) / len(base)  # the baseline's mean over seeds
+    if t["AP"] <= b:
+        return (f"this teacher is weaker than the student trained alone (AP {t['AP']:.3f} vs {b:.3f}): "
                 f"distilling from it will not help. Train the teacher longer or pick a stronger one.")
-    return (f"the teacher is stronger than the student trained alone (AP {t['AP']:.3f} vs {b['AP']:.3f}, "
-            f"{t['AP'] - b['AP']:+.3f}): a useful teacher to distil from.")
+    return (f"the teacher is stronger than the student trained alone (AP {t['AP']:.3f} vs {b:.3f}, "
+            f"{t['AP'] - b:+.3f}): a useful teacher to distil from.")
+
+
+def is_multi_seed(rows: list[dict]) -> bool:
+    return len({r["seed"] for r in rows if r["kind"] == "baseline"}) > 1
 
 
 def outcome(rows: list[dict]) -> str:
-    """Which distilled run did best against the baseline, in one sentence."""
+    """Which distilled run did best against the baseline, in one sentence (over seeds when there are several)."""
+    if is_multi_seed(rows):
+        groups = [g for g in aggregate(rows) if g["delta_mean"] is not None]
+        if not groups:
+            return ""
+        best = max(groups, key=lambda g: g["delta_mean"])
+        return (f"best configuration: {best['label']}, AP {best['mean']:.3f} ± {best['std']:.3f} over seeds "
+                f"{' '.join(map(str, best['seeds']))} ({best['delta_mean']:+.3f} vs the baseline's mean): "
+                f"{best['verdict']}.")
     kd = [r for r in rows if r["kind"] in {"distilled", "ultralytics_kd"} and r.get("delta_AP") is not None]
     if not kd:
         return ""
@@ -106,6 +136,26 @@ def _runs_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def _guard_lines(rows: list[dict]) -> list[str]:
+    """The KD guard section: for each distilled run, whether a KD term pulled against the labels (engine/guard.py)."""
+    runs = [r for r in rows if r["kind"] == "distilled" and r.get("guard")]
+    if not runs:
+        return []
+    out = ["## KD guard", "", "Mean cosine between the KD and detection-loss gradients on the student's head outputs, "
+           "per epoch (first, middle, last); a term is flagged when it stays below "
+           f"{runs[0]['guard'].get('threshold', 0):g} for {runs[0]['guard'].get('patience', 3)} epochs in a row.", "",
+           "| run | cls alignment | box alignment | flagged |", "|---|---|---|---|"]
+    for r in runs:
+        g = r["guard"]
+        cells = []
+        for item in ("kd_align_cls", "kd_align_box"):
+            h = g.get("history", {}).get(item) or []
+            cells.append(" → ".join(f"{h[i]:+.2f}" for i in sorted({0, len(h) // 2, len(h) - 1})) if h else "-")
+        flagged = ", ".join(f"{k.split('_')[-1]} KD from epoch {e}" for k, e in (g.get("warned") or {}).items())
+        out.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {flagged or 'no'} |")
+    return out + [""]
+
+
 def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: dict) -> str:
     """The whole report.md."""
     from detkd.bench.report import machine_line
@@ -114,14 +164,15 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
     verdict, result = teacher_verdict(rows), outcome(rows)
     bench_imgsz = s.bench_imgsz or s.imgsz
     extra = ", ".join(f"{k}={v}" for k, v in sorted(s.train_args.items()))
-    evaluation = (f"official COCO AP (pycocotools, AP@[.50:.95]) on the **{s.eval_split}** split against the "
+    evaluation = (f"official COCO AP ({BACKEND_LABEL[resolve_backend()]}, AP@[.50:.95]) on the **{s.eval_split}** split against the "
                   f"dataset's own annotation JSON" if coco else
                   f"Ultralytics val mAP50-95 on the **{s.eval_split}** split (plain data.yaml: no COCO JSON, so no "
                   f"APs/APm/APl; pass the COCO dataset folder for official COCO AP)")
     lines = [
         f"# detkd compare: {Path(str(s.student)).name} with and without {Path(str(s.teacher)).name}", "",
         f"Data: `{s.data}`. Every student run: `{s.student}`, {s.epochs} epochs, {s.imgsz} px, batch {s.batch}, "
-        f"seed {s.seed}, device {s.device or 'auto'}" + (f", {extra}" if extra else "")
+        f"seed{'s' if len(s.seed_list) > 1 else ''} {' '.join(map(str, s.seed_list))}, device {s.device or 'auto'}"
+        + (f", {extra}" if extra else "")
         + " — identical settings; only the teacher signal differs.", "",
         f"Accuracy: {evaluation}, imgsz {s.imgsz}, conf {s.eval_conf:g}, NMS IoU {s.eval_iou:g}. "
         f"Speed: model-only forward pass, batch 1, {bench_imgsz} px, torch FP32 on {s.bench_device}; latency p50 "
@@ -133,8 +184,15 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
         lines += [f"**Teacher verdict:** {verdict}", ""]
     if result:
         lines += [f"**Outcome:** {result}", ""]
+    if is_multi_seed(rows):
+        lines += ["## Across seeds", "", "ΔAP per row above is against the baseline of the same seed. Verdict: "
+                  "'better' when every seed beats its baseline and the worst distilled seed is above the best "
+                  "baseline seed ('worse' the other way round), else 'within the spread'.", "",
+                  format_seed_table(aggregate(rows)), ""]
+    lines += _guard_lines(rows)
     lines += ["## KD configurations", ""]
-    lines += [_kd_line(r["label"], r["kd"]) for r in rows if r["kind"] == "distilled"]
+    lines += [_kd_line(r["config_label"], r["kd"]) for r in rows if r["kind"] == "distilled"
+              and r is next(x for x in rows if x["config"] == r["config"])]
     if any(r["kind"] == "ultralytics_kd" for r in rows):
         lines.append("- **ultralytics-kd**: Ultralytics' built-in `distill_model=` (score-weighted feature L2 on the "
                      "head inputs), same teacher, default settings.")
@@ -159,7 +217,7 @@ def write_report(specs, s, data_yaml: str, coco: bool, out: Path):
     md = render_markdown(rows, s, data_yaml, coco, machine)
     out = Path(out)
     (out / "report.md").write_text(md)
-    payload = {"settings": settings_dict(s), "data_yaml": str(data_yaml), "evaluation": "pycocotools" if coco else
+    payload = {"settings": settings_dict(s), "data_yaml": str(data_yaml), "evaluation": BACKEND_LABEL[resolve_backend()] if coco else
                "ultralytics", "machine": machine, "rows": rows, "teacher_verdict": teacher_verdict(rows),
                "outcome": outcome(rows)}
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=str))

@@ -1,0 +1,118 @@
+"""``detkd compare --seeds``: runs repeated per seed, mean ± std, verdict beyond the spread, KD guard in the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from detkd.compare.seeds import aggregate, mean_std, verdict
+
+
+def test_mean_std_by_hand():
+    assert mean_std([0.30]) == (0.30, 0.0)
+    m, s = mean_std([0.30, 0.34, 0.32])
+    assert m == pytest.approx(0.32) and s == pytest.approx(0.02)  # sqrt((4e-4 + 4e-4 + 0) / 2)
+    assert mean_std([1.0, 3.0])[1] == pytest.approx(math.sqrt(2.0))
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({0: 0.40, 1: 0.42}, "better"),              # every seed above, worst KD 0.40 > best baseline 0.36
+    ({0: 0.36, 1: 0.37}, "within the spread"),   # both seeds above their own baseline, but 0.36 ≤ best baseline 0.36
+    ({0: 0.37, 1: 0.30}, "within the spread"),   # the sign depends on the seed
+    ({0: 0.20, 1: 0.25}, "worse"),
+])
+def test_verdict_pairs_seeds(config, expected):
+    baseline = {0: 0.35, 1: 0.36}
+    assert verdict(config, baseline) == expected
+
+
+def test_verdict_needs_two_paired_seeds():
+    assert verdict({0: 0.5}, {0: 0.1}).startswith("single seed")
+    assert verdict({0: 0.5, 2: 0.6}, {0: 0.1, 1: 0.1}).startswith("single seed")  # only seed 0 is paired
+
+
+def test_aggregate_groups_configs_and_deltas():
+    rows = [{"kind": "teacher", "config": "teacher", "seed": 0, "AP": 0.6}]
+    for seed, b, d in ((0, 0.30, 0.36), (1, 0.34, 0.38)):
+        rows += [{"kind": "baseline", "config": "baseline", "config_label": "baseline", "seed": seed, "AP": b},
+                 {"kind": "distilled", "config": "distilled-x", "config_label": "distilled: x", "seed": seed, "AP": d}]
+    base, kd = aggregate(rows)
+    assert base["config"] == "baseline" and base["verdict"] is None and base["seeds"] == [0, 1]
+    assert kd["mean"] == pytest.approx(0.37) and kd["delta_mean"] == pytest.approx(0.05)
+    assert kd["verdict"] == "better" and kd["label"] == "distilled: x"
+
+
+def test_plan_repeats_student_runs_per_seed(teacher_pt, shapes_yaml):
+    from detkd.compare.experiment import CompareSettings, plan, train_fingerprint
+    from detkd.errors import ConfigError
+
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=[0, 3], epochs=1).validate()
+    specs = plan(s)
+    assert [r.key for r in specs] == ["teacher", "baseline-s0", "distilled-detkd-s0", "baseline-s3",
+                                      "distilled-detkd-s3"]
+    assert [r.seed for r in specs[1:]] == [0, 0, 3, 3] and specs[3].config == "baseline"
+    assert specs[3].label == "baseline (seed 3)"
+    assert train_fingerprint(specs[1], s, shapes_yaml)["seed"] == 0
+    assert train_fingerprint(specs[3], s, shapes_yaml)["seed"] == 3
+    one = CompareSettings(teacher=teacher_pt, data=shapes_yaml, seed=5, epochs=1).validate()
+    assert [r.key for r in plan(one)] == ["teacher", "baseline", "distilled-detkd"] and plan(one)[1].seed == 5
+    for bad in ([], [1, 1]):
+        with pytest.raises(ConfigError, match="--seeds"):
+            CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=bad).validate()
+
+
+def test_report_across_seeds_and_guard(tmp_path, teacher_pt, shapes_yaml):
+    """The report of a two-seed comparison: per-seed deltas against the same seed, the seed table, the guard."""
+    from detkd.compare.experiment import CompareSettings, plan
+    from detkd.compare.report import build_rows, render_markdown
+
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=[0, 1], epochs=1).validate()
+    specs = plan(s)
+    aps = {"teacher": 0.60, "baseline-s0": 0.30, "distilled-detkd-s0": 0.36, "baseline-s1": 0.34,
+           "distilled-detkd-s1": 0.38}
+    for r in specs:
+        r.metrics, r.speed = {"AP": aps[r.key], "AP50": 0.5}, {"params_m": 3.0, "fps": 100.0, "latency_p50_ms": 5.0}
+        run_dir = tmp_path / r.key
+        run_dir.mkdir()
+        r.train, r.weights = {"save_dir": str(run_dir), "median_epoch_s": 1.0}, str(run_dir / "weights" / "best.pt")
+    guard = {"threshold": 0.0, "patience": 3, "history": {"kd_align_cls": [0.2, -0.1, -0.2, -0.3],
+                                                          "kd_align_box": [0.5, 0.4, 0.3, 0.3]},
+             "warned": {"kd_align_cls": 4}}
+    (tmp_path / "distilled-detkd-s1" / "kd_guard.json").write_text(json.dumps(guard))
+
+    rows = build_rows(specs)
+    delta = {r["key"]: r["delta_AP"] for r in rows}
+    assert delta["distilled-detkd-s0"] == pytest.approx(0.06) and delta["distilled-detkd-s1"] == pytest.approx(0.04)
+    from detkd.bench.machine import machine_info
+
+    md = render_markdown(rows, s, shapes_yaml, True, machine_info("cpu"))
+    assert "seeds 0 1" in md and "## Across seeds" in md
+    assert "| distilled: detkd | 0 1 | 0.360, 0.380 | 0.370 ± 0.014 | +0.050 | better |" in md
+    assert "**Outcome:** best configuration: distilled: detkd" in md
+    assert "## KD guard" in md and "| distilled: detkd (seed 1) | +0.20 → -0.20 → -0.30 | +0.50 → +0.30 → +0.30 | cls KD from epoch 4 |" in md
+    assert "| distilled: detkd (seed 0) |" not in md.split("## KD guard")[1].split("##")[0]  # no guard file: no row
+    assert md.count("- **distilled: detkd**") == 1  # the configuration is described once
+    assert "teacher is stronger than the student trained alone (AP 0.600 vs 0.320" in md  # baseline mean
+
+
+@pytest.mark.slow
+def test_compare_two_seeds_end_to_end(tmp_path, shapes_coco, teacher_pt, capsys):
+    from detkd.cli import main
+
+    argv = ["compare", "--teacher", teacher_pt, "--data", str(shapes_coco), "--epochs", "1", "--imgsz", "64",
+            "--batch", "8", "--seeds", "0", "1", "--device", "cpu", "--workers", "0", "--set", "plots=False",
+            "--set", "warmup_epochs=0", "--project", str(tmp_path), "--name", "seeds", "--eval-batch", "8",
+            "--bench-warmup", "1", "--bench-iters", "2", "--bench-time", "0.2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "training baseline (seed 1) (1 epochs, 64 px, batch 8) ..." in out
+    report = json.loads((tmp_path / "seeds" / "report.json").read_text())
+    assert sorted(r["key"] for r in report["rows"]) == sorted(["teacher", "baseline-s0", "baseline-s1",
+                                                               "distilled-detkd-s0", "distilled-detkd-s1"])
+    md = (tmp_path / "seeds" / "report.md").read_text()
+    assert "## Across seeds" in md and "## KD guard" in md
+    first = {r["key"]: r for r in report["rows"]}
+    # the two seeds really differ (their own augmentation stream and initialisation)
+    assert first["baseline-s0"]["weights"] != first["baseline-s1"]["weights"]
