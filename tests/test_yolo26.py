@@ -179,3 +179,24 @@ def test_eval_scores_the_nms_free_output_and_says_so(tmp_path, shapes_coco):
         m = evaluate_coco(net, shapes_coco, imgsz=64, out_dir=tmp_path / cfg, verbose=False)
         assert m["postprocess"] == expected and 0.0 <= m["AP"] <= 1.0
         assert (m["n_detections"] == 0) == ("26" in cfg), m["n_detections"]  # the deployed head was scored
+
+
+@pytest.mark.slow
+def test_compare_accepts_a_yolo26_student_with_ultralytics_builtin_beside(tmp_path, shapes_coco, teacher_pt, capsys):
+    """YOLO26-n student from a YOLOv8 teacher in `detkd compare`: trained, scored NMS-free, timed, reported."""
+    import json
+
+    from detkd.cli import main
+
+    argv = ["compare", "--teacher", teacher_pt, "--student", "yolo26n.yaml", "--data", str(shapes_coco),
+            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu", "--workers", "0",
+            "--set", "plots=False", "--set", "warmup_epochs=0", "--with-ultralytics-kd", "--project", str(tmp_path),
+            "--name", "e2e", "--eval-batch", "8", "--bench-warmup", "1", "--bench-iters", "2", "--bench-time", "0.2"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "e2e" / "report.json").read_text())
+    rows = {r["key"]: r for r in report["rows"]}
+    assert set(rows) == {"teacher", "baseline", "distilled-detkd", "ultralytics-kd"}
+    for key in ("baseline", "distilled-detkd", "ultralytics-kd"):
+        assert rows[key]["AP"] is not None and rows[key]["fps"] > 0, key
+        metrics = json.loads((tmp_path / "e2e" / "eval" / key / "metrics.json").read_text())
+        assert "NMS-free" in metrics["postprocess"], key  # scored on the deployed one-to-one head
