@@ -24,7 +24,8 @@ Without a GPU, ``--shapes N_TRAIN N_VAL`` generates the demo's procedural datase
 Runs are recorded in ``<state-dir>/state.json`` as they finish; a re-run skips what is already there, so a long
 protocol can be split across several invocations (GPU calls with a time limit): ``--only`` picks runs,
 ``--time-budget S`` starts no run expected to end after S seconds (estimated from the runs already recorded) and
-exits with status 3 while runs remain — call the same command again to go on.
+exits with status 3 while runs remain — call the same command again to go on. A run cut off by a stopped process
+(its ``weights/last.pt`` not final) is resumed where it stopped the next time the protocol runs.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     overrides = dict(model=model, data=data_yaml, epochs=epochs, imgsz=args.imgsz, batch=args.batch,
                      device=args.device, workers=args.workers, seed=seed, plots=False, project=str(args.runs),
                      name=name, exist_ok=True, **args.train_args)
+    resumed = resume_point(Path(args.runs) / name)
+    if resumed:  # a run cut off by a stopped process: Ultralytics resumes it (same args, RNG, optimizer, adapters)
+        overrides["resume"] = str(resumed)
+        print(f"    resuming {name} from {resumed}", flush=True)
     if kind in {"teacher", "baseline"}:
         trainer = DetectionTrainer(overrides=overrides)
     elif kind == "ultralytics_kd":
@@ -79,11 +84,27 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     trainer.train()
     m = trainer.metrics or {}
     return {
-        "kind": kind, "seed": seed, "epochs": epochs, "wall_s": time.perf_counter() - t0,
+        "kind": kind, "seed": seed, "epochs": epochs, "wall_s": time.perf_counter() - t0, "resumed": bool(resumed),
         "median_epoch_s": timer.median(), "best": str(trainer.best),
         "mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
         "curve": read_curve(Path(trainer.save_dir) / "results.csv"),
     }
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """``weights/last.pt`` of a run that was cut off before it finished, else None.
+
+    A folder left without a checkpoint (cut off in its first epoch) is cleared of its partial ``results.csv`` so a
+    fresh run does not append to it."""
+    last = run_dir / "weights" / "last.pt"
+    if last.is_file():
+        import torch
+
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if ckpt.get("epoch", -1) != -1:  # Ultralytics sets epoch -1 in a finished run's checkpoints
+            return last
+    (run_dir / "results.csv").unlink(missing_ok=True)
+    return None
 
 
 def read_curve(results_csv: Path) -> dict[str, list[float]]:

@@ -85,3 +85,20 @@ def test_recipe_summary_acceptance_checks(tmp_path):
     png = recipe_summary.plot_curves(results, ["baseline", "detkd"], tmp_path / "curves.png")
     assert png.stat().st_size > 0
     assert "**no**" in recipe_summary.render(results, "detkd", recipe_summary.acceptance(results, "detkd"))
+
+
+def test_a_cut_off_run_is_resumed_and_a_finished_one_is_not(tmp_path):
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    run = tmp_path / "detkd_s0"
+    (run / "weights").mkdir(parents=True)
+    (run / "results.csv").write_text("epoch,x\n1,0\n")
+    assert distill_gain.resume_point(run) is None  # no checkpoint: cut off in epoch 1, start afresh ...
+    assert not (run / "results.csv").exists()  # ... without appending to the partial results.csv
+    torch.save({"epoch": 4}, run / "weights" / "last.pt")
+    assert distill_gain.resume_point(run) == run / "weights" / "last.pt"
+    torch.save({"epoch": -1}, run / "weights" / "last.pt")  # Ultralytics' mark of a finished run
+    assert distill_gain.resume_point(run) is None
