@@ -111,7 +111,8 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
     """Train ``student`` on ``data`` with distillation from ``teacher``.
 
     Args:
-        teacher: teacher .pt (or model .yaml). Overrides ``kd.teacher``.
+        teacher: teacher .pt (or model .yaml), or a list of them (one weighted ensemble teacher, weights in
+            ``kd.teacher_weights``). Overrides ``kd.teacher``.
         student: student .pt or model .yaml (``yolov8n.yaml`` trains from scratch).
         data: Ultralytics data.yaml or a COCO dataset (folder or detkd COCO YAML).
         kd: :class:`KDConfig`, a dict of its fields, or a YAML path. Defaults: detkd's recipe.
@@ -126,15 +127,17 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
         trainer = DistillationTrainer(overrides=overrides)  # kd settings come from the checkpoint
     else:
         cfg = KDConfig.coerce(kd) if kd is not None else KDConfig()
-        if teacher is not None:
-            cfg.teacher = str(teacher)
+        if teacher is not None:  # one teacher, or a list: several distilled as one ensemble
+            cfg.teacher = [str(t) for t in teacher] if isinstance(teacher, (list, tuple)) else str(teacher)
+            cfg.validate()
         if not cfg.teacher:
             from detkd.errors import ConfigError
 
             raise ConfigError("no teacher given: pass teacher='teacher.pt' (or a model .yaml).")
         from detkd.models.loading import resolve_model_path
 
-        resolve_model_path(cfg.teacher, role="teacher")  # fail before any work if it is missing
+        for t in cfg.teachers:
+            resolve_model_path(t, role="teacher")  # fail before any work if one is missing
         trainer = DistillationTrainer(overrides=overrides, kd=cfg)
     trainer.train()
     return _result(trainer)

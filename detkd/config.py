@@ -24,7 +24,11 @@ class KDConfig:
     """Knowledge-distillation settings (defaults = detkd's recipe; see README "Default recipe").
 
     Attributes:
-        teacher: teacher checkpoint (.pt) or model YAML (random init: tests / from-scratch teachers).
+        teacher: teacher checkpoint (.pt) or model YAML (random init: tests / from-scratch teachers), or a list of
+            them: several teachers distilled as one weighted ensemble (see :mod:`detkd.models.ensemble`).
+        teacher_weights: one weight per teacher (normalised to sum 1; None: equal weights).
+        drop_weak_teachers: several teachers only — leave out, with a log line, each teacher whose val mAP50-95 is
+            not above the student's starting point or below ``min_teacher_map`` (instead of refusing to start).
         cls_kd: weight of classification-logit KD (0 disables).
         cls_mode: ``bce`` (sigmoid-aware binary KL, default) or ``kl`` (softmax over classes, Hinton).
         cls_temperature: temperature T of the logit KD.
@@ -49,7 +53,9 @@ class KDConfig:
         teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
     """
 
-    teacher: str | None = None
+    teacher: str | list | None = None
+    teacher_weights: list | None = None
+    drop_weak_teachers: bool = False
     cls_kd: float = 1.0
     cls_mode: str = "bce"
     cls_temperature: float = 1.0
@@ -101,7 +107,32 @@ class KDConfig:
             raise ConfigError(f"min_teacher_map={self.min_teacher_map} must be an mAP50-95 in [0, 1].")
         if self.min_teacher_map is not None and not self.validate_teacher:
             raise ConfigError("min_teacher_map needs the teacher validated at start: drop --no-teacher-val.")
+        self._validate_teachers()
         return self
+
+    def _validate_teachers(self) -> None:
+        if isinstance(self.teacher, (list, tuple)):
+            self.teacher = [str(t) for t in self.teacher]
+            if len(self.teacher) == 1:
+                self.teacher = self.teacher[0]
+            elif len(set(self.teacher)) != len(self.teacher):
+                raise ConfigError(f"the same teacher is given twice in {self.teacher}: give each --teacher once.")
+        n = len(self.teachers)
+        if self.teacher_weights is not None:
+            w = list(self.teacher_weights)
+            if len(w) != n or any(float(x) < 0 for x in w) or sum(float(x) for x in w) <= 0:
+                raise ConfigError(f"teacher_weights {w}: give one weight >= 0 per teacher ({n} teacher"
+                                  f"{'s' if n != 1 else ''}), not all 0.")
+            self.teacher_weights = [float(x) for x in w]
+        if self.drop_weak_teachers and (n < 2 or not self.validate_teacher):
+            raise ConfigError("drop_weak_teachers needs several teachers, validated at start (--teacher-val true).")
+
+    @property
+    def teachers(self) -> list[str]:
+        """The teacher(s) as a list (empty when none is set)."""
+        if not self.teacher:
+            return []
+        return list(self.teacher) if isinstance(self.teacher, list) else [str(self.teacher)]
 
     @property
     def any_term(self) -> bool:
@@ -153,7 +184,10 @@ class KDConfig:
 
     def summary(self) -> str:
         """One readable block, printed at the start of every run."""
-        rows = [f"teacher            {self.teacher}"]
+        ts = self.teachers
+        rows = [f"teacher            {ts[0] if len(ts) == 1 else ts}"]
+        if len(ts) > 1:
+            rows.append(f"teacher_weights    {self.teacher_weights or 'equal'} (one ensemble teacher: mean probabilities)")
         rows.append(f"cls_kd  {self.cls_kd:<10g} mode={self.cls_mode} T={self.cls_temperature:g}")
         rows.append(f"box_kd  {self.box_kd:<10g} LD on DFL bins T={self.box_temperature:g} iou={self.box_iou:g}")
         extra = f" fg_mask={self.feat_fg_mask}" if self.feat_method == "mse" else (
