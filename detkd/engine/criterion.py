@@ -65,6 +65,12 @@ class DistillationLoss:
             lines.append(f"end-to-end student: KD on the one-to-many branch (trains backbone and neck) + "
                          f"{self.kd.one2one_kd:g} x cls/box KD on the one-to-one branch at its top-1 anchors "
                          f"(that branch sees detached features)")
+        members = getattr(self.teacher, "members", None)
+        if members:  # several teachers distilled as one ensemble (models/ensemble.py)
+            w = ", ".join(f"{x:.2f}" for x in self.teacher.weights)
+            lines.append(f"{len(members)} teachers as one ensemble (weights {w}): mean class probabilities, "
+                         + ("mixed DFL bins" if self.teacher.reg_max > 1 else "mean decoded distances")
+                         + f", features side by side ({'+'.join(str(m.channels[0]) for m in members)} channels at P3)")
         if getattr(detect_head(self.teacher.model), "one2one_cv2", None) is not None:
             lines.append("end-to-end teacher: its one-to-many outputs are the dense targets")
         return lines

@@ -32,6 +32,7 @@ from detkd.engine.guard import KDGuard
 from detkd.errors import ConfigError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
+from detkd.models.ensemble import TeacherEnsemble
 from detkd.models.loading import YAML_SUFFIXES, load_detection_model
 from detkd.models.teacher import FrozenTeacher, feature_channels
 
@@ -92,22 +93,28 @@ class DistillationTrainer(StudentTrainer):
         kd = self.kd
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}distillation settings\n{kd.summary()}")
-        teacher_from_yaml = str(kd.teacher).lower().endswith(YAML_SUFFIXES)
-        net = load_detection_model(kd.teacher, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
-        if teacher_from_yaml:
-            net.names = self.data["names"]
         student = unwrap_model(self.model)
-        notes = check_compatibility(net, student, self.data, box_kd=kd.box_kd > 0, teacher_from_yaml=teacher_from_yaml)
-        if RANK in {-1, 0}:
-            for n in notes:
-                LOGGER.info(f"{PREFIX}{n}")
-        self.teacher = FrozenTeacher(net, self.device)
+        members = [self._load_one_teacher(path, student) for path in kd.teachers]
+        self.teacher = members[0] if len(members) == 1 else TeacherEnsemble(members, kd.teacher_weights, kd.cls_mode)
         self.adapters = None
         if kd.feat_kd > 0:
             self.adapters = FeatureAdapters(feature_channels(student), self.teacher.channels,
                                             with_generators=kd.feat_method == "mgd").to(self.device)
             if self.resume:
                 self._load_adapters()
+
+    def _load_one_teacher(self, path: str, student) -> FrozenTeacher:
+        """Load one teacher, check it against the student and the data (with the reason when refused), freeze it."""
+        teacher_from_yaml = str(path).lower().endswith(YAML_SUFFIXES)
+        net = load_detection_model(path, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
+        if teacher_from_yaml:
+            net.names = self.data["names"]
+        notes = check_compatibility(net, student, self.data, box_kd=self.kd.box_kd > 0,
+                                    teacher_from_yaml=teacher_from_yaml)
+        if RANK in {-1, 0}:
+            for n in notes:
+                LOGGER.info(f"{PREFIX}{n}" if len(self.kd.teachers) == 1 else f"{PREFIX}{Path(path).name}: {n}")
+        return FrozenTeacher(net, self.device)
 
     def _adapters_path(self) -> Path:
         return self.wdir / ADAPTERS_FILE
