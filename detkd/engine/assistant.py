@@ -1,0 +1,73 @@
+"""Teacher-assistant chains: teacher → assistant → student, for teacher/student gaps too large to distil directly.
+
+A YOLOv8-L teacher has ~14× the parameters of a YOLOv8-n student; published detector distillation pairs models
+one size apart (M→S→T), and the LD paper proposes a teacher assistant for larger gaps. One call runs both stages
+with identical training settings:
+
+1. **assistant**: ``assistant`` (e.g. ``yolov8s.yaml``) distilled from ``teacher``;
+2. **student**: ``student`` distilled from the assistant's ``best.pt`` (``from_both=True``: from the assistant and
+   the teacher as a two-teacher ensemble, see :mod:`detkd.models.ensemble`).
+
+Layout under ``<project>/<name>/``: ``assistant/`` and ``student/`` (Ultralytics run folders) and ``chain.json``
+(what each finished stage produced). Each stage is resumable on its own: a finished stage is reused (its
+``best.pt`` is the next stage's teacher), an interrupted one continues from its ``weights/last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+STAGES = ("assistant", "student")
+MARKER = "chain.json"
+
+
+def _stage_state(run_dir: Path) -> tuple[str, Path | None]:
+    """('finished', best.pt) / ('interrupted', last.pt) / ('new', None) for one stage's run folder."""
+    import torch
+
+    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
+    if not last.is_file():
+        return "new", None
+    epoch = torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)
+    if epoch == -1:  # Ultralytics' mark of a finished run
+        return "finished", best if best.is_file() else last
+    return "interrupted", last
+
+
+def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,
+                          project: str = "runs/detect", name: str = "chain", log=print, **train_args) -> dict:
+    """Train ``assistant`` from ``teacher``, then ``student`` from the assistant (or both); see the module doc.
+
+    Returns ``{'assistant': RunResult | Path, 'student': RunResult}`` (a reused stage gives its best.pt path).
+    """
+    from detkd.api import distill
+
+    root = Path(project) / name
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / MARKER
+    record = json.loads(marker.read_text()) if marker.is_file() else {}
+    results: dict = {}
+    stage_teacher = teacher
+    for i, (stage, model) in enumerate(zip(STAGES, (assistant, student)), 1):
+        run_dir = root / stage
+        state, weights = _stage_state(run_dir)
+        if stage == "student" and from_both:
+            stage_teacher = [stage_teacher, teacher]
+        if state == "finished":
+            log(f"[chain {i}/2] {stage}: finished before, reusing {weights}")
+            results[stage] = weights
+        else:
+            what = f"resuming from {weights}" if state == "interrupted" else f"training {model}"
+            log(f"[chain {i}/2] {stage}: {what}, distilled from {stage_teacher}")
+            if state == "interrupted":
+                run = distill(resume=str(weights))
+            else:
+                run = distill(teacher=stage_teacher, student=model, data=data, kd=kd, project=str(root),
+                              name=stage, exist_ok=True, **train_args)
+            results[stage], weights = run, run.best
+            record[stage] = {"model": str(model), "teacher": str(stage_teacher), "best": str(weights),
+                             "metrics": run.metrics}
+            marker.write_text(json.dumps(record, indent=1))
+        stage_teacher = str(weights)
+    return results

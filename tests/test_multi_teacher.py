@@ -1,0 +1,92 @@
+"""Several teachers in one run, and teacher-assistant chains, end to end on tiny data (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.errors import ConfigError
+
+
+def _teacher(tmp_path, cfg: str, shapes_yaml, seed: int = 0) -> str:
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import YAML
+
+    names = YAML.load(shapes_yaml)["names"]
+    torch.manual_seed(seed)
+    net = DetectionModel(cfg, nc=len(names), verbose=False)
+    net.names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
+    path = tmp_path / f"{cfg.replace('.yaml', '')}_{seed}.pt"
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
+    return str(path)
+
+
+def test_teacher_list_settings_are_checked():
+    assert KDConfig(teacher=["a.pt"]).teacher == "a.pt"  # one teacher in a list is the single-teacher path
+    cfg = KDConfig(teacher=["a.pt", "b.pt"], teacher_weights=[3, 1])
+    assert cfg.teachers == ["a.pt", "b.pt"] and cfg.teacher_weights == [3.0, 1.0]
+    for bad in (dict(teacher=["a.pt", "b.pt"], teacher_weights=[1.0]), dict(teacher=["a.pt", "a.pt"]),
+                dict(teacher=["a.pt", "b.pt"], teacher_weights=[0, 0]), dict(teacher="a.pt", drop_weak_teachers=True)):
+        with pytest.raises(ConfigError):
+            KDConfig(**bad)
+
+
+@pytest.mark.slow
+def test_two_teachers_of_different_families_train_one_student(tmp_path, shapes_yaml):
+    from detkd.engine.trainer import DistillationTrainer
+    from detkd.models.ensemble import TeacherEnsemble
+
+    teachers = [_teacher(tmp_path, "yolov8s.yaml", shapes_yaml), _teacher(tmp_path, "yolo26n.yaml", shapes_yaml)]
+    snapshot = {k: v.clone() for k, v in torch.load(teachers[0], weights_only=False)["model"].state_dict().items()}
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="two",
+                       **{**TINY_TRAIN, "epochs": 1}),
+        kd=KDConfig(teacher=teachers, teacher_weights=[2, 1], validate_teacher=False))
+    trainer.train()
+    assert isinstance(trainer.teacher, TeacherEnsemble) and len(trainer.teacher.members) == 2
+    assert trainer.teacher.reg_max == 1  # YOLOv8 (DFL) + YOLO26 (no bins): decoded-distance box KD
+    with open(trainer.csv) as f:
+        row = {k.strip(): float(v) for k, v in next(csv.DictReader(f)).items()}
+    assert all(row[c] > 0 for c in ("train/cls_kd", "train/box_kd", "train/feat_kd"))
+    # adapters map the student to both teachers' channels side by side
+    assert trainer.adapters.align[0].out_channels == sum(m.channels[0] for m in trainer.teacher.members)
+    after = torch.load(teachers[0], weights_only=False)["model"].state_dict()
+    assert all(torch.equal(snapshot[k], after[k]) for k in snapshot)  # the teacher file is untouched
+
+
+def test_chain_stage_states(tmp_path):
+    from detkd.engine.assistant import _stage_state
+
+    run = tmp_path / "assistant"
+    assert _stage_state(run) == ("new", None)
+    (run / "weights").mkdir(parents=True)
+    torch.save({"epoch": 2}, run / "weights" / "last.pt")
+    assert _stage_state(run) == ("interrupted", run / "weights" / "last.pt")
+    torch.save({"epoch": -1}, run / "weights" / "last.pt")
+    torch.save({"epoch": -1}, run / "weights" / "best.pt")
+    assert _stage_state(run) == ("finished", run / "weights" / "best.pt")
+
+
+@pytest.mark.slow
+def test_assistant_chain_end_to_end_and_reuse(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.assistant import distill_via_assistant
+
+    train = {k: v for k, v in TINY_TRAIN.items() if k != "exist_ok"} | {"epochs": 1}
+    kd = KDConfig(validate_teacher=False)
+    out = distill_via_assistant(teacher_pt, "yolov8n.yaml", student="yolov8n.yaml", data=shapes_yaml, kd=kd,
+                                project=str(tmp_path), name="chain", log=lambda *_: None, **train)
+    record = json.loads((tmp_path / "chain" / "chain.json").read_text())
+    assert record["student"]["teacher"] == record["assistant"]["best"]  # the student learnt from the assistant
+    assert record["assistant"]["teacher"] == teacher_pt
+    assert (tmp_path / "chain" / "student" / "weights" / "best.pt").is_file()
+    lines = []
+    again = distill_via_assistant(teacher_pt, "yolov8n.yaml", student="yolov8n.yaml", data=shapes_yaml, kd=kd,
+                                  project=str(tmp_path), name="chain", log=lines.append, **train)
+    assert all("finished before, reusing" in line for line in lines) and len(lines) == 2
+    assert again["student"] == tmp_path / "chain" / "student" / "weights" / "best.pt"
+    assert out["student"].best == again["student"]
