@@ -11,6 +11,8 @@
 2. Training epoch time (train loop only: on_train_epoch_start → on_train_epoch_end, validation excluded), median over
    epochs 2..E, for: plain Ultralytics training, detkd distillation (default recipe), and optionally Ultralytics'
    built-in ``distill_model=``. Same data, seed, batch and image size. Ratio = KD / plain.
+   ``--extra-teachers K`` adds runs with 2..K+1 teachers (one batch feeds all of them, see
+   :mod:`detkd.models.ensemble`): the cost of each extra teacher.
 
 Speed does not depend on the weights, so teacher YAMLs (random init) are fine here. Writes
 ``benchmarks/results/kd_overhead_<machine>.json`` and ``.md``.
@@ -89,6 +91,10 @@ def train_timed(kind: str, args, data_yaml: str, teacher_pt: str | None) -> dict
                      project=str(args.runs), name=kind, exist_ok=True, close_mosaic=0, amp=True)
     if kind == "plain":
         trainer = DetectionTrainer(overrides=overrides)
+    elif kind.startswith("detkd_") and kind.endswith("teachers"):  # detkd_<n>teachers: an n-teacher ensemble
+        n = int(kind[len("detkd_"):-len("teachers")])
+        kd = KDConfig(teacher=[args.teacher_pts[i] for i in range(n)], validate_teacher=False)
+        trainer = DistillationTrainer(overrides=overrides, kd=kd)
     elif kind.startswith("detkd"):
         kd = KDConfig(teacher=args.teacher, validate_teacher=False, teacher_graphs=kind == "detkd")
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
@@ -102,12 +108,13 @@ def train_timed(kind: str, args, data_yaml: str, teacher_pt: str | None) -> dict
             "iters_per_epoch": len(trainer.train_loader)}
 
 
-def save_random_checkpoint(cfg: str, nc: int, names: dict, path: Path) -> str:
+def save_random_checkpoint(cfg: str, nc: int, names: dict, path: Path, seed: int = 0) -> str:
     """An Ultralytics-format checkpoint of a random-init model (for distill_model=, which needs a file)."""
     import torch
 
     from detkd.models.loading import load_detection_model
 
+    torch.manual_seed(seed)
     net = load_detection_model(cfg, nc=nc)
     net.names = names
     torch.save({"model": net.half(), "train_args": {}, "epoch": -1}, path)
@@ -126,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="0")
     p.add_argument("--with-ultralytics-kd", action="store_true")
     p.add_argument("--skip-training", action="store_true", help="teacher forward benchmark only")
+    p.add_argument("--extra-teachers", type=int, default=0, metavar="K",
+                   help="also time runs with 2..K+1 teachers (copies of --teacher, different random weights)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/detkd_kd_overhead"))
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
@@ -148,7 +157,11 @@ def main(argv=None) -> int:
     if not args.skip_training:
         args.runs.mkdir(parents=True, exist_ok=True)
         kinds = ["plain", "detkd", "detkd_eager"] + (["ultralytics_kd"] if args.with_ultralytics_kd else [])
+        kinds += [f"detkd_{n}teachers" for n in range(2, args.extra_teachers + 2)]
         teacher_pt = save_random_checkpoint(args.teacher, nc, names, args.runs / "teacher_random.pt")
+        args.teacher_pts = [teacher_pt] + [save_random_checkpoint(args.teacher, nc, names,
+                                                                  args.runs / f"teacher_random_{i}.pt", seed=i)
+                                           for i in range(1, args.extra_teachers + 1)]
         result["training"] = {}
         for i, kind in enumerate(kinds):
             print(f"[2/2] training {kind} ({i + 1}/{len(kinds)}) ...", flush=True)
@@ -184,7 +197,8 @@ def render_markdown(r: dict) -> str:
                   "|---|---:|---:|---:|---:|"]
         names = {"plain": "plain (no teacher)", "detkd": "detkd KD (cls+box+feat/cwd), graphs + side stream",
                  "detkd_eager": "detkd KD, teacher eager (no graphs/side stream)",
-                 "ultralytics_kd": "Ultralytics built-in distill_model"}
+                 "ultralytics_kd": "Ultralytics built-in distill_model",
+                 **{f"detkd_{n}teachers": f"detkd KD, {n} teachers (one ensemble)" for n in range(2, 9)}}
         for k, v in r["training"].items():
             lines.append(f"| {names.get(k, k)} | {v['iters_per_epoch']} | {v['median_epoch_s']:.2f} | "
                          f"{v['ratio_vs_plain']:.3f}x | {v['wall_s']:.1f} |")
