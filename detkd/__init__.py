@@ -1,6 +1,6 @@
 """detkd — knowledge distillation for YOLO-style detectors.
 
-    from detkd import distill
+    from detkd import distill, train_baseline
     result = distill(teacher="teacher.pt", student="yolov8n.yaml", data="data.yaml", epochs=100)
 
 Importing detkd makes Ultralytics offline-safe (see :mod:`detkd.offline`).
@@ -13,14 +13,14 @@ from detkd import offline as _offline
 _offline.set_offline_env()  # before anything imports ultralytics
 
 __version__ = "0.1.0"
-__all__ = ["distill", "DistillationTrainer", "KDConfig", "__version__"]
+__all__ = ["distill", "train_baseline", "DistillationTrainer", "KDConfig", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import detkd` stays cheap, ultralytics is imported on first use
-    if name == "distill":
-        from detkd.api import distill
+    if name in {"distill", "train_baseline"}:
+        from detkd import api
 
-        return distill
+        return getattr(api, name)
     if name == "DistillationTrainer":
         from detkd.engine.trainer import DistillationTrainer
 
