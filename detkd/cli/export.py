@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="'cpu' or a CUDA index (needed for engine, torchscript --half)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Ultralytics' choice)")
     p.add_argument("--output", default=None, help="output file (with the format's suffix) or directory "
-                                                  "(default: beside the checkpoint)")
+                                                  "(default: beside the checkpoint; pt: <stem>_student.pt)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch vs ONNX Runtime parity check")
     p.add_argument("--parity-images", default=None, help="image file/folder for the parity check "
                                                          "(default: Ultralytics' sample images)")

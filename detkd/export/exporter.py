@@ -183,7 +183,7 @@ def export_model(model: str | Path | torch.nn.Module, format: str = "onnx", imgs
     """Export the student of ``model`` (a ``.pt``, a model YAML or a module) to ``format``.
 
     The artefact goes to ``output`` (a file with the format's suffix, or a directory), by default beside the checkpoint
-    (the working directory for a YAML). For ONNX, the graph is checked (:func:`check_onnx_graph`) and, unless
+    (the working directory for a YAML); format 'pt' defaults to ``<stem>_student.pt`` there. For ONNX, the graph is checked (:func:`check_onnx_graph`) and, unless
     ``parity=False``, :func:`detkd.export.parity.check_onnx_parity` runs the same images through torch and ONNX Runtime
     and raises :class:`DetKDError` when raw outputs or post-NMS detections disagree.
     """
@@ -202,6 +202,8 @@ def export_model(model: str | Path | torch.nn.Module, format: str = "onnx", imgs
     src = None if isinstance(model, torch.nn.Module) else Path(str(model))
     default_dir = src.parent if src is not None and src.suffix.lower() in {".pt", ".pth"} else Path.cwd()
     stem = src.stem if src is not None else "student"
+    if fmt == "pt" and output is None:
+        stem += "_student"  # best.pt -> best_student.pt beside it, never the source itself
     from ultralytics.engine.exporter import export_formats
 
     suffix = ".pt" if fmt == "pt" else dict(zip(export_formats()["Argument"], export_formats()["Suffix"]))[fmt]
