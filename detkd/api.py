@@ -54,8 +54,10 @@ def resolve_data(data: str | Path) -> str:
 
 
 def _train_overrides(student, data, train_args: dict) -> dict:
+    from detkd.config import check_train_args
     from detkd.models.loading import resolve_model_path
 
+    check_train_args(train_args)  # Ultralytics' name/type/range checks, as one ConfigError before any work
     overrides = {"project": DEFAULT_PROJECT, **train_args}
     if not overrides.get("resume"):
         overrides["model"] = resolve_model_path(student, role="student")

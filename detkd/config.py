@@ -202,6 +202,30 @@ class KDConfig:
 DETKD_TRAIN_ARGS = {"kd": None, "coco_eval": False}
 
 
+def check_train_args(train_args: dict) -> None:
+    """Check Ultralytics training arguments (names, types, ranges) with Ultralytics' own ``get_cfg``, before any work.
+
+    Raises :class:`ConfigError` with Ultralytics' reason (e.g. ``'epochz' is not a valid YOLO argument``) instead of
+    the SyntaxError/TypeError/ValueError it raises from inside the trainer, and keeps its CLI help page out of the log.
+    """
+    import logging
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import LOGGER
+
+    register_detkd_arguments()
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)  # get_cfg logs the whole `yolo` CLI help before raising on an unknown key
+    try:
+        get_cfg(overrides=dict(train_args))
+    except (SyntaxError, TypeError, ValueError, KeyError) as e:
+        reason = " ".join(str(e.args[0] if e.args else e).split()).rstrip(".")
+        raise ConfigError(f"invalid training argument: {reason}. Fix the flag, the --set KEY=VALUE or the config's "
+                          f"'train:' section (arguments: https://docs.ultralytics.com/usage/cfg).") from None
+    finally:
+        LOGGER.setLevel(level)
+
+
 def register_detkd_arguments() -> None:
     """Declare detkd's extra training arguments in Ultralytics' config schema (idempotent).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_public_api_exports_train_baseline():
     import detkd
@@ -28,3 +30,31 @@ def test_export_pt_without_output_goes_beside_the_source(tmp_path, capsys):
     out = tmp_path / "best_student.pt"
     assert out.is_file() and src.read_bytes() == before  # the source is untouched
     assert str(out) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--epochs", "0"], "'epochs=0' is an invalid value"),
+    (["--set", "epochz=3"], "'epochz' is not a valid YOLO argument"),
+    (["--config", "CFG"], "'epoch' is not a valid YOLO argument"),  # a typo in the config's train: section
+])
+def test_ultralytics_argument_errors_are_one_message(capfd, tmp_path, shapes_yaml, teacher_pt, extra, expected):
+    from detkd.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("kd:\n  cls_kd: 1.0\ntrain:\n  epoch: 3\n")
+    argv = ["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--project", str(tmp_path)]
+    assert main(argv + [str(cfg) if a == "CFG" else a for a in extra]) == 2
+    out, err = capfd.readouterr()
+    assert expected in err and "detkd distill: error: invalid training argument" in err
+    assert err.count("error:") == 1 and "Traceback" not in out + err
+    assert "yolo TASK MODE ARGS" not in out + err  # Ultralytics' CLI help is not dumped on the user
+    assert not any(tmp_path.glob("*/weights"))  # refused before any run folder was made
+
+
+def test_compare_checks_its_training_arguments():
+    from detkd.compare.experiment import CompareSettings
+    from detkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"invalid training argument: 'epochz' is not a valid YOLO argument"):
+        CompareSettings(teacher="t.pt", data="d.yaml", train_args={"epochz": 3}).validate()
+    CompareSettings(teacher="t.pt", data="d.yaml", train_args={"mosaic": 0.5}).validate()

@@ -66,7 +66,7 @@ class CompareSettings:
     bench_min_iters: int = 5
 
     def validate(self) -> "CompareSettings":
-        from detkd.config import KDConfig
+        from detkd.config import KDConfig, check_train_args
 
         if not self.teacher:
             raise ConfigError("--teacher is required: the teacher checkpoint (.pt) to distil from.")
@@ -93,6 +93,7 @@ class CompareSettings:
         if bad:
             raise ConfigError(f"{', '.join(sorted(bad))} cannot be set with --set: compare sets it itself "
                               f"(use the dedicated flag, e.g. --epochs, --imgsz, --project/--name).")
+        check_train_args(self.train_args)
         return self
 
     @property
