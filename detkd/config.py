@@ -110,6 +110,14 @@ class KDConfig:
         self._validate_teachers()
         return self
 
+    def check_classes(self, nc: int) -> "KDConfig":
+        """Refuse settings that cannot work with ``nc`` classes (known once the data is read)."""
+        if self.cls_kd > 0 and self.cls_mode == "kl" and int(nc) == 1:
+            raise ConfigError("--cls-mode kl with one class: a softmax over a single class is 1 for teacher and "
+                              "student alike, so cls_kd would be 0 for the whole run. Use --cls-mode bce "
+                              "(sigmoid-aware, works with one class) or --cls-kd 0.")
+        return self
+
     def _validate_teachers(self) -> None:
         if isinstance(self.teacher, (list, tuple)):
             self.teacher = [str(t) for t in self.teacher]

@@ -58,3 +58,14 @@ def test_compare_checks_its_training_arguments():
     with pytest.raises(ConfigError, match=r"invalid training argument: 'epochz' is not a valid YOLO argument"):
         CompareSettings(teacher="t.pt", data="d.yaml", train_args={"epochz": 3}).validate()
     CompareSettings(teacher="t.pt", data="d.yaml", train_args={"mosaic": 0.5}).validate()
+
+
+def test_kl_logit_kd_with_one_class_is_refused(capfd, tmp_path, shapes_yaml, teacher_pt):
+    """Softmax over a single class is 1 for teacher and student alike: cls_kd would be 0 for the whole run."""
+    from detkd.cli import main
+
+    argv = ["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--project", str(tmp_path), "--device", "cpu",
+            "--cls-mode", "kl", "--set", "single_cls=true"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert "--cls-mode kl" in err and "one class" in err and "--cls-mode bce" in err and "Traceback" not in err

@@ -73,6 +73,7 @@ class DistillationTrainer(StudentTrainer):
         self.kd = KDConfig.coerce(dict(self.args.kd))
         if not self.kd.teacher:
             raise ConfigError("no teacher given: pass --teacher path/to/teacher.pt (or a model .yaml).")
+        self.kd.check_classes(self.data["nc"])
         self.teacher: FrozenTeacher | None = None
         self.adapters: FeatureAdapters | None = None
         self._adapters_in_loss = None  # adapters, or their DDP wrapper
