@@ -19,16 +19,19 @@ resume, plots — is Ultralytics' own.
 
 from __future__ import annotations
 
+import random
+from contextlib import contextmanager
 from copy import copy, deepcopy
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
-from detkd.engine.criterion import DistillationLoss
-from detkd.engine.guard import KDGuard
+from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
+from detkd.engine.guard import ALIGN_ITEMS, KDGuard
 from detkd.errors import ConfigError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
@@ -44,6 +47,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 ADAPTERS_FILE = "kd_adapters.pt"
+TRAIN_ONLY_ITEMS = (*KD_LOSS_NAMES, *ALIGN_ITEMS)  # computed in training only: no (always 0) val/ columns
 PREFIX = colorstr("detkd: ")
 
 
@@ -168,10 +172,12 @@ class DistillationTrainer(StudentTrainer):
     def _know_your_teacher(self) -> str | None:
         """Validate teacher and the student's starting point once, print them side by side.
 
-        Returns the refusal message when the teacher is below ``min_teacher_map``, else None.
+        Returns the refusal message when the teacher is below ``min_teacher_map``, else None. The random number
+        generators are left as they were, so training sees the augmentation stream of a baseline with the same seed.
         """
-        self.teacher_metrics = self._quick_val(self.teacher.model, "teacher")
-        self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
+        with rng_preserved():
+            self.teacher_metrics = self._quick_val(self.teacher.model, "teacher")
+            self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
         t50_95, s50_95 = self.teacher_metrics.get("mAP50-95", 0.0), self.student_start_metrics.get("mAP50-95", 0.0)
         LOGGER.info(
             f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}):\n"
@@ -199,6 +205,16 @@ class DistillationTrainer(StudentTrainer):
         return {"mAP50-95": float(metrics.get("metrics/mAP50-95(B)", 0.0)),
                 "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
 
+    def label_loss_items(self, loss_items=None, prefix="train"):
+        """Ultralytics' labelled loss items, without the KD terms and diagnostics under ``val/`` (never computed
+        there: they would be columns of zeros in results.csv and the plots)."""
+        items = super().label_loss_items(loss_items, prefix)
+        if prefix != "val":
+            return items
+        dropped = {f"val/{k}" for k in TRAIN_ONLY_ITEMS}
+        return [k for k in items if k not in dropped] if loss_items is None else \
+            {k: v for k, v in items.items() if k not in dropped}
+
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, then start the teacher on the batch (CUDA: side stream, overlaps the student)."""
         batch = super().preprocess_batch(batch)
@@ -215,6 +231,22 @@ class DistillationTrainer(StudentTrainer):
             torch.save({"epoch": self.epoch, "adapters": self.adapters.state_dict(), "kd": self.kd.to_dict()},
                        self._adapters_path())
         return saved
+
+
+@contextmanager
+def rng_preserved():
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit: side work draws no random numbers
+    from the training stream."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _watch_kd_alignment(trainer: DistillationTrainer) -> None:

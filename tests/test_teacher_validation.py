@@ -1,0 +1,71 @@
+"""Teacher validation at start: it leaves the augmentation stream alone, handles seg/pose teachers, and the KD-only
+loss items get no (always zero) val/ columns."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.engine.baseline import StudentTrainer
+from detkd.engine.trainer import DistillationTrainer
+
+pytestmark = pytest.mark.slow
+
+RUN = {**TINY_TRAIN, "epochs": 1}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _grab_first_batch(trainer, out: dict, stop: bool) -> None:
+    """Record the first preprocessed training batch (images, labels) of ``trainer``; optionally stop right there."""
+    original = trainer.preprocess_batch
+
+    def grab(batch):
+        batch = original(batch)
+        if "batch" not in out:
+            out["batch"] = {k: batch[k].detach().clone() for k in ("img", "cls", "bboxes", "batch_idx")}
+            if stop:
+                raise _Stop
+        return batch
+
+    trainer.preprocess_batch = grab
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, shapes_yaml, teacher_pt):
+    """A 1-epoch distillation run with the teacher validated at start; its first training batch recorded."""
+    project = tmp_path_factory.mktemp("kdval")
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(project),
+                                                 name="kd", **RUN), kd=KDConfig(teacher=teacher_pt, validate_teacher=True))
+    seen: dict = {}
+    _grab_first_batch(trainer, seen, stop=False)
+    trainer.train()
+    return trainer, seen["batch"]
+
+
+def test_teacher_validation_keeps_the_augmentation_stream(tmp_path, shapes_yaml, distilled):
+    trainer, kd_batch = distilled
+    assert trainer.teacher_metrics  # the teacher (and the student's start) were validated before training
+    baseline = StudentTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                             name="base", **RUN))
+    seen: dict = {}
+    _grab_first_batch(baseline, seen, stop=True)
+    with pytest.raises(_Stop):
+        baseline.train()
+    for k, v in seen["batch"].items():
+        assert torch.equal(v, kd_batch[k]), f"first batch '{k}' differs between baseline and distillation"
+
+
+def test_kd_items_have_train_columns_only(distilled):
+    trainer, _ = distilled
+    with open(trainer.csv) as f:
+        columns = [c.strip() for c in next(csv.reader(f))]
+    for name in ("cls_kd", "box_kd", "feat_kd", "kd_align_cls", "kd_align_box"):
+        assert f"train/{name}" in columns and f"val/{name}" not in columns, name
+    assert {"val/box_loss", "val/cls_loss", "val/dfl_loss"} <= set(columns)  # the detection val losses stay
