@@ -222,6 +222,19 @@ def kd_config(spec: RunSpec, s: CompareSettings):
     return KDConfig.from_dict({**cfg, "teacher": str(Path(str(s.teacher)).resolve())})
 
 
+def _rooted(record: dict, run_dir: Path) -> dict:
+    """A finished-run marker with its paths (best.pt, results.csv, run folder) inside ``run_dir``, where it lies.
+
+    Markers store absolute paths: in a copied or moved comparison they would name the original folder's files, and
+    the copy would report (and evaluate) the weights of another comparison.
+    """
+    out, root = dict(record), run_dir.resolve()
+    if out.get("best"):
+        out["best"] = str(root / "weights" / Path(out["best"]).name)
+    out["results_csv"], out["save_dir"] = str(root / "results.csv"), str(root)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- steps
 def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=print) -> RunSpec:
     """Train ``spec`` (or reuse a finished run with the same fingerprint); fill weights, results_csv, train."""
@@ -229,6 +242,8 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     marker = run_dir / MARKER
     fp = train_fingerprint(spec, s, data_yaml)
     old = _read_json(marker)
+    if old:
+        old = _rooted(old, run_dir)
     if old and old.get("fingerprint") == fp and Path(old.get("best", "")).is_file():
         spec.weights, spec.results_csv = old["best"], old.get("results_csv")
         spec.train = {**old, "reused": True}

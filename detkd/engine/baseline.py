@@ -21,6 +21,18 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 class StudentTrainer(DetectionTrainer):
     """DetectionTrainer + ``coco_eval`` (pycocotools AP as the validation metric)."""
 
+    def check_resume(self, overrides):
+        """Ultralytics' resume, writing into the run folder of the given checkpoint (``<run>/weights/last.pt``).
+
+        A checkpoint stores the ``save_dir`` it was trained in: a copied or moved run would otherwise resume into
+        the original folder (its results.csv appended to, its best.pt replaced).
+        """
+        super().check_resume(overrides)
+        if self.resume:
+            from detkd.engine.checkpoints import run_dir_of
+
+            self.args.save_dir = str(run_dir_of(self.args.resume))
+
     def get_validator(self):
         if not getattr(self.args, "coco_eval", False):
             return super().get_validator()

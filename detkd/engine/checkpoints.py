@@ -1,0 +1,38 @@
+"""Where a checkpoint's run lives and where its feature adapters are saved.
+
+Ultralytics writes ``weights/last.pt`` (every epoch), ``weights/best.pt`` (best fitness) and, with ``save_period``,
+``weights/epochN.pt``. They hold the student only; detkd saves the feature adapters trained with it (and MGD
+generators) beside each of them, in a file named after the checkpoint:
+
+    weights/last.pt     -> weights/kd_adapters.pt          (the name older runs used, so they still resume)
+    weights/best.pt     -> weights/best_kd_adapters.pt
+    weights/epoch3.pt   -> weights/epoch3_kd_adapters.pt
+
+Each adapter file stores the epoch it was saved at. A resume (or NaN recovery) loads the adapters of the very
+checkpoint it continues from, and only when their epochs agree; otherwise the adapters restart from a fresh
+initialisation, with a warning saying why (training stays correct: adapters are re-learnt in a few hundred steps,
+whereas adapters from another epoch would silently mismatch the student).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ADAPTERS_FILE = "kd_adapters.pt"  # the adapters saved with last.pt
+ADAPTERS_SUFFIX = "_kd_adapters.pt"  # the adapters saved with any other checkpoint: <stem>_kd_adapters.pt
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run folder a checkpoint belongs to: ``<run>/weights/last.pt`` → ``<run>``.
+
+    A checkpoint outside a ``weights/`` folder is its own run folder's file (``<run>/last.pt`` → ``<run>``), so a
+    resume never writes anywhere but beside the checkpoint it was given.
+    """
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "weights" else parent
+
+
+def adapters_path(checkpoint: str | Path) -> Path:
+    """The adapter file saved with ``checkpoint`` (see the module doc for the names)."""
+    p = Path(checkpoint)
+    return p.with_name(ADAPTERS_FILE if p.stem == "last" else f"{p.stem}{ADAPTERS_SUFFIX}")

