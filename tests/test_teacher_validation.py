@@ -69,3 +69,44 @@ def test_kd_items_have_train_columns_only(distilled):
     for name in ("cls_kd", "box_kd", "feat_kd", "kd_align_cls", "kd_align_box"):
         assert f"train/{name}" in columns and f"val/{name}" not in columns, name
     assert {"val/box_loss", "val/cls_loss", "val/dfl_loss"} <= set(columns)  # the detection val losses stay
+
+
+@pytest.mark.parametrize("teacher, head", [("yolov8n-seg.yaml", "Segment"), ("yolov8n-pose.yaml", "Pose")])
+def test_segmentation_and_pose_teachers_are_validated_on_their_detections(tmp_path, monkeypatch, shapes_yaml,
+                                                                          teacher, head):
+    """A Segment/Pose teacher (a Detect subclass) is scored on its boxes and classes only (its mask coefficients
+    or keypoints are not read as classes), named in the notes, and distilled to the end of a run."""
+    from ultralytics.utils import nms
+
+    from detkd.models.compat import check_compatibility
+    from detkd.models.loading import load_detection_model
+
+    seen = []
+    real_nms = nms.non_max_suppression
+    monkeypatch.setattr(nms, "non_max_suppression", lambda p, *a, **k: seen.append(p) or real_nms(p, *a, **k))
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="t", **RUN), kd=KDConfig(teacher=teacher))
+    trainer.train()
+    nc = trainer.data["nc"]
+    inference = [p[0] if isinstance(p, (list, tuple)) else p for p in seen]  # NMS reads (y, raw)[0]
+    assert seen and all(isinstance(y, torch.Tensor) and y.shape[1] == 4 + nc for y in inference)
+    losses = {k: float(v) for k, v in trainer.tloss.items()}  # last epoch's mean training loss items
+    assert trainer.teacher_metrics and all(v == v and abs(v) < float("inf") for v in losses.values()), losses
+    assert all(losses[k] > 0 for k in ("cls_kd", "box_kd", "feat_kd")), losses  # the teacher pulled on the student
+
+    net = load_detection_model(teacher, role="teacher", nc=nc)
+    net.names = trainer.data["names"]
+    notes = check_compatibility(net, trainer.model, trainer.data)
+    assert any(f"teacher head: {head} — distilled through its detection outputs" in n for n in notes)
+
+
+def test_obb_teacher_is_refused():
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.errors import IncompatibleModelsError
+    from detkd.models.compat import teacher_head_notes
+    from detkd.models.teacher import detect_head
+
+    assert teacher_head_notes(detect_head(DetectionModel("yolov8n.yaml", nc=4, verbose=False))) == []
+    with pytest.raises(IncompatibleModelsError, match="OBB .*rotated boxes"):
+        teacher_head_notes(detect_head(DetectionModel("yolov8n-obb.yaml", nc=4, verbose=False)))

@@ -195,10 +195,11 @@ class DistillationTrainer(StudentTrainer):
         return None
 
     def _quick_val(self, model, what: str) -> dict:
-        """mAP50-95 / mAP50 of ``model`` on the val loader with Ultralytics' DetectionValidator."""
+        """mAP50-95 / mAP50 of ``model`` on the val loader (Ultralytics' DetectionValidator, detections only)."""
         args = copy(self.args)
         args.plots, args.save_json, args.verbose = False, False, False
-        validator = DetectionValidator(self.test_loader, save_dir=self.save_dir / f"val_{what.split()[0]}", args=args)
+        validator = DetectionOutputValidator(self.test_loader, save_dir=self.save_dir / f"val_{what.split()[0]}",
+                                             args=args)
         LOGGER.info(f"{PREFIX}validating the {what} ...")
         metrics = validator(model=model)
         model.float().eval()
@@ -231,6 +232,16 @@ class DistillationTrainer(StudentTrainer):
             torch.save({"epoch": self.epoch, "adapters": self.adapters.state_dict(), "kd": self.kd.to_dict()},
                        self._adapters_path())
         return saved
+
+
+class DetectionOutputValidator(DetectionValidator):
+    """Ultralytics' DetectionValidator for any Detect-family head: a Segment or Pose teacher is scored on its boxes and
+    classes, the outputs it is distilled through (its mask coefficients or keypoints are not read as classes)."""
+
+    def postprocess(self, preds):
+        y = preds[0] if isinstance(preds, (list, tuple)) else preds  # eval output: (inference, raw)
+        y = y[0] if isinstance(y, (list, tuple)) else y  # Segment: (inference, mask protos)
+        return super().postprocess(y[..., :6] if self.end2end else y[:, : 4 + self.nc])
 
 
 @contextmanager

@@ -40,6 +40,20 @@ def check_student_head(student) -> None:
     check_head_supported(student, "student")
 
 
+def teacher_head_notes(head) -> list[str]:
+    """Segment/Pose teachers (Detect subclasses) are distilled through their detection outputs only; OBB teachers
+    (rotated boxes) are refused."""
+    from ultralytics.nn.modules.head import OBB, Pose, Segment
+
+    if isinstance(head, OBB):
+        raise IncompatibleModelsError(f"the teacher's head is {type(head).__name__} (rotated boxes): its box outputs "
+                                      f"do not describe axis-aligned boxes. Use a detection, segmentation or pose "
+                                      f"teacher.")
+    unused = "mask coefficients" if isinstance(head, Segment) else "keypoints" if isinstance(head, Pose) else None
+    return [f"teacher head: {type(head).__name__} — distilled through its detection outputs (boxes, classes, neck "
+            f"features); its {unused} are not used."] if unused else []
+
+
 def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False) -> list[str]:
     """Validate teacher/student/data agreement; returns informational notes. Raises on any mismatch.
 
@@ -87,6 +101,7 @@ def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teach
     if int(t_head.reg_max) != int(s_head.reg_max) or int(s_head.reg_max) <= 1:
         notes.append(f"teacher reg_max={t_head.reg_max}, student reg_max={s_head.reg_max}: no shared DFL bins, so box "
                      f"KD compares decoded box distances (L1 in grid units + 1-IoU) instead of bin distributions.")
+    notes += teacher_head_notes(t_head)
     notes.append(f"feature levels: strides {s_strides}, student channels {feature_channels(student)} -> "
                  f"teacher channels {feature_channels(teacher)}")
     return notes
