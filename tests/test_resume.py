@@ -101,3 +101,39 @@ def test_compare_reuse_of_a_copied_folder_uses_the_copy(tmp_path, shapes_yaml, t
     assert Path(reused.weights).resolve() == copy / "weights" / "best.pt"
     assert Path(reused.results_csv).resolve() == copy / "results.csv"
     assert Path(reused.train["save_dir"]).resolve() == copy
+
+
+# ------------------------------------------------------------------------------- item 3: NaN recovery and adapters
+@pytest.mark.slow
+def test_nan_recovery_restores_the_adapters_saved_with_last_pt(tmp_path, shapes_yaml, teacher_pt):
+    """A NaN in an adapter weight makes the loss NaN; Ultralytics' recovery reloads last.pt, and the adapters saved
+    with it must come back too (before: the NaN adapter stayed, 'NaN persisted for 4 epochs')."""
+    from detkd.engine.checkpoints import adapters_path
+
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="nan", val=False, **{**TINY_TRAIN, "epochs": 3}),
+                                  kd=_kd(teacher_pt))
+    seen: dict = {}
+
+    def poison_then_watch(t):
+        if t.epoch != 1:
+            return
+        if "saved" not in seen:  # epoch 1, first attempt: a NaN in one adapter weight
+            seen["saved"] = torch.load(adapters_path(t.last), weights_only=True)["adapters"]
+            with torch.no_grad():
+                t.adapters.align[0].weight[0, 0, 0, 0] = float("nan")
+        elif "restored" not in seen:  # epoch 1 again, after the recovery from last.pt
+            seen["restored"] = {k: v.detach().clone() for k, v in t.adapters.state_dict().items()}
+            group = next(g for g in t.optimizer.param_groups if g.get("param_group") == "kd_adapters")
+            seen["opt_state"] = [v for p in group["params"] for v in t.optimizer.state.get(p, {}).values()
+                                 if isinstance(v, torch.Tensor)]
+
+    trainer.add_callback("on_train_epoch_start", poison_then_watch)
+    trainer.train()
+
+    assert "restored" in seen, "the NaN epoch was not recovered"
+    assert seen["restored"].keys() == seen["saved"].keys()
+    assert all(torch.equal(seen["restored"][k], seen["saved"][k]) for k in seen["saved"])  # the saved adapters
+    assert all(torch.isfinite(v).all() for v in seen["opt_state"])  # adapter optimizer state from last.pt, finite
+    assert all(torch.isfinite(p).all() for p in trainer.adapters.parameters())
+    assert _epochs(trainer.csv) == [1, 2, 3]

@@ -36,3 +36,28 @@ def adapters_path(checkpoint: str | Path) -> Path:
     """The adapter file saved with ``checkpoint`` (see the module doc for the names)."""
     p = Path(checkpoint)
     return p.with_name(ADAPTERS_FILE if p.stem == "last" else f"{p.stem}{ADAPTERS_SUFFIX}")
+
+
+def load_adapters(adapters, checkpoint: str | Path, device) -> str | None:
+    """Load the adapters saved with ``checkpoint`` into ``adapters``, in place (optimizer references stay valid).
+
+    Returns None when loaded, else why they were not (the caller warns and keeps or resets them).
+    """
+    import torch
+
+    path = adapters_path(checkpoint)
+    if not path.is_file():
+        return f"{path} not found"
+    state = torch.load(path, map_location=device, weights_only=True)
+    adapters.load_state_dict(state["adapters"])
+    return None
+
+
+def reset_adapters(adapters, optimizer=None) -> None:
+    """Re-initialise ``adapters`` in place and drop their optimizer state (moments of other weights)."""
+    for m in adapters.modules():
+        if m is not adapters and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    if optimizer is not None:
+        for p in adapters.parameters():
+            optimizer.state.pop(p, None)

@@ -12,6 +12,8 @@ What it changes, each at the narrowest point of the parent class:
                       criterion.
 * ``save_model``    — ``last.pt``/``best.pt`` are written by Ultralytics and hold the student only; the adapters go
                       to ``weights/kd_adapters.pt`` for resume.
+* ``_handle_nan_recovery`` — Ultralytics reloads student, EMA and optimizer from ``last.pt``; the adapters saved
+                      with it are restored too.
 
 Everything else — dataloaders, augmentation, assigner, EMA (student only), AMP, checkpoints, validation, DDP,
 resume, plots — is Ultralytics' own.
@@ -30,6 +32,7 @@ import torch
 from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
+from detkd.engine.checkpoints import ADAPTERS_FILE, adapters_path, load_adapters, reset_adapters
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.guard import ALIGN_ITEMS, KDGuard
 from detkd.errors import ConfigError
@@ -46,7 +49,6 @@ from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-ADAPTERS_FILE = "kd_adapters.pt"
 TRAIN_ONLY_ITEMS = (*KD_LOSS_NAMES, *ALIGN_ITEMS)  # computed in training only: no (always 0) val/ columns
 PREFIX = colorstr("detkd: ")
 
@@ -125,13 +127,25 @@ class DistillationTrainer(StudentTrainer):
         return self.wdir / ADAPTERS_FILE
 
     def _load_adapters(self) -> None:
-        path = Path(str(self.args.model)).parent / ADAPTERS_FILE
-        if path.is_file():
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            self.adapters.load_state_dict(state["adapters"])
-            LOGGER.info(f"{PREFIX}resumed feature adapters from {path}")
+        why_not = load_adapters(self.adapters, self.args.model, self.device)
+        if why_not:
+            LOGGER.warning(f"{PREFIX}{why_not}: feature adapters restart from a fresh initialisation.")
         else:
-            LOGGER.warning(f"{PREFIX}{path} not found: feature adapters restart from a fresh initialisation.")
+            LOGGER.info(f"{PREFIX}resumed feature adapters from {adapters_path(self.args.model)}")
+
+    def _handle_nan_recovery(self, epoch):
+        """Ultralytics' NaN recovery reloads student, EMA and optimizer from ``last.pt``; the adapters saved with it
+        (``kd_adapters.pt``, written in the same ``save_model``) come back too, matching their optimizer state (the
+        ``kd_adapters`` group is part of the optimizer Ultralytics reloads). Without that file they are reset."""
+        recovered = super()._handle_nan_recovery(epoch)
+        if recovered and self.adapters is not None:
+            why_not = load_adapters(self.adapters, self.last, self.device)
+            if why_not:
+                reset_adapters(self.adapters, self.optimizer)
+                LOGGER.warning(f"{PREFIX}{why_not}: feature adapters reset to a fresh initialisation.")
+            else:
+                LOGGER.info(f"{PREFIX}feature adapters restored from {adapters_path(self.last)}")
+        return recovered
 
     # ------------------------------------------------------------------------------------- optimizer
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
