@@ -137,3 +137,32 @@ def test_nan_recovery_restores_the_adapters_saved_with_last_pt(tmp_path, shapes_
     assert all(torch.isfinite(v).all() for v in seen["opt_state"])  # adapter optimizer state from last.pt, finite
     assert all(torch.isfinite(p).all() for p in trainer.adapters.parameters())
     assert _epochs(trainer.csv) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------- item 9: clipping covers the adapters
+def _step_with_grads(student_grad: list[float], adapter_grad: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``DistillationTrainer.optimizer_step`` (SGD, lr 1, weights 0) with the given gradients: the new weights
+    are minus the clipped gradients."""
+    trainer = object.__new__(DistillationTrainer)  # only what optimizer_step touches
+    student, adapters = torch.nn.Linear(len(student_grad), 1, bias=False), torch.nn.Linear(len(adapter_grad), 1,
+                                                                                           bias=False)
+    for module, grad in ((student, student_grad), (adapters, adapter_grad)):
+        torch.nn.init.zeros_(module.weight)
+        module.weight.grad = torch.tensor([grad])
+    trainer.model, trainer.adapters, trainer.ema, trainer.device = student, adapters, None, torch.device("cpu")
+    trainer.optimizer = torch.optim.SGD([{"params": student.parameters()}, {"params": adapters.parameters()}], lr=1.0)
+    trainer.scaler = torch.amp.GradScaler("cuda", enabled=False)
+    trainer.optimizer_step()
+    return -student.weight.detach()[0], -adapters.weight.detach()[0]
+
+
+def test_gradient_clipping_covers_student_and_adapters_jointly():
+    # huge adapter gradients (norm 5000): clipped to Ultralytics' max_norm 10 -> (6, 8)
+    s, a = _step_with_grads([0.0, 0.0], [3000.0, 4000.0])
+    assert torch.allclose(s, torch.zeros(2)) and torch.allclose(a, torch.tensor([6.0, 8.0]), atol=1e-4)
+    # joint norm: student 30 and adapter 40 make 50 -> both scaled by 10/50 (not the student alone to 10)
+    s, a = _step_with_grads([30.0, 0.0], [0.0, 40.0])
+    assert torch.allclose(s, torch.tensor([6.0, 0.0]), atol=1e-4) and torch.allclose(a, torch.tensor([0.0, 8.0]), atol=1e-4)
+    # below the limit nothing changes
+    s, a = _step_with_grads([3.0, 0.0], [0.0, 4.0])
+    assert torch.allclose(s, torch.tensor([3.0, 0.0])) and torch.allclose(a, torch.tensor([0.0, 4.0]))

@@ -7,6 +7,7 @@ What it changes, each at the narrowest point of the parent class:
 * ``setup_model``   — after the student is built: loads the teacher (frozen), checks teacher/student/data
                       compatibility, builds the feature adapters (restored on resume).
 * ``build_optimizer`` — adds the adapters as one more parameter group (same lr schedule/warmup, no decay).
+* ``optimizer_step`` — clips the adapters' gradients jointly with the student's (Ultralytics clips the student's).
 * ``_setup_train``  — afterwards: validates the teacher (and the student's starting point) on the val split,
                       optimises the teacher for inference, installs :class:`DistillationLoss` as the student's
                       criterion.
@@ -51,6 +52,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 TRAIN_ONLY_ITEMS = (*KD_LOSS_NAMES, *ALIGN_ITEMS)  # computed in training only: no (always 0) val/ columns
 PREFIX = colorstr("detkd: ")
+MAX_GRAD_NORM = 10.0  # Ultralytics' gradient clipping limit (BaseTrainer.optimizer_step)
 
 
 class DistillationTrainer(StudentTrainer):
@@ -105,10 +107,14 @@ class DistillationTrainer(StudentTrainer):
         self.teacher = members[0] if len(members) == 1 else TeacherEnsemble(members, kd.teacher_weights, kd.cls_mode)
         self.adapters = None
         if kd.feat_kd > 0:
-            self.adapters = FeatureAdapters(feature_channels(student), self.teacher.channels,
-                                            with_generators=kd.feat_method == "mgd").to(self.device)
+            self.adapters = self._build_adapters(student)
             if self.resume:
                 self._load_adapters()
+
+    def _build_adapters(self, student) -> FeatureAdapters:
+        """Student → teacher feature adapters (with MGD generators when that method is on)."""
+        return FeatureAdapters(feature_channels(student), self.teacher.channels,
+                               with_generators=self.kd.feat_method == "mgd").to(self.device)
 
     def _load_one_teacher(self, path: str, student) -> FrozenTeacher:
         """Load one teacher, check it against the student and the data (with the reason when refused), freeze it."""
@@ -159,23 +165,38 @@ class DistillationTrainer(StudentTrainer):
             optimizer.add_param_group(group)
         return optimizer
 
+    def optimizer_step(self):
+        """Ultralytics' step (unscale, clip the student, step, EMA), the adapters' gradients clipped with the student's.
+
+        Student and adapter gradients are clipped jointly to Ultralytics' limit first, on the still-scaled gradients
+        (AMP) with the limit scaled alike (norms are linear in the scale), so Ultralytics' student-only clip that
+        follows finds nothing left to clip.
+        """
+        if self.adapters is not None:
+            params = [*self.model.parameters(), *self.adapters.parameters()]
+            torch.nn.utils.clip_grad_norm_(params, max_norm=MAX_GRAD_NORM * self.scaler.get_scale(),
+                                           foreach=False if self.device.type == "npu" else None)
+        super().optimizer_step()
+
     # ----------------------------------------------------------------------------------------- setup
     def _setup_train(self):
         super()._setup_train()
+        if self.kd.validate_teacher:
+            refusal, weak = self._know_your_teacher() if RANK in {-1, 0} else (None, [])
+            if RANK != -1 and self.world_size > 1:  # DDP: every rank stops (or drops) together, none waits
+                from torch import distributed as dist
+
+                decision = [(refusal, weak)]
+                dist.broadcast_object_list(decision, src=0)
+                refusal, weak = decision[0]
+            if refusal:
+                raise ConfigError(refusal)
+            if weak:
+                self._drop_teachers(weak)
         self._adapters_in_loss = self.adapters
         if self.adapters is not None and self.world_size > 1:
             self._adapters_in_loss = torch.nn.parallel.DistributedDataParallel(
                 self.adapters, device_ids=[self.device.index], find_unused_parameters=True)
-        if self.kd.validate_teacher:
-            refusal = self._know_your_teacher() if RANK in {-1, 0} else None
-            if RANK != -1 and self.world_size > 1:  # DDP: every rank stops together, none waits on the others
-                from torch import distributed as dist
-
-                decision = [refusal]
-                dist.broadcast_object_list(decision, src=0)
-                refusal = decision[0]
-            if refusal:
-                raise ConfigError(refusal)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
@@ -183,30 +204,71 @@ class DistillationTrainer(StudentTrainer):
             LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
 
-    def _know_your_teacher(self) -> str | None:
-        """Validate teacher and the student's starting point once, print them side by side.
+    def _know_your_teacher(self) -> tuple[str | None, list[int]]:
+        """Validate each teacher and the student's starting point once, print them side by side.
 
-        Returns the refusal message when the teacher is below ``min_teacher_map``, else None. The random number
-        generators are left as they were, so training sees the augmentation stream of a baseline with the same seed.
+        Returns (the refusal message, or None; the indices of weak teachers to leave out). A teacher is weak when it
+        is not above the student's starting point or below ``min_teacher_map``: with one teacher that is a warning
+        (or the refusal under ``min_teacher_map``); with several, ``drop_weak_teachers`` leaves them out instead.
+        The random number generators are left as they were, so training sees the augmentation stream of a
+        baseline with the same seed.
         """
+        members = getattr(self.teacher, "members", [self.teacher])
+        labels = ["teacher"] if len(members) == 1 else [f"teacher {i + 1}" for i in range(len(members))]
         with rng_preserved():
-            self.teacher_metrics = self._quick_val(self.teacher.model, "teacher")
+            per_teacher = [self._quick_val(m.model, label) for m, label in zip(members, labels)]
             self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
-        t50_95, s50_95 = self.teacher_metrics.get("mAP50-95", 0.0), self.student_start_metrics.get("mAP50-95", 0.0)
-        LOGGER.info(
-            f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}):\n"
-            f"  {'model':<18}{'mAP50-95':>10}{'mAP50':>10}\n"
-            f"  {'teacher':<18}{t50_95:>10.4f}{self.teacher_metrics.get('mAP50', 0.0):>10.4f}\n"
-            f"  {'student (start)':<18}{s50_95:>10.4f}{self.student_start_metrics.get('mAP50', 0.0):>10.4f}"
-        )
-        if t50_95 <= s50_95:
-            LOGGER.warning(f"{PREFIX}the teacher ({t50_95:.4f}) is not better than the student's starting point "
-                           f"({s50_95:.4f}) on val: distilling from it is unlikely to help.")
-        if self.kd.min_teacher_map is not None and t50_95 < self.kd.min_teacher_map:
-            return (f"the teacher scores mAP50-95 {t50_95:.4f} on the val split, below --min-teacher-map "
-                    f"{self.kd.min_teacher_map:g}: distilling from it is unlikely to help. Train the teacher longer "
-                    f"or pick a stronger one (or lower --min-teacher-map).")
-        return None
+        self.teacher_metrics = dict(per_teacher[0]) if len(members) == 1 else {
+            **max(per_teacher, key=lambda m: m["mAP50-95"]),
+            "members": [{"teacher": t, **m} for t, m in zip(self.kd.teachers, per_teacher)]}
+        s50_95 = self.student_start_metrics.get("mAP50-95", 0.0)
+        table = [f"  {'model':<18}{'mAP50-95':>10}{'mAP50':>10}"]
+        table += [f"  {label:<18}{m['mAP50-95']:>10.4f}{m['mAP50']:>10.4f}" + (f"  {t}" if len(members) > 1 else "")
+                  for label, m, t in zip(labels, per_teacher, self.kd.teachers)]
+        table.append(f"  {'student (start)':<18}{s50_95:>10.4f}{self.student_start_metrics.get('mAP50', 0.0):>10.4f}")
+        LOGGER.info(f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}):\n" + "\n".join(table))
+        floor = self.kd.min_teacher_map
+        weak, refusals = [], []
+        for i, (label, m, t) in enumerate(zip(labels, per_teacher, self.kd.teachers)):
+            who = label if len(members) == 1 else f"{label} ({t})"
+            below_floor = floor is not None and m["mAP50-95"] < floor
+            if m["mAP50-95"] <= s50_95 or below_floor:
+                weak.append(i)
+            if m["mAP50-95"] <= s50_95:
+                LOGGER.warning(f"{PREFIX}the {who} ({m['mAP50-95']:.4f}) is not better than the student's starting "
+                               f"point ({s50_95:.4f}) on val: distilling from it is unlikely to help.")
+            if below_floor:
+                refusals.append(f"the {who} scores mAP50-95 {m['mAP50-95']:.4f} on the val split, below "
+                                f"--min-teacher-map {floor:g}")
+        if len(members) > 1 and self.kd.drop_weak_teachers:
+            if len(weak) == len(members):
+                return (f"every teacher is weak ({'; '.join(refusals) or 'none is above the student start'}): "
+                        f"nothing left to distil from. Train the teachers longer or pick stronger ones."), []
+            return None, weak
+        if refusals:
+            hint = " (or --drop-weak-teachers to leave it out)" if len(members) > 1 else ""
+            return (f"{'; '.join(refusals)}: distilling from it is unlikely to help. Train the teacher longer or "
+                    f"pick a stronger one (or lower --min-teacher-map){hint}."), []
+        return None, []
+
+    def _drop_teachers(self, weak: list[int]) -> None:
+        """Leave the weak teachers out (``drop_weak_teachers``) before training starts: rebuild the ensemble (or
+        single teacher), its adapters and their optimizer group, and record the kept teachers for resume."""
+        members = self.teacher.members
+        keep = [i for i in range(len(members)) if i not in weak]
+        teachers, weights = self.kd.teachers, self.kd.teacher_weights
+        if RANK in {-1, 0}:
+            LOGGER.warning(f"{PREFIX}leaving out weak teacher(s): {', '.join(teachers[i] for i in weak)} "
+                           f"(--drop-weak-teachers)")
+        self.kd.teacher = [teachers[i] for i in keep] if len(keep) > 1 else teachers[keep[0]]
+        self.kd.teacher_weights = [weights[i] for i in keep] if weights and len(keep) > 1 else None
+        self.args.kd = self.kd.to_dict()  # saved in last.pt: a resume re-attaches the kept teachers only
+        kept = [members[i] for i in keep]
+        self.teacher = kept[0] if len(kept) == 1 else TeacherEnsemble(kept, self.kd.teacher_weights, self.kd.cls_mode)
+        if self.adapters is not None:
+            self.adapters = self._build_adapters(unwrap_model(self.model))
+            group = next(g for g in self.optimizer.param_groups if g.get("param_group") == "kd_adapters")
+            group["params"] = list(self.adapters.parameters())
 
     def _quick_val(self, model, what: str) -> dict:
         """mAP50-95 / mAP50 of ``model`` on the val loader (Ultralytics' DetectionValidator, detections only)."""
