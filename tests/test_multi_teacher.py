@@ -90,3 +90,49 @@ def test_assistant_chain_end_to_end_and_reuse(tmp_path, shapes_yaml, teacher_pt)
     assert all("finished before, reusing" in line for line in lines) and len(lines) == 2
     assert again["student"] == tmp_path / "chain" / "student" / "weights" / "best.pt"
     assert out["student"].best == again["student"]
+
+
+def _fake_val(scores: dict):
+    """A stand-in for DistillationTrainer._quick_val returning fixed mAPs by label (validation itself is tested
+    elsewhere); records what was validated."""
+    seen = []
+
+    def quick_val(self, model, what):
+        seen.append(what)
+        return {"mAP50-95": scores[what], "mAP50": scores[what]}
+    return quick_val, seen
+
+
+@pytest.mark.slow
+def test_each_teacher_is_validated_and_weak_ones_are_dropped(tmp_path, shapes_yaml, monkeypatch):
+    from detkd.engine.trainer import DistillationTrainer
+    from detkd.models.teacher import FrozenTeacher
+
+    teachers = [_teacher(tmp_path, "yolov8s.yaml", shapes_yaml), _teacher(tmp_path, "yolov8m.yaml", shapes_yaml)]
+    quick_val, seen = _fake_val({"teacher 1": 0.5, "teacher 2": 0.05, "student (start)": 0.1})
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", quick_val)
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="drop",
+                       **{**TINY_TRAIN, "epochs": 1}),
+        kd=KDConfig(teacher=teachers, drop_weak_teachers=True))
+    trainer.train()
+    assert seen == ["teacher 1", "teacher 2", "student (start)"]
+    assert [m["teacher"] for m in trainer.teacher_metrics["members"]] == teachers
+    assert isinstance(trainer.teacher, FrozenTeacher)  # the weak yolov8m teacher was left out
+    assert trainer.adapters.align[0].out_channels == trainer.teacher.channels[0] == 128  # yolov8s P3 width
+    ckpt = torch.load(trainer.last, weights_only=False)
+    assert ckpt["train_args"]["kd"]["teacher"] == teachers[0]  # a resume re-attaches only the kept teacher
+
+
+def test_weak_teachers_refuse_or_warn_without_the_flag(tmp_path, shapes_yaml, monkeypatch):
+    from detkd.engine.trainer import DistillationTrainer
+
+    teachers = [_teacher(tmp_path, "yolov8s.yaml", shapes_yaml), _teacher(tmp_path, "yolov8s.yaml", shapes_yaml, 1)]
+    quick_val, _ = _fake_val({"teacher 1": 0.5, "teacher 2": 0.05, "student (start)": 0.0})
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", quick_val)
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="floor",
+                       **{**TINY_TRAIN, "epochs": 1}),
+        kd=KDConfig(teacher=teachers, min_teacher_map=0.2))
+    with pytest.raises(ConfigError, match=r"teacher 2 .*below --min-teacher-map 0.2.*--drop-weak-teachers"):
+        trainer.train()

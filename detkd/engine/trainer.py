@@ -11,8 +11,10 @@ What it changes, each at the narrowest point of the parent class:
 * ``_setup_train``  — afterwards: validates the teacher (and the student's starting point) on the val split,
                       optimises the teacher for inference, installs :class:`DistillationLoss` as the student's
                       criterion.
-* ``save_model``    — ``last.pt``/``best.pt`` are written by Ultralytics and hold the student only; the adapters go
-                      to ``weights/kd_adapters.pt`` for resume.
+* ``save_model``    — ``last.pt``/``best.pt``/``epochN.pt`` are written by Ultralytics and hold the student only;
+                      the adapters are saved beside each (``kd_adapters.pt``, ``best_kd_adapters.pt``, ...) with
+                      their epoch, and a resume loads those of its checkpoint (see ``engine/checkpoints.py``).
+* ``resume_training`` — adapters that restart fresh on resume lose the stale optimizer moments.
 * ``_handle_nan_recovery`` — Ultralytics reloads student, EMA and optimizer from ``last.pt``; the adapters saved
                       with it are restored too.
 
@@ -33,7 +35,8 @@ import torch
 from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
-from detkd.engine.checkpoints import ADAPTERS_FILE, adapters_path, load_adapters, reset_adapters
+from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
+                                      reset_adapters, save_adapters, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.guard import ALIGN_ITEMS, KDGuard
 from detkd.errors import ConfigError
@@ -96,6 +99,7 @@ class DistillationTrainer(StudentTrainer):
         """Build the student (Ultralytics), then the teacher, the compatibility checks and the adapters."""
         ckpt = super().setup_model()
         self._attach_teacher()
+        self._adapters_restored = self.resume and self.adapters is not None and self._restore_adapters(ckpt)
         return ckpt
 
     def _attach_teacher(self) -> None:
@@ -108,8 +112,6 @@ class DistillationTrainer(StudentTrainer):
         self.adapters = None
         if kd.feat_kd > 0:
             self.adapters = self._build_adapters(student)
-            if self.resume:
-                self._load_adapters()
 
     def _build_adapters(self, student) -> FeatureAdapters:
         """Student → teacher feature adapters (with MGD generators when that method is on)."""
@@ -129,15 +131,21 @@ class DistillationTrainer(StudentTrainer):
                 LOGGER.info(f"{PREFIX}{n}" if len(self.kd.teachers) == 1 else f"{PREFIX}{Path(path).name}: {n}")
         return FrozenTeacher(net, self.device)
 
-    def _adapters_path(self) -> Path:
-        return self.wdir / ADAPTERS_FILE
-
-    def _load_adapters(self) -> None:
-        why_not = load_adapters(self.adapters, self.args.model, self.device)
+    def _restore_adapters(self, ckpt: dict | None) -> bool:
+        """Resume: load the adapters saved with the checkpoint resumed from (same epoch); False when they stay fresh."""
+        why_not = load_adapters(self.adapters, self.args.model, self.device, epoch=(ckpt or {}).get("epoch"))
         if why_not:
             LOGGER.warning(f"{PREFIX}{why_not}: feature adapters restart from a fresh initialisation.")
-        else:
-            LOGGER.info(f"{PREFIX}resumed feature adapters from {adapters_path(self.args.model)}")
+            return False
+        LOGGER.info(f"{PREFIX}resumed feature adapters from {adapters_path(self.args.model)}")
+        return True
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume (epoch, optimizer, EMA, ...); adapters that restart fresh lose the optimizer moments
+        the checkpoint holds for them (those belonged to other adapter weights)."""
+        super().resume_training(ckpt)
+        if self.resume and self.adapters is not None and not self._adapters_restored:
+            drop_optimizer_state(self.adapters, self.optimizer)
 
     def _handle_nan_recovery(self, epoch):
         """Ultralytics' NaN recovery reloads student, EMA and optimizer from ``last.pt``; the adapters saved with it
@@ -302,11 +310,11 @@ class DistillationTrainer(StudentTrainer):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_model(self):
-        """Student checkpoints by Ultralytics (teacher-free), adapters beside them for resume."""
+        """Student checkpoints by Ultralytics (teacher-free); the adapters beside each checkpoint just written, with
+        their epoch (see :mod:`detkd.engine.checkpoints`)."""
         saved = super().save_model()
         if self.adapters is not None:
-            torch.save({"epoch": self.epoch, "adapters": self.adapters.state_dict(), "kd": self.kd.to_dict()},
-                       self._adapters_path())
+            save_adapters(self.adapters, written_checkpoints(self), self.epoch, self.kd.to_dict())
         return saved
 
 
