@@ -166,3 +166,59 @@ def test_gradient_clipping_covers_student_and_adapters_jointly():
     # below the limit nothing changes
     s, a = _step_with_grads([3.0, 0.0], [0.0, 4.0])
     assert torch.allclose(s, torch.tensor([3.0, 0.0])) and torch.allclose(a, torch.tensor([0.0, 4.0]))
+
+
+# ------------------------------------------------------------------------------- item 10: adapters per checkpoint
+def _adapter_moments(trainer) -> list[torch.Tensor]:
+    group = next(g for g in trainer.optimizer.param_groups if g.get("param_group") == "kd_adapters")
+    return [v for p in group["params"] for v in trainer.optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+
+
+def _resumed_state(checkpoint: Path) -> tuple[dict, list]:
+    """Adapters and their optimizer moments as a resume from ``checkpoint`` starts training (then stopped)."""
+    resumed = DistillationTrainer(overrides={"resume": str(checkpoint), "model": str(checkpoint)})
+    seen = {}
+    resumed.add_callback("on_train_start", lambda t: seen.update(
+        adapters={k: v.detach().clone() for k, v in t.adapters.state_dict().items()}, moments=_adapter_moments(t)))
+    resumed.add_callback("on_train_start", _stop)
+    with pytest.raises(Interrupt):
+        resumed.train()
+    return seen["adapters"], seen["moments"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_adapters_are_saved_with_each_checkpoint_and_resumed_from_the_right_one(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.checkpoints import adapters_path
+
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="period", save_period=1, nbs=8, **{**TINY_TRAIN, "epochs": 3}),
+                                  kd=_kd(teacher_pt, feat_method="mgd"))
+    saved = {}  # epoch -> adapters as they were when that epoch's checkpoints were written
+
+    def record_then_stop(t):
+        saved[t.epoch] = {k: v.detach().clone() for k, v in t.adapters.state_dict().items()}
+        if t.epoch == 1:
+            raise Interrupt
+
+    trainer.add_callback("on_model_save", record_then_stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    w = trainer.wdir
+    assert not _same(saved[0], saved[1])
+    for ckpt, epoch in (("epoch0.pt", 0), ("epoch1.pt", 1), ("last.pt", 1)):
+        state = torch.load(adapters_path(w / ckpt), weights_only=True)
+        assert state["epoch"] == epoch and _same(state["adapters"], saved[epoch]), ckpt
+    assert (w / "best.pt").is_file() and adapters_path(w / "best.pt").is_file()
+
+    # resuming from the older epoch0.pt loads the adapters of epoch 0, not the later ones beside last.pt
+    adapters, moments = _resumed_state(w / "epoch0.pt")
+    assert _same(adapters, saved[0]) and moments
+
+    # adapters saved at another epoch than their checkpoint: refused with a warning, fresh adapters, no stale moments
+    shutil.copy(adapters_path(w / "last.pt"), adapters_path(w / "epoch0.pt"))
+    adapters, moments = _resumed_state(w / "epoch0.pt")
+    assert not _same(adapters, saved[0]) and not _same(adapters, saved[1]) and moments == []

@@ -38,10 +38,34 @@ def adapters_path(checkpoint: str | Path) -> Path:
     return p.with_name(ADAPTERS_FILE if p.stem == "last" else f"{p.stem}{ADAPTERS_SUFFIX}")
 
 
-def load_adapters(adapters, checkpoint: str | Path, device) -> str | None:
+def written_checkpoints(trainer) -> list[Path]:
+    """The checkpoints ``BaseTrainer.save_model`` has just written: ``last.pt`` always, ``best.pt`` when this epoch's
+    fitness is the best, ``epochN.pt`` every ``save_period`` epochs (Ultralytics' own conditions)."""
+    paths = [Path(trainer.last)]
+    if trainer.best_fitness == trainer.fitness:
+        paths.append(Path(trainer.best))
+    if trainer.save_period > 0 and trainer.epoch % trainer.save_period == 0:
+        paths.append(Path(trainer.wdir) / f"epoch{trainer.epoch}.pt")
+    return paths
+
+
+def save_adapters(adapters, checkpoints: list[Path], epoch: int, kd: dict) -> None:
+    """Save ``adapters`` beside each checkpoint in ``checkpoints``, with the epoch they were trained to."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "adapters": adapters.state_dict(), "kd": kd}, buffer)
+    for ckpt in checkpoints:
+        adapters_path(ckpt).write_bytes(buffer.getvalue())
+
+
+def load_adapters(adapters, checkpoint: str | Path, device, epoch: int | None = None) -> str | None:
     """Load the adapters saved with ``checkpoint`` into ``adapters``, in place (optimizer references stay valid).
 
-    Returns None when loaded, else why they were not (the caller warns and keeps or resets them).
+    ``epoch``: the checkpoint's epoch; adapters saved at another epoch are not loaded. Returns None when loaded,
+    else why they were not (the caller warns, and keeps fresh adapters or resets them).
     """
     import torch
 
@@ -49,15 +73,23 @@ def load_adapters(adapters, checkpoint: str | Path, device) -> str | None:
     if not path.is_file():
         return f"{path} not found"
     state = torch.load(path, map_location=device, weights_only=True)
+    if epoch is not None and state.get("epoch") != epoch:
+        return (f"{path} holds adapters of epoch {state.get('epoch')}, but {Path(checkpoint).name} is a checkpoint "
+                f"of epoch {epoch} (adapters of another checkpoint)")
     adapters.load_state_dict(state["adapters"])
     return None
 
 
+def drop_optimizer_state(adapters, optimizer) -> None:
+    """Forget the optimizer's moments of the adapters' parameters (they belonged to other adapter weights)."""
+    for p in adapters.parameters():
+        optimizer.state.pop(p, None)
+
+
 def reset_adapters(adapters, optimizer=None) -> None:
-    """Re-initialise ``adapters`` in place and drop their optimizer state (moments of other weights)."""
+    """Re-initialise ``adapters`` in place and drop their optimizer state."""
     for m in adapters.modules():
         if m is not adapters and hasattr(m, "reset_parameters"):
             m.reset_parameters()
     if optimizer is not None:
-        for p in adapters.parameters():
-            optimizer.state.pop(p, None)
+        drop_optimizer_state(adapters, optimizer)
