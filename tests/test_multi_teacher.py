@@ -136,3 +136,24 @@ def test_weak_teachers_refuse_or_warn_without_the_flag(tmp_path, shapes_yaml, mo
         kd=KDConfig(teacher=teachers, min_teacher_map=0.2))
     with pytest.raises(ConfigError, match=r"teacher 2 .*below --min-teacher-map 0.2.*--drop-weak-teachers"):
         trainer.train()
+
+
+@pytest.mark.slow
+def test_cli_two_teachers_and_assistant_chain(tmp_path, shapes_yaml, teacher_pt, capsys):
+    from detkd.cli import main
+
+    common = ["--data", shapes_yaml, "--student", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8",
+              "--device", "cpu", "--workers", "0", "--teacher-val", "false", "--project", str(tmp_path),
+              "--set", "plots=False", "--set", "warmup_epochs=0"]
+    second = _teacher(tmp_path, "yolo11n.yaml", shapes_yaml)
+    assert main(["distill", "--teacher", teacher_pt, "--teacher", second, "--teacher-weights", "3", "1",
+                 "--name", "two", *common]) == 0
+    args = (tmp_path / "two" / "args.yaml").read_text()
+    assert second in args and "teacher_weights:\n  - 3.0\n  - 1.0" in args
+    assert main(["distill", "--teacher", teacher_pt, "--assistant", "yolov8n.yaml", "--name", "ta", *common]) == 0
+    out = capsys.readouterr().out
+    assert "[chain 1/2] assistant" in out and "[chain 2/2] student" in out
+    assert (tmp_path / "ta" / "student" / "weights" / "best.pt").is_file()
+    assert main(["distill", "--teacher", teacher_pt, "--teacher", second, "--assistant", "yolov8n.yaml",
+                 *common]) == 2  # a chain starts from one teacher
+    assert "--assistant takes one --teacher" in capsys.readouterr().err

@@ -3,6 +3,8 @@
     detkd distill --teacher yolov8l.pt --student yolov8n.yaml --data data.yaml --epochs 100 --imgsz 640 \\
                   --cls-kd 1.0 --box-kd 1.0 --feat-kd 1.0 --feat-method cwd --device 0
     detkd distill --resume runs/detect/train/weights/last.pt
+    detkd distill --teacher l.pt --teacher x.pt --teacher-weights 0.6 0.4 --student yolov8n.yaml --data data.yaml
+    detkd distill --teacher l.pt --assistant yolov8s.yaml --student yolov8n.yaml --data data.yaml   # TA chain
 """
 
 from __future__ import annotations
@@ -37,7 +39,19 @@ def _bool(s: str) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models and data")
-    g.add_argument("--teacher", help="teacher checkpoint .pt (or model .yaml for a random-init teacher)")
+    g.add_argument("--teacher", action="append", default=None,
+                   help="teacher checkpoint .pt (or model .yaml for a random-init teacher); repeat it for several "
+                        "teachers, distilled as one weighted ensemble")
+    g.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
+                   help="one weight per --teacher (normalised to sum 1) [equal]")
+    g.add_argument("--drop-weak-teachers", action="store_true",
+                   help="several teachers: leave out those not above the student's start or below --min-teacher-map "
+                        "(instead of refusing)")
+    g.add_argument("--assistant", metavar="MODEL",
+                   help="teacher-assistant chain: first distil this model (e.g. yolov8s.yaml) from the teacher, then "
+                        "the student from it; each stage resumable (see README)")
+    g.add_argument("--assistant-both", action="store_true",
+                   help="with --assistant: the student learns from the assistant and the teacher together")
     g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
     g.add_argument("--data", help="Ultralytics data.yaml or COCO dataset (folder with annotations/instances_*.json)")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
@@ -122,7 +136,11 @@ def build_settings(args) -> tuple[object, dict]:
     train: dict = {}
     kd_overrides = {field: getattr(args, flag) for flag, field in KD_FLAGS.items() if getattr(args, flag) is not None}
     if args.teacher:
-        kd_overrides["teacher"] = args.teacher
+        kd_overrides["teacher"] = args.teacher if len(args.teacher) > 1 else args.teacher[0]
+    if args.teacher_weights:
+        kd_overrides["teacher_weights"] = args.teacher_weights
+    if args.drop_weak_teachers:
+        kd_overrides["drop_weak_teachers"] = True
     if args.config:
         kd = KDConfig.from_yaml(args.config, **kd_overrides)
         raw = yaml.safe_load(open(args.config)) or {}
@@ -155,6 +173,32 @@ def run(args) -> int:
 
     kd, train = build_settings(args)
     t0 = time.time()
+    if args.assistant:
+        return run_chain(args, kd, train, t0)
     result = distill(student=args.student, data=args.data, kd=kd, **train)
     print(f"\ndetkd distill finished in {(time.time() - t0) / 60:.1f} min\n{result.describe()}")
+    return 0
+
+
+def run_chain(args, kd, train: dict, t0: float) -> int:
+    """``--assistant``: teacher → assistant → student (detkd/engine/assistant.py)."""
+    import time
+
+    from detkd.engine.assistant import distill_via_assistant
+    from detkd.errors import ConfigError
+
+    if args.resume:
+        raise ConfigError("--assistant with --resume: run the same --assistant command again instead; each finished "
+                          "stage is reused and an interrupted one resumes from its last.pt.")
+    if len(kd.teachers) != 1:
+        raise ConfigError("--assistant takes one --teacher (the assistant is distilled from it).")
+    teacher, kd.teacher = kd.teacher, None
+    project, name = train.pop("project", "runs/detect"), train.pop("name", "chain")
+    train.pop("exist_ok", None)
+    out = distill_via_assistant(teacher, args.assistant, student=args.student, data=args.data,
+                                kd={k: v for k, v in kd.to_dict().items() if k != "teacher"},
+                                from_both=args.assistant_both, project=project, name=name, **train)
+    print(f"\ndetkd distill (teacher-assistant chain) finished in {(time.time() - t0) / 60:.1f} min")
+    for stage, res in out.items():
+        print(f"  {stage}: {getattr(res, 'best', res)}")
     return 0
