@@ -157,3 +157,27 @@ def test_cli_two_teachers_and_assistant_chain(tmp_path, shapes_yaml, teacher_pt,
     assert main(["distill", "--teacher", teacher_pt, "--teacher", second, "--assistant", "yolov8n.yaml",
                  *common]) == 2  # a chain starts from one teacher
     assert "--assistant takes one --teacher" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_reattaches_every_teacher(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.trainer import DistillationTrainer
+    from detkd.models.ensemble import TeacherEnsemble
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(trainer):
+        raise Interrupt
+
+    teachers = [teacher_pt, _teacher(tmp_path, "yolo26n.yaml", shapes_yaml)]
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="r", **TINY_TRAIN),
+        kd=KDConfig(teacher=teachers, teacher_weights=[1, 2], validate_teacher=False))
+    trainer.add_callback("on_model_save", stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    resumed = DistillationTrainer(overrides={"resume": str(trainer.last), "model": str(trainer.last)})
+    resumed.train()
+    assert isinstance(resumed.teacher, TeacherEnsemble) and resumed.kd.teachers == teachers
+    assert resumed.teacher.weights == pytest.approx([1 / 3, 2 / 3]) and resumed.start_epoch == 1
