@@ -69,6 +69,23 @@ def _train_overrides(student, data, train_args: dict) -> dict:
     return overrides
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C during training, carrying the run's ``last.pt`` (what ``--resume`` takes; absent before epoch 1 ends)."""
+
+    def __init__(self, last: Path):
+        super().__init__(str(last))
+        self.last = Path(last)
+
+
+def _train(trainer) -> RunResult:
+    """Run ``trainer``; an interrupt names the interrupted run's own ``last.pt``."""
+    try:
+        trainer.train()
+    except KeyboardInterrupt as e:
+        raise TrainingInterrupted(Path(trainer.last).resolve()) from e
+    return _result(trainer)
+
+
 def _result(trainer) -> RunResult:
     metrics, m = {}, trainer.metrics or {}
     if "metrics/AP(COCO)" in m:  # --coco-eval: official COCO AP on the dataset's own JSON
@@ -141,8 +158,7 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
         for t in cfg.teachers:
             resolve_model_path(t, role="teacher")  # fail before any work if one is missing
         trainer = DistillationTrainer(overrides=overrides, kd=cfg)
-    trainer.train()
-    return _result(trainer)
+    return _train(trainer)
 
 
 def train_baseline(student="yolov8n.yaml", data=None, **train_args) -> RunResult:
@@ -150,5 +166,4 @@ def train_baseline(student="yolov8n.yaml", data=None, **train_args) -> RunResult
     from detkd.engine.baseline import StudentTrainer
 
     trainer = StudentTrainer(overrides=_train_overrides(student, data, train_args))
-    trainer.train()
-    return _result(trainer)
+    return _train(trainer)

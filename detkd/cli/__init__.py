@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(last) -> str:
+    """How to continue an interrupted training run, from its own ``last.pt`` (see ``detkd.api.TrainingInterrupted``)."""
+    if last is None:
+        return ""
+    if not last.is_file():
+        return f" No checkpoint was written yet ({last} comes at the end of epoch 1): start the run again."
+    return f" Resume with: detkd distill --resume {last}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from detkd.errors import DetKDError
 
@@ -47,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except DetKDError as e:
         print(f"\ndetkd {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ndetkd {args.command}: interrupted. Resume a training run with --resume path/to/last.pt", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\ndetkd {args.command}: interrupted.{_resume_hint(getattr(e, 'last', None))}", file=sys.stderr)
         return 130
 
 
