@@ -116,3 +116,17 @@ def test_compare_two_seeds_end_to_end(tmp_path, shapes_coco, teacher_pt, capsys)
     first = {r["key"]: r for r in report["rows"]}
     # the two seeds really differ (their own augmentation stream and initialisation)
     assert first["baseline-s0"]["weights"] != first["baseline-s1"]["weights"]
+
+
+def test_plan_with_an_assistant(teacher_pt, shapes_yaml):
+    from detkd.compare.experiment import CompareSettings, plan, train_fingerprint, trained_model
+
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, assistant="yolov8s.yaml", epochs=1).validate()
+    specs = {r.key: r for r in plan(s)}
+    assert list(specs) == ["teacher", "baseline", "distilled-detkd", "assistant", "via-assistant"]
+    assert specs["via-assistant"].teacher_from == "assistant" and specs["via-assistant"].kind == "distilled"
+    assert trained_model(specs["assistant"], s) == "yolov8s.yaml" and trained_model(specs["via-assistant"], s) == \
+        "yolov8n.yaml"
+    direct = train_fingerprint(specs["distilled-detkd"], s, shapes_yaml)
+    specs["via-assistant"].teacher = shapes_yaml  # any file: the teacher's hash is part of the fingerprint
+    assert train_fingerprint(specs["via-assistant"], s, shapes_yaml)["teacher"] != direct["teacher"]

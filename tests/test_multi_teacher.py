@@ -181,3 +181,20 @@ def test_resume_reattaches_every_teacher(tmp_path, shapes_yaml, teacher_pt):
     resumed.train()
     assert isinstance(resumed.teacher, TeacherEnsemble) and resumed.kd.teachers == teachers
     assert resumed.teacher.weights == pytest.approx([1 / 3, 2 / 3]) and resumed.start_epoch == 1
+
+
+@pytest.mark.slow
+def test_compare_adds_direct_and_via_assistant_rows(tmp_path, shapes_coco, teacher_pt, capsys):
+    from detkd.cli import main
+
+    argv = ["compare", "--teacher", teacher_pt, "--data", str(shapes_coco), "--assistant", "yolov8n.yaml",
+            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu", "--workers", "0",
+            "--set", "plots=False", "--set", "warmup_epochs=0", "--project", str(tmp_path), "--name", "ta",
+            "--eval-batch", "8", "--bench-warmup", "1", "--bench-iters", "2", "--bench-time", "0.2"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "ta" / "report.json").read_text())
+    rows = {r["key"]: r for r in report["rows"]}
+    assert set(rows) == {"teacher", "baseline", "distilled-detkd", "assistant", "via-assistant"}
+    args = (tmp_path / "ta" / "train" / "via-assistant" / "args.yaml").read_text()
+    assert rows["assistant"]["weights"] in args  # the via-assistant student learnt from the assistant's best.pt
+    assert "distilled: via assistant" in (tmp_path / "ta" / "report.md").read_text()

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a KD configuration to train, repeatable. SPEC: comma-separated key=value KDConfig settings "
                         "and/or one YAML file with a 'kd:' mapping, e.g. 'mgd:feat_method=mgd,feat_kd=2' or "
                         "'mine:kd.yaml,cls_kd=0.5'. Default: one configuration 'detkd' = detkd's defaults")
+    g.add_argument("--assistant", metavar="MODEL",
+                   help="add teacher-assistant rows: MODEL (e.g. yolov8s.yaml) distilled from the teacher, and the "
+                        "student distilled from it ('via assistant', beside the direct distilled row)")
     g.add_argument("--with-ultralytics-kd", action="store_true",
                    help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
 
@@ -105,7 +108,7 @@ def build_settings(args):
         raise ConfigError("--data is required: a COCO dataset folder or an Ultralytics data.yaml.")
     return CompareSettings(
         teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd),
-        with_ultralytics_kd=args.with_ultralytics_kd, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        with_ultralytics_kd=args.with_ultralytics_kd, assistant=args.assistant, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
         seed=args.seed, seeds=args.seeds, device=args.device, workers=args.workers, train_args=parse_set(args.set),
         project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,

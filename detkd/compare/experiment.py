@@ -43,6 +43,7 @@ class CompareSettings:
     student: str = "yolov8n.yaml"
     kd_configs: dict = field(default_factory=lambda: {"detkd": {}})
     with_ultralytics_kd: bool = False
+    assistant: str | None = None  # teacher-assistant rows: this model distilled from the teacher, the student from it
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16
@@ -116,6 +117,8 @@ class RunSpec:
     kd: dict | None = None  # distilled only: KDConfig fields (no teacher)
     seed: int = 0
     config: str = ""  # the configuration this run belongs to (its key without the seed suffix)
+    teacher_from: str | None = None  # key of the run whose best.pt is this run's teacher (via the assistant)
+    teacher: str | None = None  # this run's teacher when it is not --teacher (set once that run is trained)
     weights: str | None = None  # teacher path, or best.pt once trained
     results_csv: str | None = None
     train: dict = field(default_factory=dict)  # marker contents (wall_s, median_epoch_s, reused, ...)
@@ -153,12 +156,17 @@ def plan(s: CompareSettings) -> list[RunSpec]:
     configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()]
     if s.with_ultralytics_kd:
         configs.append(("ultralytics-kd", "ultralytics_kd", "ultralytics-kd", None))
+    if s.assistant:  # the assistant (distilled from the teacher), then the student distilled from it
+        configs.append(("assistant", "assistant", f"assistant {Path(str(s.assistant)).stem} (from teacher)", {}))
+        configs.append(("via-assistant", "distilled", "distilled: via assistant", {}))
     seeds = s.seed_list
     many = len(seeds) > 1
     specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher), seed=seeds[0], config="teacher")]
     for seed in seeds:
-        specs += [RunSpec(f"{key}-s{seed}" if many else key, kind, f"{label} (seed {seed})" if many else label,
-                          kd=kd, seed=seed, config=key) for key, kind, label, kd in configs]
+        suffix = f"-s{seed}" if many else ""
+        specs += [RunSpec(key + suffix, kind, f"{label} (seed {seed})" if many else label, kd=kd, seed=seed,
+                          config=key, teacher_from="assistant" + suffix if key == "via-assistant" else None)
+                  for key, kind, label, kd in configs]
     return specs
 
 
@@ -191,11 +199,12 @@ def _normal(obj):
 
 
 def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict:
-    fp = {"kind": spec.kind, "student": model_id(s.student), "data": model_id(data_yaml), "epochs": int(s.epochs),
-          "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(spec.seed), "train_args": s.train_args}
-    if spec.kind in {"distilled", "ultralytics_kd"}:
-        fp["teacher"] = model_id(s.teacher)
-    if spec.kind == "distilled":
+    fp = {"kind": spec.kind, "student": model_id(trained_model(spec, s)), "data": model_id(data_yaml),
+          "epochs": int(s.epochs), "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(spec.seed),
+          "train_args": s.train_args}
+    if spec.kind in {"distilled", "ultralytics_kd", "assistant"}:
+        fp["teacher"] = model_id(spec.teacher or s.teacher)
+    if spec.kind in {"distilled", "assistant"}:
         fp["kd"] = kd_config(spec, s).to_dict() | {"teacher": None}
     return _normal(fp)
 
@@ -212,6 +221,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def trained_model(spec: RunSpec, s: CompareSettings) -> str:
+    """The model a run trains: the assistant for the assistant row, else the student."""
+    return str(s.assistant) if spec.kind == "assistant" else str(s.student)
+
+
 def kd_config(spec: RunSpec, s: CompareSettings):
     """The run's KDConfig: its fields over detkd's defaults; the teacher is not re-validated (evaluated already)."""
     from detkd.config import KDConfig
@@ -219,7 +233,7 @@ def kd_config(spec: RunSpec, s: CompareSettings):
     cfg = dict(spec.kd or {})
     if "min_teacher_map" not in cfg:
         cfg.setdefault("validate_teacher", False)
-    return KDConfig.from_dict({**cfg, "teacher": str(Path(str(s.teacher)).resolve())})
+    return KDConfig.from_dict({**cfg, "teacher": str(Path(str(spec.teacher or s.teacher)).resolve())})
 
 
 def _rooted(record: dict, run_dir: Path) -> dict:
@@ -256,7 +270,7 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     from detkd.engine.baseline import StudentTrainer  # Ultralytics' DetectionTrainer + detkd's shared options
     from detkd.engine.callbacks import EpochTimer
 
-    overrides = dict(model=str(s.student), data=data_yaml, epochs=int(s.epochs), imgsz=int(s.imgsz),
+    overrides = dict(model=trained_model(spec, s), data=data_yaml, epochs=int(s.epochs), imgsz=int(s.imgsz),
                      batch=int(s.batch), seed=int(spec.seed), project=str((out / "train").resolve()), name=spec.key,
                      exist_ok=True, **s.train_args)
     if s.device is not None:
@@ -303,8 +317,16 @@ def check_models(s: CompareSettings, data_yaml: str) -> None:
     if int(getattr(student, "yaml", {}).get("nc", nc)) != nc:  # a .pt student for other classes: its new head
         student = DetectionModel(student.yaml, nc=nc, verbose=False)
     box_kd = any(kd_config(r, s).box_kd > 0 for r in plan(s) if r.kind == "distilled")
-    check_compatibility(teacher, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
-                        teacher_from_yaml=str(s.teacher).lower().endswith((".yaml", ".yml")))
+    from_yaml = str(s.teacher).lower().endswith((".yaml", ".yml"))
+    check_compatibility(teacher, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd, teacher_from_yaml=from_yaml)
+    if s.assistant:  # teacher → assistant → student: both links must be distillable
+        assistant = DetectionModel(load_detection_model(str(s.assistant), role="assistant", nc=nc).yaml, nc=nc,
+                                   verbose=False)
+        assistant.names = data["names"] if isinstance(data["names"], dict) else dict(enumerate(data["names"]))
+        check_compatibility(teacher, assistant, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
+                            teacher_from_yaml=from_yaml)
+        check_compatibility(assistant, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
+                            teacher_from_yaml=True)
 
 
 def _first_device(device) -> str:
@@ -431,9 +453,12 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     out.mkdir(parents=True, exist_ok=True)
     evaluate_run(specs[0], s, data_yaml, coco, out, log)
 
+    by_key = {r.key: r for r in specs}
     for r in trained:
         seed = "" if len(s.seed_list) > 1 else f", seed {r.seed}"  # several seeds: the label names it
         say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}{seed}) ...")
+        if r.teacher_from:  # via the assistant: its best.pt, trained just before, is this run's teacher
+            r.teacher = by_key[r.teacher_from].weights
         train_run(r, s, data_yaml, out, log)
 
     say(f"evaluating {len(trained)} student runs ({'COCO' if coco else 'Ultralytics'} AP, {s.eval_split} split) ...")

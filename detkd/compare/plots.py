@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e"}
+COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e", "assistant": "#7f7f7f"}
 DISTILLED_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-MARKERS = {"teacher": "s", "baseline": "o", "distilled": "^", "ultralytics_kd": "D"}
+MARKERS = {"teacher": "s", "baseline": "o", "distilled": "^", "ultralytics_kd": "D", "assistant": "P"}
 DET_TERMS = (("train/box_loss", "box loss"), ("train/cls_loss", "cls loss"), ("train/dfl_loss", "dfl loss"),
              ("metrics/mAP50-95(B)", "val mAP50-95"))
 KD_TERMS = (("train/cls_kd", "detkd cls_kd"), ("train/box_kd", "detkd box_kd"), ("train/feat_kd", "detkd feat_kd"),

@@ -196,6 +196,10 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
     if any(r["kind"] == "ultralytics_kd" for r in rows):
         lines.append("- **ultralytics-kd**: Ultralytics' built-in `distill_model=` (score-weighted feature L2 on the "
                      "head inputs), same teacher, default settings.")
+    if any(r["kind"] == "assistant" for r in rows):
+        lines.append(f"- **assistant**: `{s.assistant}` distilled from the teacher (detkd defaults); **distilled: via "
+                     f"assistant** is the student distilled from that assistant instead of the teacher (detkd "
+                     f"defaults) — compare it with the direct distilled row.")
     lines += ["", "## Runs", "", f"Teacher: `{t['weights']}` (evaluated, not trained).", ""]
     lines += _runs_table(rows)
     lines += ["", "## Plots", "", "![AP vs FPS](map_vs_fps.png)", "",
