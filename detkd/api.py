@@ -136,29 +136,41 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
         data: Ultralytics data.yaml or a COCO dataset (folder or detkd COCO YAML).
         kd: :class:`KDConfig`, a dict of its fields, or a YAML path. Defaults: detkd's recipe.
         **train_args: any Ultralytics training argument (epochs, imgsz, batch, device, project, name, seed, ...),
-            or ``resume="path/to/last.pt"`` to continue an interrupted run (teacher and adapters re-attached).
+            or ``resume="path/to/last.pt"`` to continue an interrupted run (teacher and adapters re-attached, KD
+            settings from the checkpoint; ``teacher`` given with it re-points a moved teacher).
     """
     from detkd.engine.trainer import DistillationTrainer
 
     overrides = _train_overrides(student, data, train_args)
     if overrides.get("resume"):
         check_resumable(overrides["resume"])
-        trainer = DistillationTrainer(overrides=overrides)  # kd settings come from the checkpoint
+        moved = None if teacher is None else _checked_teachers(KDConfig(teacher=_teacher_value(teacher)))
+        trainer = DistillationTrainer(overrides=overrides, kd=moved)  # kd settings come from the checkpoint
     else:
         cfg = KDConfig.coerce(kd) if kd is not None else KDConfig()
         if teacher is not None:  # one teacher, or a list: several distilled as one ensemble
-            cfg.teacher = [str(t) for t in teacher] if isinstance(teacher, (list, tuple)) else str(teacher)
+            cfg.teacher = _teacher_value(teacher)
             cfg.validate()
         if not cfg.teacher:
             from detkd.errors import ConfigError
 
             raise ConfigError("no teacher given: pass teacher='teacher.pt' (or a model .yaml).")
-        from detkd.models.loading import resolve_model_path
-
-        for t in cfg.teachers:
-            resolve_model_path(t, role="teacher")  # fail before any work if one is missing
-        trainer = DistillationTrainer(overrides=overrides, kd=cfg)
+        trainer = DistillationTrainer(overrides=overrides, kd=_checked_teachers(cfg))
     return _train(trainer)
+
+
+def _teacher_value(teacher) -> str | list[str]:
+    """One teacher path, or a list of them (several distilled as one ensemble)."""
+    return [str(t) for t in teacher] if isinstance(teacher, (list, tuple)) else str(teacher)
+
+
+def _checked_teachers(cfg: KDConfig) -> KDConfig:
+    """``cfg``, once each of its teachers is found (fail before any work if one is missing)."""
+    from detkd.models.loading import resolve_model_path
+
+    for t in cfg.teachers:
+        resolve_model_path(t, role="teacher")
+    return cfg
 
 
 def train_baseline(student="yolov8n.yaml", data=None, **train_args) -> RunResult:

@@ -222,3 +222,78 @@ def test_adapters_are_saved_with_each_checkpoint_and_resumed_from_the_right_one(
     shutil.copy(adapters_path(w / "last.pt"), adapters_path(w / "epoch0.pt"))
     adapters, moments = _resumed_state(w / "epoch0.pt")
     assert not _same(adapters, saved[0]) and not _same(adapters, saved[1]) and moments == []
+
+
+# ------------------------------------------------------------------------------- item 16: interrupt message, teacher
+@pytest.fixture
+def ultralytics_log():
+    """Messages of Ultralytics' logger (it does not propagate to pytest's caplog)."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler, level = Collect(), LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)  # YOLO_VERBOSE=False (conftest) keeps only warnings
+    yield handler.messages
+    LOGGER.removeHandler(handler)
+    LOGGER.setLevel(level)
+
+
+def _cli_argv(teacher, data, project) -> list[str]:
+    return ["distill", "--teacher", str(teacher), "--student", "yolov8n.yaml", "--data", data, "--epochs", "2",
+            "--imgsz", "64", "--batch", "8", "--device", "cpu", "--workers", "0", "--seed", "0", "--plots", "false",
+            "--val", "false", "--exist-ok", "true", "--teacher-val", "false", "--project", str(project),
+            "--name", "cli", "--set", "warmup_epochs=0"]
+
+
+@pytest.mark.slow
+def test_interrupt_names_the_real_last_pt_and_resume_repoints_a_moved_teacher(tmp_path, shapes_yaml, teacher_pt,
+                                                                              monkeypatch, capsys, ultralytics_log):
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    from detkd.cli import main
+
+    def ctrl_c(trainer):
+        raise KeyboardInterrupt
+
+    teacher = tmp_path / "teachers" / "t.pt"
+    teacher.parent.mkdir()
+    shutil.copy(teacher_pt, teacher)
+    with monkeypatch.context() as m:  # Ctrl+C once epoch 1's checkpoint is written
+        m.setitem(default_callbacks, "on_model_save", [ctrl_c])
+        assert main(_cli_argv(teacher, shapes_yaml, tmp_path)) == 130
+    last = (tmp_path / "cli" / "weights" / "last.pt").resolve()
+    err = capsys.readouterr().err
+    assert f"detkd distill --resume {last}" in err and "path/to/last.pt" not in err
+
+    # the teacher moved: resuming without --teacher names the flag that fixes it
+    moved = tmp_path / "moved" / "t.pt"
+    moved.parent.mkdir()
+    teacher.rename(moved)
+    assert main(["distill", "--resume", str(last)]) == 2
+    err = capsys.readouterr().err
+    assert str(teacher) in err and "--teacher" in err and "Traceback" not in err
+
+    # re-pointed to another model (other feature widths than the run's adapters): refused, with the reason
+    other = tmp_path / "other.pt"
+    net = DetectionModel("yolov8n.yaml", nc=4, verbose=False)
+    net.names = torch.load(moved, weights_only=False)["model"].names
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, other)
+    assert main(["distill", "--resume", str(last), "--teacher", str(other)]) == 2
+    assert "adapters" in capsys.readouterr().err
+
+    # re-pointed to the moved teacher: resumes with it, says so, and records it for a later resume
+    assert main(["distill", "--resume", str(last), "--teacher", str(moved)]) == 0
+    assert any("re-pointed" in msg and str(moved) in msg for msg in ultralytics_log)
+    assert _epochs(last.parents[1] / "results.csv") == [1, 2]
+    assert torch.load(last, map_location="cpu", weights_only=False)["train_args"]["kd"]["teacher"] == str(moved)

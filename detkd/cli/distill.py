@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
     g.add_argument("--data", help="Ultralytics data.yaml or COCO dataset (folder with annotations/instances_*.json)")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
-    g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt")
+    g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt (its KD settings; with "
+                                    "--teacher: the run's teacher, moved to that path)")
 
     k = p.add_argument_group("distillation (defaults: detkd's recipe, see README)")
     k.add_argument("--cls-kd", type=float, help="weight of class-logit KD (0 = off) [1.0]")
@@ -175,7 +176,10 @@ def run(args) -> int:
     t0 = time.time()
     if args.assistant:
         return run_chain(args, kd, train, t0)
-    result = distill(student=args.student, data=args.data, kd=kd, **train)
+    moved = None  # --resume with --teacher: the run's teacher at its new path
+    if args.resume and args.teacher:
+        moved = args.teacher if len(args.teacher) > 1 else args.teacher[0]
+    result = distill(teacher=moved, student=args.student, data=args.data, kd=kd, **train)
     print(f"\ndetkd distill finished in {(time.time() - t0) / 60:.1f} min\n{result.describe()}")
     return 0
 

@@ -76,8 +76,22 @@ def load_adapters(adapters, checkpoint: str | Path, device, epoch: int | None = 
     if epoch is not None and state.get("epoch") != epoch:
         return (f"{path} holds adapters of epoch {state.get('epoch')}, but {Path(checkpoint).name} is a checkpoint "
                 f"of epoch {epoch} (adapters of another checkpoint)")
+    _check_widths(adapters.state_dict(), state["adapters"], path)
     adapters.load_state_dict(state["adapters"])
     return None
+
+
+def _check_widths(own: dict, saved: dict, path: Path) -> None:
+    """Refuse adapters saved for other feature widths (another teacher or student than the run's)."""
+    from detkd.errors import IncompatibleModelsError
+
+    for k, v in own.items():
+        if k not in saved or tuple(saved[k].shape) != tuple(v.shape):
+            found = tuple(saved[k].shape) if k in saved else "missing"
+            raise IncompatibleModelsError(
+                f"{path} holds adapters for other feature widths ({k}: saved {found}, now {tuple(v.shape)}): a run "
+                f"resumes with its own teacher. A moved teacher is re-pointed with --teacher PATH; distilling from "
+                f"another teacher is a new run.")
 
 
 def drop_optimizer_state(adapters, optimizer) -> None:

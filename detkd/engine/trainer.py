@@ -4,6 +4,8 @@ What it changes, each at the narrowest point of the parent class:
 
 * ``__init__``      — takes the KD settings (``kd=`` or the ``kd`` key of the args, which is how resume and DDP
                       workers get them back); refuses Ultralytics' own ``distill_model=``.
+* ``check_resume``  — the KD settings are the checkpoint's; a teacher given with the resume re-points a moved
+                      teacher, and a missing one is refused naming ``--teacher`` (the run folder: StudentTrainer).
 * ``setup_model``   — after the student is built: loads the teacher (frozen), checks teacher/student/data
                       compatibility, builds the feature adapters (restored on resume).
 * ``build_optimizer`` — adds the adapters as one more parameter group (same lr schedule/warmup, no decay).
@@ -93,6 +95,33 @@ class DistillationTrainer(StudentTrainer):
         self.add_callback("on_train_epoch_start", _update_kd_progress)
         self.guard = KDGuard()
         self.add_callback("on_train_epoch_end", _watch_kd_alignment)
+
+    # ---------------------------------------------------------------------------------------- resume
+    def check_resume(self, overrides):
+        """Ultralytics' resume, in the checkpoint's own run folder (:class:`StudentTrainer`), with the checkpoint's
+        KD settings. Only their teacher may be given again (``kd['teacher']``): the run's teacher at a new path."""
+        moved = (overrides.get("kd") or {}).get("teacher")
+        super().check_resume({k: v for k, v in overrides.items() if k != "kd"})
+        if self.resume and self.args.kd:
+            if moved:
+                self._repoint_teacher(moved)
+            _check_resumed_teachers(KDConfig.coerce(dict(self.args.kd)).teachers)
+
+    def _repoint_teacher(self, moved) -> None:
+        """Resume with the run's teacher(s) at ``moved``; checked against the student like any teacher at setup, and
+        against the saved adapters (same feature widths)."""
+        saved = KDConfig.coerce(dict(self.args.kd))
+        new = KDConfig.coerce({**saved.to_dict(), "teacher": moved})
+        if [Path(t).resolve() for t in new.teachers] == [Path(t).resolve() for t in saved.teachers]:
+            return
+        if len(new.teachers) != len(saved.teachers):
+            raise ConfigError(f"cannot re-point the teacher on resume: the run distils from {len(saved.teachers)} "
+                              f"teacher(s) {saved.teachers}, {len(new.teachers)} given. Give each at its new path "
+                              f"(--teacher once per teacher, in the same order).")
+        self.args.kd = new.to_dict()  # saved in the next last.pt, and what DDP workers get
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{PREFIX}resume: teacher re-pointed {_one_or_list(saved.teachers)} -> "
+                        f"{_one_or_list(new.teachers)}")
 
     # --------------------------------------------------------------------------------- model & teacher
     def setup_model(self):
@@ -342,6 +371,24 @@ def rng_preserved():
         torch.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+def _one_or_list(paths: list[str]):
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _check_resumed_teachers(teachers: list[str]) -> None:
+    """A resume re-attaches the run's teacher(s): refuse, naming --teacher, when one is no longer where it was."""
+    from detkd.errors import WeightsNotFoundError
+    from detkd.models.loading import resolve_model_path
+
+    for t in teachers:
+        try:
+            resolve_model_path(t, role="teacher")
+        except WeightsNotFoundError:
+            raise ConfigError(f"cannot resume: the run's teacher '{t}' is not found (moved or deleted). Give its new "
+                              f"path with --teacher PATH (Python: distill(resume=..., teacher=PATH)); it is checked "
+                              f"against the student like any teacher.") from None
 
 
 def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
