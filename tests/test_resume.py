@@ -297,3 +297,18 @@ def test_interrupt_names_the_real_last_pt_and_resume_repoints_a_moved_teacher(tm
     assert any("re-pointed" in msg and str(moved) in msg for msg in ultralytics_log)
     assert _epochs(last.parents[1] / "results.csv") == [1, 2]
     assert torch.load(last, map_location="cpu", weights_only=False)["train_args"]["kd"]["teacher"] == str(moved)
+
+
+def test_interrupt_hint_before_the_first_checkpoint_and_for_a_chain(tmp_path):
+    from types import SimpleNamespace
+
+    from detkd.cli import _resume_hint
+
+    last = tmp_path / "run" / "weights" / "last.pt"
+    plain, chain = SimpleNamespace(assistant=None), SimpleNamespace(assistant="yolov8s.yaml")
+    assert _resume_hint(None, plain) == ""  # not a training interrupt
+    assert "No checkpoint was written yet" in _resume_hint(last, plain) and "--resume" not in _resume_hint(last, plain)
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert _resume_hint(last, plain) == f" Resume with: detkd distill --resume {last}"
+    assert "Run the same command again" in _resume_hint(last, chain)  # --assistant refuses --resume

@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resume_hint(last) -> str:
+def _resume_hint(last, args) -> str:
     """How to continue an interrupted training run, from its own ``last.pt`` (see ``detkd.api.TrainingInterrupted``)."""
     if last is None:
         return ""
+    if getattr(args, "assistant", None):  # a teacher-assistant chain resumes by running it again
+        return " Run the same command again: a finished stage is reused, the interrupted one resumes from its last.pt."
     if not last.is_file():
         return f" No checkpoint was written yet ({last} comes at the end of epoch 1): start the run again."
     return f" Resume with: detkd distill --resume {last}"
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndetkd {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"\ndetkd {args.command}: interrupted.{_resume_hint(getattr(e, 'last', None))}", file=sys.stderr)
+        print(f"\ndetkd {args.command}: interrupted.{_resume_hint(getattr(e, 'last', None), args)}", file=sys.stderr)
         return 130
 
 
