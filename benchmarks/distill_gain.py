@@ -96,13 +96,11 @@ def resume_point(run_dir: Path) -> Path | None:
 
     A folder left without a checkpoint (cut off in its first epoch) is cleared of its partial ``results.csv`` so a
     fresh run does not append to it."""
-    last = run_dir / "weights" / "last.pt"
-    if last.is_file():
-        import torch
+    from detkd.engine.checkpoints import run_state
 
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        if ckpt.get("epoch", -1) != -1:  # Ultralytics sets epoch -1 in a finished run's checkpoints
-            return last
+    state, last = run_state(run_dir)
+    if state == "interrupted":
+        return last
     (run_dir / "results.csv").unlink(missing_ok=True)
     return None
 

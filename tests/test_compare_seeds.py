@@ -130,3 +130,21 @@ def test_plan_with_an_assistant(teacher_pt, shapes_yaml):
     direct = train_fingerprint(specs["distilled-detkd"], s, shapes_yaml)
     specs["via-assistant"].teacher = shapes_yaml  # any file: the teacher's hash is part of the fingerprint
     assert train_fingerprint(specs["via-assistant"], s, shapes_yaml)["teacher"] != direct["teacher"]
+
+
+def test_an_interrupted_compare_run_resumes_only_with_the_same_settings(tmp_path):
+    import torch
+
+    from detkd.compare.experiment import STARTED, interrupted_checkpoint
+
+    run = tmp_path / "baseline"
+    (run / "weights").mkdir(parents=True)
+    fp = {"kind": "baseline", "epochs": 3}
+    assert interrupted_checkpoint(run, fp) is None  # nothing there yet
+    torch.save({"epoch": 1}, run / "weights" / "last.pt")
+    assert interrupted_checkpoint(run, fp) is None  # no record of the settings it was started with
+    (run / STARTED).write_text(json.dumps({"fingerprint": fp}))
+    assert interrupted_checkpoint(run, fp) == run / "weights" / "last.pt"
+    assert interrupted_checkpoint(run, {**fp, "epochs": 4}) is None  # other settings: retrain
+    torch.save({"epoch": -1}, run / "weights" / "last.pt")  # finished: nothing to resume
+    assert interrupted_checkpoint(run, fp) is None

@@ -60,7 +60,7 @@ def test_two_teachers_of_different_families_train_one_student(tmp_path, shapes_y
 
 
 def test_chain_stage_states(tmp_path):
-    from detkd.engine.assistant import _stage_state
+    from detkd.engine.checkpoints import run_state as _stage_state
 
     run = tmp_path / "assistant"
     assert _stage_state(run) == ("new", None)

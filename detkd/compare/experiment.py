@@ -10,7 +10,9 @@ only the teacher signal differs. Layout under ``<project>/<name>/``::
     report.md, report.json, map_vs_fps.png, training_curves.png
 
 A training run is reused when its marker holds the same fingerprint (settings, and the SHA-256 of the student,
-teacher and data.yaml files). Evaluations and benchmarks are reused the same way, keyed on the weights' hash.
+teacher and data.yaml files); a run cut off before it finished (Ctrl+C, a lost machine) resumes from its
+``weights/last.pt`` when it was started with the same fingerprint (``compare_started.json``), else it is retrained.
+Evaluations and benchmarks are reused the same way, keyed on the weights' hash.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
 MARKER = "compare_run.json"
 EVAL_MARKER = "compare_eval.json"
+STARTED = "compare_started.json"  # the fingerprint a run was started with (an interrupted run resumes if it matches)
 # Ultralytics arguments compare sets itself (identical for every run) and a user may not override per run.
 OWNED_TRAIN_ARGS = {"model", "data", "epochs", "imgsz", "batch", "seed", "device", "workers", "project", "name",
                     "exist_ok", "resume", "distill_model", "kd", "pretrained"}
@@ -249,6 +252,15 @@ def _rooted(record: dict, run_dir: Path) -> dict:
     return out
 
 
+def interrupted_checkpoint(run_dir: Path, fp: dict) -> Path | None:
+    """``last.pt`` of a run cut off before it finished, when it was started with the same settings; else None."""
+    from detkd.engine.checkpoints import run_state
+
+    started = _read_json(run_dir / STARTED)
+    state, last = run_state(run_dir)
+    return last if state == "interrupted" and started and started.get("fingerprint") == fp else None
+
+
 # ------------------------------------------------------------------------------------------- steps
 def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=print) -> RunSpec:
     """Train ``spec`` (or reuse a finished run with the same fingerprint); fill weights, results_csv, train."""
@@ -266,6 +278,7 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     if old:
         log(f"      settings changed since the run in {run_dir} ({_diff(old.get('fingerprint', {}), fp)}): retraining")
         marker.unlink()
+    resume = interrupted_checkpoint(run_dir, fp)
 
     from detkd.engine.baseline import StudentTrainer  # Ultralytics' DetectionTrainer + detkd's shared options
     from detkd.engine.callbacks import EpochTimer
@@ -277,6 +290,13 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
         overrides["device"] = str(s.device)
     if s.workers is not None:
         overrides["workers"] = int(s.workers)
+    if resume:
+        log(f"      resuming the interrupted run from {resume} (same settings)")
+        overrides["resume"] = str(resume)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.csv").unlink(missing_ok=True)  # a fresh run never appends to an old one's rows
+        (run_dir / STARTED).write_text(json.dumps({"fingerprint": fp}, indent=1))
     if spec.kind == "baseline":
         trainer = StudentTrainer(overrides=overrides)
     elif spec.kind == "ultralytics_kd":

@@ -18,21 +18,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from detkd.engine.checkpoints import run_state
+
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
-
-
-def _stage_state(run_dir: Path) -> tuple[str, Path | None]:
-    """('finished', best.pt) / ('interrupted', last.pt) / ('new', None) for one stage's run folder."""
-    import torch
-
-    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
-    if not last.is_file():
-        return "new", None
-    epoch = torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)
-    if epoch == -1:  # Ultralytics' mark of a finished run
-        return "finished", best if best.is_file() else last
-    return "interrupted", last
 
 
 def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,
@@ -51,7 +40,7 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
     stage_teacher = teacher
     for i, (stage, model) in enumerate(zip(STAGES, (assistant, student)), 1):
         run_dir = root / stage
-        state, weights = _stage_state(run_dir)
+        state, weights = run_state(run_dir)
         if stage == "student" and from_both:
             stage_teacher = [stage_teacher, teacher]
         if state == "finished":

@@ -32,6 +32,23 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return parent.parent if parent.name == "weights" else parent
 
 
+def run_state(run_dir: str | Path) -> tuple[str, Path | None]:
+    """Where a run folder stands: ('finished', best.pt), ('interrupted', last.pt) or ('new', None).
+
+    Ultralytics marks the checkpoints of a finished run with ``epoch = -1`` (its final strip); any other epoch in
+    ``weights/last.pt`` means the run was cut off and can resume from it.
+    """
+    import torch
+
+    weights = Path(run_dir) / "weights"
+    last, best = weights / "last.pt", weights / "best.pt"
+    if not last.is_file():
+        return "new", None
+    if torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1) == -1:
+        return "finished", best if best.is_file() else last
+    return "interrupted", last
+
+
 def adapters_path(checkpoint: str | Path) -> Path:
     """The adapter file saved with ``checkpoint`` (see the module doc for the names)."""
     p = Path(checkpoint)
