@@ -10,7 +10,11 @@ teacher signal differs. Rows:
 * ``baseline``              — the student alone (Ultralytics DetectionTrainer), every seed;
 * ``ultralytics_kd``        — Ultralytics 8.4 built-in ``distill_model=`` (score-weighted feature L2), every seed;
 * ``detkd``                 — detkd's default recipe, every seed;
-* ablations (``--ablations``, seed 0): cls-only, box-only, feat-only (cwd), feat mse, feat mgd.
+* ablations (``--ablations``, seed 0): cls-only, box-only, feat-only (cwd), feat mse, feat mgd;
+* ``two_teachers`` (``--teacher2-cfg``) — a second teacher trained here (``teacher2``, seed 1), the student distilled
+  from both as one ensemble, every seed;
+* ``via_assistant`` (``--assistant``) — the assistant distilled from the teacher (``assistant``, seed 0), the
+  student distilled from the assistant (teacher-assistant chain), every seed.
 
 Metric: Ultralytics' val mAP50-95 / mAP50 of each run's best.pt on the val split. Also wall time per run and the
 median train-epoch time relative to the baseline. Results: ``<out-dir>/distill_gain_<tag>.json`` and ``.md``.
@@ -52,18 +56,25 @@ LABELS = {
     "detkd": "detkd default recipe", "cls_only": "ablation: cls KD only", "box_only": "ablation: box (LD) KD only",
     "feat_only_cwd": "ablation: feature KD only (cwd)", "feat_only_mse": "ablation: feature KD only (mse)",
     "feat_only_mgd": "ablation: feature KD only (mgd)",
+    "teacher2": "second teacher", "two_teachers": "detkd, two teachers (ensemble)",
+    "assistant": "assistant (distilled from the teacher)", "via_assistant": "detkd via the assistant (TA chain)",
 }
+TEACHER_KINDS = {"teacher", "teacher2"}  # trained from scratch with --teacher-epochs
+PLAIN_KINDS = {"teacher", "teacher2", "baseline"}  # trained without a teacher
 
 
-def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, name: str) -> dict:
-    """Train one run and return its summary (metrics, times)."""
+def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, name: str,
+              others: dict | None = None) -> dict:
+    """Train one run and return its summary (metrics, times). ``others``: best.pt of ``teacher2`` / ``assistant``."""
     from detkd.config import KDConfig
     from detkd.engine.callbacks import EpochTimer
     from detkd.engine.trainer import DistillationTrainer
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    model = args.teacher_cfg if kind == "teacher" else args.student
-    epochs = args.teacher_epochs if kind == "teacher" else args.epochs
+    others = others or {}
+    model = {"teacher": args.teacher_cfg, "teacher2": args.teacher2_cfg, "assistant": args.assistant}.get(kind,
+                                                                                                    args.student)
+    epochs = args.teacher_epochs if kind in TEACHER_KINDS else args.epochs
     overrides = dict(model=model, data=data_yaml, epochs=epochs, imgsz=args.imgsz, batch=args.batch,
                      device=args.device, workers=args.workers, seed=seed, plots=False, project=str(args.runs),
                      name=name, exist_ok=True, **args.train_args)
@@ -71,13 +82,14 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     if resumed:  # a run cut off by a stopped process: Ultralytics resumes it (same args, RNG, optimizer, adapters)
         overrides["resume"] = str(resumed)
         print(f"    resuming {name} from {resumed}", flush=True)
-    if kind in {"teacher", "baseline"}:
+    if kind in PLAIN_KINDS:
         trainer = DetectionTrainer(overrides=overrides)
     elif kind == "ultralytics_kd":
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher})
     else:
         settings = {**args.kd, **ABLATIONS.get(kind, {}), **args.variants.get(kind, {})}
-        kd = KDConfig(teacher=teacher, validate_teacher=False, **settings)
+        source = {"two_teachers": [teacher, others.get("teacher2")], "via_assistant": others.get("assistant")}
+        kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
     timer = EpochTimer().attach(trainer)
     t0 = time.perf_counter()
@@ -125,14 +137,19 @@ def run_key(kind: str, seed: int) -> str:
 
 def expected_wall_s(state: dict, kind: str) -> float | None:
     """How long a run of ``kind`` should take: the longest recorded run of the same role (teacher / student)."""
-    same_role = [r["wall_s"] for r in state["runs"].values() if (r["kind"] == "teacher") == (kind == "teacher")]
+    same_role = [r["wall_s"] for r in state["runs"].values()
+                 if (r["kind"] in TEACHER_KINDS) == (kind in TEACHER_KINDS)]
     return max(same_role) if same_role else None
 
 
 def plan(args, only: bool = True) -> list[tuple[str, int]]:
     """(kind, seed) of every run of the protocol; with ``only``, just those ``--only`` selects."""
     runs = [("teacher", 0)] if not args.teacher else []
+    runs += [("teacher2", 1)] if args.teacher2_cfg else []  # seed 1: another teacher even with the same config
+    runs += [("assistant", 0)] if args.assistant else []
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
+    runs += [("two_teachers", s) for s in args.seeds] if args.teacher2_cfg else []
+    runs += [("via_assistant", s) for s in args.seeds] if args.assistant else []
     if args.ultralytics_kd:
         runs += [("ultralytics_kd", s) for s in args.seeds]
     runs += [(k, s) for k in args.variants for s in args.seeds]
@@ -161,7 +178,7 @@ def aggregate(state: dict) -> dict:
             "mAP50": statistics.mean(r["mAP50"] for r in rs),
             "wall_s": statistics.mean(r["wall_s"] for r in rs),
             "epoch_ratio": (statistics.mean(r["median_epoch_s"] for r in rs) / plain_epoch)
-            if plain_epoch and kind != "teacher" else None,
+            if plain_epoch and kind not in TEACHER_KINDS else None,
         }
     return out
 
@@ -178,7 +195,8 @@ def render(result: dict) -> str:
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["teacher", "baseline", "ultralytics_kd", "detkd", *settings_variants(s), *ABLATIONS]
+    order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "two_teachers", "via_assistant",
+             *settings_variants(s), *ABLATIONS]
     for kind in [k for k in order if k in agg]:
         a = agg[kind]
         spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
@@ -230,6 +248,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", help="existing teacher .pt (skips teacher training)")
     p.add_argument("--teacher-cfg", default="yolov8s.yaml")
     p.add_argument("--teacher-epochs", type=int, default=150)
+    p.add_argument("--teacher2-cfg", help="also train a second teacher (seed 1) and distil from both (two_teachers)")
+    p.add_argument("--assistant", help="also distil this model from the teacher (assistant, seed 0) and the student "
+                                       "from it (via_assistant): the teacher-assistant chain")
     p.add_argument("--student", default="yolov8n.yaml")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--imgsz", type=int, default=640)
@@ -277,21 +298,27 @@ def main(argv=None) -> int:
         if key in state["runs"]:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
-        if kind not in {"teacher", "baseline"} and not teacher:
+        if kind not in PLAIN_KINDS and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
+        needs = {"two_teachers": "teacher2", "via_assistant": "assistant"}.get(kind)
+        if needs and not state.get(needs):
+            raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)
         if args.time_budget and expected and time.perf_counter() - t_start + expected > args.time_budget:
             print(f"[{i + 1}/{len(todo)}] {key}: not started, expected {expected:.0f} s would pass the "
                   f"{args.time_budget:.0f} s time budget", flush=True)
             break
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
-        result = train_run(kind, args, data_yaml, seed, teacher, key)
+        result = train_run(kind, args, data_yaml, seed, teacher, key,
+                           others={k: state.get(k) for k in ("teacher2", "assistant")})
         # re-read before writing: other processes may share this state (one protocol split over several cores)
         state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
         state["runs"][key] = result
         state["machine"] = machine_info(args.device)  # the machine the runs were trained on
         if kind == "teacher":
             teacher = state["teacher"] = state["runs"][key]["best"]
+        if kind in {"teacher2", "assistant"}:
+            state[kind] = state["runs"][key]["best"]
         state_file.write_text(json.dumps(state, indent=2))
 
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]

@@ -102,3 +102,26 @@ def test_a_cut_off_run_is_resumed_and_a_finished_one_is_not(tmp_path):
     assert distill_gain.resume_point(run) == run / "weights" / "last.pt"
     torch.save({"epoch": -1}, run / "weights" / "last.pt")  # Ultralytics' mark of a finished run
     assert distill_gain.resume_point(run) is None
+
+
+@pytest.mark.slow
+def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    argv = ["--data", str(shapes_coco), "--tag", "multi", "--teacher-cfg", "yolov8n.yaml", "--teacher-epochs", "1",
+            "--teacher2-cfg", "yolov8n.yaml", "--assistant", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64",
+            "--batch", "8", "--workers", "0", "--device", "cpu", "--seeds", "0", "--no-ablations",
+            "--no-ultralytics-kd", "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
+            "--train-args", json.dumps({"warmup_epochs": 0, "val": False})]
+    assert distill_gain.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "distill_gain_multi.json").read_text())
+    assert set(result["runs"]) == {"teacher_s0", "teacher2_s1", "assistant_s0", "baseline_s0", "detkd_s0",
+                                   "two_teachers_s0", "via_assistant_s0"}
+    state = json.loads((tmp_path / "runs" / "state.json").read_text())
+    assert state["teacher2"] != state["teacher"] and state["assistant"].endswith("best.pt")
+    args = (tmp_path / "runs" / "via_assistant_s0" / "args.yaml").read_text()
+    assert state["assistant"] in args  # the chain's student learnt from the assistant
+    assert state["teacher2"] in (tmp_path / "runs" / "two_teachers_s0" / "args.yaml").read_text()
+    md = (tmp_path / "out" / "distill_gain_multi.md").read_text()
+    assert "detkd, two teachers (ensemble)" in md and "detkd via the assistant (TA chain)" in md
