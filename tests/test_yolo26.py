@@ -200,3 +200,40 @@ def test_compare_accepts_a_yolo26_student_with_ultralytics_builtin_beside(tmp_pa
         assert rows[key]["AP"] is not None and rows[key]["fps"] > 0, key
         metrics = json.loads((tmp_path / "e2e" / "eval" / key / "metrics.json").read_text())
         assert "NMS-free" in metrics["postprocess"], key  # scored on the deployed one-to-one head
+
+
+def test_e2e_schedule_weights_each_branch_kd_like_the_detection_loss():
+    """kd_e2e_schedule: KD = o2m·KD(one-to-many) + o2o·one2one_kd·KD(one-to-one), with Ultralytics' E2ELoss o2m/o2o
+    of this step; off (default): KD(one-to-many) + one2one_kd·KD(one-to-one)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.models.teacher import split_head_outputs
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = __import__("ultralytics.cfg", fromlist=["get_cfg"]).get_cfg()
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    batch = _batch(2)
+    raw = student(batch["img"])
+    per_branch = {}
+    for follows in (False, True):
+        crit = _criterion(student, teacher, one2one_kd=0.5, e2e_schedule=follows)
+        crit.det.o2m, crit.det.o2o = 0.3, 0.7  # a point of the E2E decay
+        parsed = crit.dense.parse_output(raw)
+        a = parsed["one2many"]["scores"].shape[-1]
+        fg = torch.zeros(2, a, dtype=torch.bool)
+        fg[:, :7] = True
+        student_o2m = split_head_outputs(parsed["one2many"])
+        terms = crit.distillation_terms(student_o2m, batch, fg, torch.zeros(a, 2), torch.ones(a, 1),
+                                        one2one=(split_head_outputs(parsed["one2one"]), fg))
+        if not per_branch:  # each branch's unweighted terms, from the same teacher and anchor weights
+            t = crit.teacher(batch["img"])
+            w = crit.anchor_weights(t, batch, fg, torch.zeros(a, 2), torch.ones(a, 1))
+            weights = {"cls_kd": 1.0, "box_kd": 1.0, "feat_kd": 0.0}
+            per_branch = {"o2m": crit.head_terms(student_o2m, t, w, torch.zeros(a, 2), weights),
+                          "o2o": crit.head_terms(split_head_outputs(parsed["one2one"]), t, fg.float(),
+                                                 torch.zeros(a, 2), weights)}
+        m, o = (0.3, 0.7) if follows else (1.0, 1.0)
+        for k in ("cls_kd", "box_kd"):
+            expect = m * per_branch["o2m"][k] + o * 0.5 * per_branch["o2o"][k]
+            assert terms[k].item() == pytest.approx(expect.item(), rel=1e-5), (follows, k)

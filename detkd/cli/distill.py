@@ -17,7 +17,7 @@ HELP = "Train a student detector with knowledge distillation from a frozen teach
 KD_FLAGS = {
     "cls_kd": "cls_kd", "cls_mode": "cls_mode", "cls_temp": "cls_temperature",
     "box_kd": "box_kd", "box_temp": "box_temperature", "box_iou": "box_iou",
-    "feat_kd": "feat_kd", "one2one_kd": "one2one_kd", "feat_method": "feat_method", "feat_temp": "feat_temperature",
+    "feat_kd": "feat_kd", "one2one_kd": "one2one_kd", "kd_e2e_schedule": "e2e_schedule", "feat_method": "feat_method", "feat_temp": "feat_temperature",
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
@@ -69,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--feat-method", choices=("cwd", "mse", "mgd"), help="feature imitation method [cwd]")
     k.add_argument("--one2one-kd", type=float,
                    help="end-to-end students (YOLO26): weight of logit/box KD on the one-to-one branch [1.0]")
+    k.add_argument("--kd-e2e-schedule", type=_bool, metavar="BOOL",
+                   help="end-to-end students: each branch's KD follows Ultralytics' one2many->one2one loss weights [false]")
     k.add_argument("--feat-temp", type=float, help="CWD temperature tau [1.0]")
     k.add_argument("--feat-fg-mask", type=_bool, metavar="BOOL", help="mse only: imitate inside GT boxes [false]")
     k.add_argument("--mgd-mask-ratio", type=float, help="mgd only: masked fraction [0.65]")

@@ -64,7 +64,8 @@ class DistillationLoss:
         if self.end2end:
             lines.append(f"end-to-end student: KD on the one-to-many branch (trains backbone and neck) + "
                          f"{self.kd.one2one_kd:g} x cls/box KD on the one-to-one branch at its top-1 anchors "
-                         f"(that branch sees detached features)")
+                         f"(that branch sees detached features)"
+                         + ("; each branch's KD follows E2ELoss's o2m/o2o weights" if self.kd.e2e_schedule else ""))
         members = getattr(self.teacher, "members", None)
         if members:  # several teachers distilled as one ensemble (models/ensemble.py)
             w = ", ".join(f"{x:.2f}" for x in self.teacher.weights)
@@ -122,10 +123,13 @@ class DistillationLoss:
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
         weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
         raw = self.head_terms(student, teacher, weights, anchor_points, w)
-        if one2one is not None and self.kd.one2one_kd > 0:
-            o2o_student, o2o_fg = one2one
-            o2o = self.head_terms(o2o_student, teacher, o2o_fg.float(), anchor_points, w)
-            raw = {k: raw[k] + self.kd.one2one_kd * o2o[k] for k in raw}
+        if one2one is not None:
+            o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)
+            raw = {k: o2m_w * v for k, v in raw.items()}
+            if self.kd.one2one_kd > 0:
+                o2o_student, o2o_fg = one2one
+                o2o = self.head_terms(o2o_student, teacher, o2o_fg.float(), anchor_points, w)
+                raw = {k: raw[k] + o2o_w * self.kd.one2one_kd * o2o[k] for k in raw}
         for name, value in raw.items():
             terms[name] = self.weighted(name, w, value)
         if w["feat_kd"] > 0:
