@@ -188,10 +188,12 @@ def render(result: dict) -> str:
 
     s, m, agg = result["settings"], result["machine"], result["summary"]
     base = agg.get("baseline", {}).get("mAP50-95")
+    teacher_run = result["runs"].get("teacher_s0", {})
+    teacher_epochs = teacher_run.get("epochs", s["teacher_epochs"])  # as trained (a state may outlive the flag)
     lines = [f"# Distillation gain — {s['tag']}", "",
              f"Machine: {machine_line(m)}.", "",
              f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
-             f"{s['teacher_cfg'] + ' trained here, ' + str(s['teacher_epochs']) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
+             f"{s['teacher_cfg'] + ' trained here, ' + str(teacher_epochs) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]

@@ -125,3 +125,20 @@ def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
     assert state["teacher2"] in (tmp_path / "runs" / "two_teachers_s0" / "args.yaml").read_text()
     md = (tmp_path / "out" / "distill_gain_multi.md").read_text()
     assert "detkd, two teachers (ensemble)" in md and "detkd via the assistant (TA chain)" in md
+
+
+def test_report_names_the_teacher_epochs_it_was_trained_with():
+    """A state whose teacher was trained with other --teacher-epochs than this call's flag reports the real count."""
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    from detkd.bench.machine import machine_info
+
+    settings = {"tag": "t", "student": "yolov8n.yaml", "epochs": 5, "imgsz": 64, "batch": 8, "teacher": None,
+                "teacher_cfg": "yolov8s.yaml", "teacher_epochs": "150", "data": "d", "variants": {}}
+    runs = {"teacher_s0": {"kind": "teacher", "seed": 0, "epochs": 30, "mAP50-95": 0.2, "mAP50": 0.4, "wall_s": 1.0}}
+    summary = {"teacher": {"n": 1, "seeds": [0], "mAP50-95": 0.2, "mAP50-95_runs": [0.2], "spread": None, "std": None,
+                           "mAP50": 0.4, "wall_s": 1.0, "epoch_ratio": None}}
+    text = distill_gain.render({"settings": settings, "machine": machine_info("cpu"), "summary": summary, "runs": runs,
+                                "verdict": "", "pending": []})
+    assert "yolov8s.yaml trained here, 30 epochs" in text
