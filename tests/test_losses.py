@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detkd.losses.feature import boxes_to_masks, cwd_loss, feature_kd_loss, mgd_loss, mse_loss
+from detkd.losses.feature import boxes_to_masks, cwd_loss, feature_kd_loss, mgd_keep_masks, mgd_loss, mse_loss
 from detkd.losses.localization import box_iou_kd_loss, decode_boxes, dfl_kl, localization_kd_loss
 from detkd.losses.logit import binary_kl_with_logits, classification_kd_loss, softmax_kl_with_logits
 from detkd.losses.schedule import schedule_factor
@@ -143,25 +143,57 @@ def test_feature_kd_gradients_reach_student_and_adapters_only():
     torch.manual_seed(0)
     student = [torch.randn(2, 4, 4, 4, requires_grad=True)]
     teacher = [torch.randn(2, 6, 4, 4, requires_grad=True)]
-    adapters = FeatureAdapters([4], [6], with_generators=True)
     for method in ("mse", "cwd", "mgd"):
-        adapters.zero_grad()
+        adapters = FeatureAdapters([4], [6], with_generators=method == "mgd")  # as the trainer builds them
         student[0].grad = None
         feature_kd_loss(student, [t.detach() for t in teacher], adapters, method=method).backward()
         assert student[0].grad is not None and student[0].grad.abs().sum() > 0
-        assert adapters.align[0].weight.grad is not None and adapters.align[0].weight.grad.abs().sum() > 0
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.parameters())  # every one
         assert teacher[0].grad is None
-    assert adapters.generators[0][0].weight.grad is not None
+
+
+def _hand_mgd_adapters() -> FeatureAdapters:
+    """1 → 1 channel MGD adapters with known weights: A(x) = 2x + 1, G(y) = 3·relu(y) (3×3 convs, centre tap only)."""
+    adapters = FeatureAdapters([1], [1], with_generators=True)
+    with torch.no_grad():
+        adapters.align[0].weight.fill_(2.0)
+        adapters.align[0].bias.fill_(1.0)
+        for conv, w in ((adapters.generators[0][0], 1.0), (adapters.generators[0][2], 3.0)):
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = w
+            conv.bias.zero_()
+    return adapters
+
+
+MGD_S = torch.tensor([[[[1.0, -1.0], [0.5, -2.0]]]])  # (1, 1, 2, 2): A(S) = [[3, -1], [2, -3]]
+MGD_T = torch.tensor([[[[8.0, 1.0], [6.0, 2.0]]]])
+
+
+def test_mgd_generation_inside_the_adapters_by_hand():
+    adapters = _hand_mgd_adapters()
+    keep = [torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])]
+    # A(S)·K = [[3, 0], [2, -3]]  ->  G = 3·relu(.) = [[9, 0], [6, 0]]
+    generated = adapters([MGD_S], keep)[0]
+    assert generated.tolist() == [[[[9.0, 0.0], [6.0, 0.0]]]]
+    # squared errors vs T: 1, 1, 0, 4
+    assert mgd_loss(generated, MGD_T).item() == pytest.approx(6.0 / 4)
+    with pytest.raises(ValueError, match="keep mask"):
+        adapters([MGD_S])  # generators without masks: refused, not silently unmasked
+    with pytest.raises(ValueError, match="without MGD generators"):
+        FeatureAdapters([1], [1])([MGD_S], keep)
 
 
 def test_mgd_masks_and_reconstructs():
+    adapters = _hand_mgd_adapters()
+    # mask ratio 0: nothing masked -> G(A(S)) = [[9, 0], [6, 0]], as above but the top-right cell kept (relu(-1) = 0)
+    assert feature_kd_loss([MGD_S], [MGD_T], adapters, "mgd", mgd_ratio=0.0).item() == pytest.approx(6.0 / 4)
+    # mask ratio ~1: everything masked -> the generator sees zeros -> G = 0, error against T alone
+    assert feature_kd_loss([MGD_S], [MGD_T], adapters, "mgd", mgd_ratio=0.999999).item() == pytest.approx(
+        (64 + 1 + 36 + 4) / 4)
     torch.manual_seed(0)
-    s, t = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
-    identity = torch.nn.Identity()
-    # mask ratio 0: nothing masked, identity generator -> plain MSE
-    assert mgd_loss(s, t, identity, mask_ratio=0.0).item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
-    # mask ratio ~1: everything masked -> generator sees zeros -> MSE against t alone
-    assert mgd_loss(s, t, identity, mask_ratio=0.999999).item() == pytest.approx((t**2).mean().item(), rel=1e-6)
+    keep = mgd_keep_masks([torch.zeros(64, 3, 16, 16)], mask_ratio=0.65)[0]
+    assert keep.shape == (64, 1, 16, 16) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert keep.mean().item() == pytest.approx(0.35, abs=0.02)  # kept with probability 1 - lambda
 
 
 def test_identity_adapters_need_equal_channels():

@@ -232,8 +232,10 @@ class DistillationTrainer(StudentTrainer):
                 self._drop_teachers(weak)
         self._adapters_in_loss = self.adapters
         if self.adapters is not None and self.world_size > 1:
+            # every adapter parameter (alignment, MGD generators) runs in its forward: no unused-parameter search
             self._adapters_in_loss = torch.nn.parallel.DistributedDataParallel(
-                self.adapters, device_ids=[self.device.index], find_unused_parameters=True)
+                self.adapters, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)

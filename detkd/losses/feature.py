@@ -38,11 +38,14 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> 
     return (log_p.exp() * (log_p - log_q)).sum(1).mean() * tau**2
 
 
-def mgd_loss(student: torch.Tensor, teacher: torch.Tensor, generator, mask_ratio: float = 0.65) -> torch.Tensor:
-    """MGD: reconstruct the teacher feature from the randomly masked (aligned) student feature."""
-    b, _, h, w = student.shape
-    keep = (torch.rand(b, 1, h, w, device=student.device) >= mask_ratio).to(student.dtype)
-    return F.mse_loss(generator(student * keep), teacher)
+def mgd_keep_masks(feats: list[torch.Tensor], mask_ratio: float = 0.65) -> list[torch.Tensor]:
+    """MGD's random spatial masks K, one (B, 1, H, W) per level of ``feats``: 1 (kept) with probability 1 − λ."""
+    return [(torch.rand(f.shape[0], 1, *f.shape[2:], device=f.device) >= mask_ratio).float() for f in feats]
+
+
+def mgd_loss(generated: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MGD for one level: mean (G(A(S)·K) − T)² between the generated (B, C, H, W) and the teacher feature."""
+    return F.mse_loss(generated, teacher)
 
 
 def boxes_to_masks(bboxes: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, shapes: list[tuple[int, int]]):
@@ -79,17 +82,22 @@ def feature_kd_loss(
     masks: list[torch.Tensor] | None = None,
     mgd_ratio: float = 0.65,
 ) -> torch.Tensor:
-    """Mean over levels of the chosen imitation loss between adapted student and teacher features."""
+    """Mean over levels of the chosen imitation loss between adapted student and teacher features.
+
+    ``adapters`` is a :class:`~detkd.models.adapters.FeatureAdapters` or its DDP wrapper: it is only called, so every
+    parameter (alignment, MGD generators) runs inside its forward.
+    """
     if method not in FEATURE_METHODS:
         raise ValueError(f"unknown feature KD method '{method}' (expected one of {FEATURE_METHODS})")
+    if method == "mgd":  # masking and generation run inside the adapters' forward (see models/adapters.py)
+        generated = adapters(student_feats, mgd_keep_masks(student_feats, mgd_ratio))
+        return torch.stack([mgd_loss(g.float(), t.float()) for g, t in zip(generated, teacher_feats)]).mean()
     aligned = adapters(student_feats)
     losses = []
     for i, (s, t) in enumerate(zip(aligned, teacher_feats)):
         s, t = s.float(), t.float()
         if method == "mse":
             losses.append(mse_loss(s, t, None if masks is None else masks[i]))
-        elif method == "cwd":
-            losses.append(cwd_loss(s, t, tau))
         else:
-            losses.append(mgd_loss(s, t, adapters.generators[i], mgd_ratio))
+            losses.append(cwd_loss(s, t, tau))
     return torch.stack(losses).mean()

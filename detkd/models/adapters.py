@@ -4,6 +4,11 @@ One 1×1 convolution per level (C_s → C_t). For MGD each level also gets a gen
 that reconstructs the teacher feature from the masked student one. Adapters are trained with the student (their
 own optimizer parameter group), saved beside the checkpoint for resume (``weights/kd_adapters.pt``), and never
 part of the student checkpoint or any export.
+
+Everything that has parameters runs inside :meth:`FeatureAdapters.forward` (alignment, and for MGD masking +
+generation), so under multi-GPU training the torch DDP wrapper the trainer puts around the adapters sees every
+parameter used in its forward: gradients are all-reduced without ``find_unused_parameters``. Loss code calls the
+module (or its wrapper); it never reaches into ``.align`` or ``.generators``.
 """
 
 from __future__ import annotations
@@ -29,9 +34,24 @@ class FeatureAdapters(nn.Module):
             else None
         )
 
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Align each level: list of (B, C_s, H, W) → list of (B, C_t, H, W)."""
-        return [conv(f) for conv, f in zip(self.align, feats)]
+    def forward(self, feats: list[torch.Tensor], keep: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Align each level, and with MGD generators reconstruct the teacher feature from the masked aligned one.
+
+        Args:
+            feats: per level (B, C_s, H, W) student features.
+            keep: MGD only (required with generators, refused without): per level (B, 1, H, W) keep masks K in {0, 1}.
+
+        Returns:
+            per level (B, C_t, H, W): the aligned features A(S), or with generators G(A(S)·K).
+        """
+        aligned = [conv(f) for conv, f in zip(self.align, feats)]
+        if self.generators is None:
+            if keep is not None:
+                raise ValueError("keep masks given to adapters built without MGD generators")
+            return aligned
+        if keep is None or len(keep) != len(aligned):
+            raise ValueError("adapters with MGD generators need one keep mask (B, 1, H, W) per level")
+        return [gen(a * k.to(a.dtype)) for gen, a, k in zip(self.generators, aligned, keep)]
 
     @torch.no_grad()
     def set_identity_(self) -> "FeatureAdapters":
