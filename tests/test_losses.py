@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from detkd.losses.feature import boxes_to_masks, cwd_loss, feature_kd_loss, mgd_keep_masks, mgd_loss, mse_loss
+from detkd.losses.feature import (MGD_ALPHA, boxes_to_masks, cwd_loss, feature_kd_loss, mgd_keep_masks, mgd_loss,
+                                  mse_loss)
 from detkd.losses.localization import box_iou_kd_loss, decode_boxes, dfl_kl, localization_kd_loss
 from detkd.losses.logit import binary_kl_with_logits, classification_kd_loss, softmax_kl_with_logits
 from detkd.losses.schedule import schedule_factor
@@ -152,16 +153,17 @@ def test_feature_kd_gradients_reach_student_and_adapters_only():
         assert teacher[0].grad is None
 
 
-def _hand_mgd_adapters() -> FeatureAdapters:
+def _hand_mgd_adapters(levels: int = 1) -> FeatureAdapters:
     """1 → 1 channel MGD adapters with known weights: A(x) = 2x + 1, G(y) = 3·relu(y) (3×3 convs, centre tap only)."""
-    adapters = FeatureAdapters([1], [1], with_generators=True)
+    adapters = FeatureAdapters([1] * levels, [1] * levels, with_generators=True)
     with torch.no_grad():
-        adapters.align[0].weight.fill_(2.0)
-        adapters.align[0].bias.fill_(1.0)
-        for conv, w in ((adapters.generators[0][0], 1.0), (adapters.generators[0][2], 3.0)):
-            conv.weight.zero_()
-            conv.weight[0, 0, 1, 1] = w
-            conv.bias.zero_()
+        for align, gen in zip(adapters.align, adapters.generators):
+            align.weight.fill_(2.0)
+            align.bias.fill_(1.0)
+            for conv, w in ((gen[0], 1.0), (gen[2], 3.0)):
+                conv.weight.zero_()
+                conv.weight[0, 0, 1, 1] = w
+                conv.bias.zero_()
     return adapters
 
 
@@ -175,21 +177,30 @@ def test_mgd_generation_inside_the_adapters_by_hand():
     # A(S)·K = [[3, 0], [2, -3]]  ->  G = 3·relu(.) = [[9, 0], [6, 0]]
     generated = adapters([MGD_S], keep)[0]
     assert generated.tolist() == [[[[9.0, 0.0], [6.0, 0.0]]]]
-    # squared errors vs T: 1, 1, 0, 4
-    assert mgd_loss(generated, MGD_T).item() == pytest.approx(6.0 / 4)
+    # squared errors vs T: 1, 1, 0, 4 -> summed over C·H·W (6), times the paper's alpha = 2e-5, / B
+    assert MGD_ALPHA == 2e-5
+    assert mgd_loss(generated, MGD_T).item() == pytest.approx(2e-5 * 6.0)
+    assert mgd_loss(generated, MGD_T, alpha=1.0).item() == pytest.approx(6.0)
+    two = torch.cat([generated, generated]), torch.cat([MGD_T, MGD_T])
+    assert mgd_loss(*two, alpha=1.0).item() == pytest.approx(6.0)  # averaged over the batch, not summed
     with pytest.raises(ValueError, match="keep mask"):
         adapters([MGD_S])  # generators without masks: refused, not silently unmasked
     with pytest.raises(ValueError, match="without MGD generators"):
         FeatureAdapters([1], [1])([MGD_S], keep)
 
 
-def test_mgd_masks_and_reconstructs():
-    adapters = _hand_mgd_adapters()
-    # mask ratio 0: nothing masked -> G(A(S)) = [[9, 0], [6, 0]], as above but the top-right cell kept (relu(-1) = 0)
-    assert feature_kd_loss([MGD_S], [MGD_T], adapters, "mgd", mgd_ratio=0.0).item() == pytest.approx(6.0 / 4)
+def test_mgd_masks_and_reconstructs_and_sums_levels():
+    adapters = _hand_mgd_adapters(levels=2)
+    # mask ratio 0: nothing masked -> G(A(S)) = [[9, 0], [6, 0]] (relu(-1) = 0 where the hand mask dropped the cell)
+    one_level = 2e-5 * 6.0
+    assert feature_kd_loss([MGD_S], [MGD_T], adapters, "mgd", mgd_ratio=0.0).item() == pytest.approx(one_level)
+    # two levels: the paper adds them (a second level with squared errors 4·1 at (1, 1, 2, 2) -> + 2e-5 * 4)
+    s2, t2 = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 4.0)  # A = 1, G = 3 -> errors 1 each
+    assert feature_kd_loss([MGD_S, s2], [MGD_T, t2], adapters, "mgd", mgd_ratio=0.0).item() == pytest.approx(
+        one_level + 2e-5 * 4.0)
     # mask ratio ~1: everything masked -> the generator sees zeros -> G = 0, error against T alone
     assert feature_kd_loss([MGD_S], [MGD_T], adapters, "mgd", mgd_ratio=0.999999).item() == pytest.approx(
-        (64 + 1 + 36 + 4) / 4)
+        2e-5 * (64 + 1 + 36 + 4))
     torch.manual_seed(0)
     keep = mgd_keep_masks([torch.zeros(64, 3, 16, 16)], mask_ratio=0.65)[0]
     assert keep.shape == (64, 1, 16, 16) and set(keep.unique().tolist()) <= {0.0, 1.0}

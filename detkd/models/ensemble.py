@@ -11,8 +11,9 @@ R DFL bins):
   ``reg_max = 1`` head (the decoded-distance KD path then applies)
 * features: the members' neck features concatenated along channels per level, (B, Σ_k C_k, H, W). One 1×1 adapter
   C_s → Σ_k C_k is exactly one adapter per teacher stacked (each output block sees only its teacher), so each
-  teacher's features are imitated through its own adapter; mean-type losses (cwd, mse, mgd) then weight each
-  teacher by its share of the channels (the teacher weights apply to the class and box targets).
+  teacher's features are imitated through its own adapter; the mean-type losses (cwd, mse) then weight each
+  teacher by its share of the channels (mgd sums over channels: each teacher's block counts in full); the teacher
+  weights apply to the class and box targets.
 
 Why combine targets rather than sum per-teacher losses: for the KL-type terms (logit KD at T = 1) the two have the
 same gradient for the student — Σ_k w_k KL(p^k ‖ q) = KL(p̄ ‖ q) + const, because the cross-entropy is linear in the
