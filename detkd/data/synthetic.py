@@ -35,6 +35,15 @@ class SyntheticSpec:
     classes: tuple[str, ...] = SHAPE_CLASSES
     category_ids: tuple[int, ...] | None = None  # default 1..nc
     seed: int = 0
+    # difficulty knobs (defaults: the hard, cluttered data described above)
+    min_objects: int = 1
+    object_size: tuple[float, float] = (0.03, 0.22)  # circumradius range, fraction of the image side
+    distractor_p: float = 0.5  # probability of one no-class blob per image
+    clutter_lines: tuple[int, int] = (2, 7)  # random lines per background, [low, high)
+    noise_std: float = 6.0  # Gaussian sensor noise (grey levels)
+    class_colors: tuple[tuple[int, int, int], ...] | None = None  # fixed BGR per class (±jitter); None: random
+    color_jitter: int = 30  # per-channel ± range around a class colour
+    separated: bool = False  # objects wholly inside the image and not overlapping (no occlusion)
 
 
 def _draw_shape(img: np.ndarray, kind: str, cx: float, cy: float, r: float, angle: float, color) -> None:
@@ -70,13 +79,13 @@ def _shape_extent(kind: str, cx: float, cy: float, r: float, angle: float, size:
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth colour gradient + random lines + sensor noise."""
+def _background(rng: np.random.Generator, size: int, lines: tuple[int, int] = (2, 7)) -> np.ndarray:
+    """Smooth colour gradient + random lines (sensor noise is added after the shapes)."""
     c0, c1 = rng.integers(40, 215, 3), rng.integers(40, 215, 3)
     t = np.linspace(0, 1, size)[None, :, None]
     img = (c0 * (1 - t) + c1 * t).repeat(size, 0).astype(np.float32)
     img = np.ascontiguousarray(img.astype(np.uint8))
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(*lines) if lines[1] > lines[0] else 0):
         p0, p1 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         cv2.line(img, tuple(int(v) for v in p0), tuple(int(v) for v in p1),
                  tuple(int(v) for v in rng.integers(0, 255, 3)), int(rng.integers(1, 3)))
@@ -86,19 +95,30 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _render(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
     """One image and its (class index, xywh box) annotations, occluded shapes' boxes recomputed."""
     size = spec.imgsz
-    img = _background(rng, size)
+    img = _background(rng, size, spec.clutter_lines)
     objects = []
-    for _ in range(rng.integers(1, spec.max_objects + 1)):
-        r = rng.uniform(0.03, 0.22) * size
-        cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+    for _ in range(rng.integers(spec.min_objects, spec.max_objects + 1)):
+        r = rng.uniform(*spec.object_size) * size
+        if spec.separated:
+            placed = _place_apart(rng, r, size, objects)
+            if placed is None:  # no room left: fewer objects in this image
+                continue
+            cx, cy = placed
+        else:
+            cx, cy = rng.uniform(0, size), rng.uniform(0, size)
         objects.append((int(rng.integers(len(spec.classes))), cx, cy, r, rng.uniform(0, 2 * np.pi)))
-    if rng.random() < 0.5:  # a distractor that belongs to no class
+    if rng.random() < spec.distractor_p:  # a distractor that belongs to no class
         objects.insert(int(rng.integers(len(objects) + 1)),
                        (-1, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.05, 0.15) * size, 0.0))
     canvas_ids = np.full((size, size), -1, np.int32)  # which object owns each pixel (for occlusion)
     for k, (cls, cx, cy, r, angle) in enumerate(objects):
         kind = spec.classes[cls] if cls >= 0 else "blob"
-        color = tuple(int(v) for v in rng.integers(0, 255, 3))
+        if spec.class_colors is not None and cls >= 0:
+            base = np.array(spec.class_colors[cls % len(spec.class_colors)])
+            jitter = rng.integers(-spec.color_jitter, spec.color_jitter + 1, 3)
+            color = tuple(int(v) for v in np.clip(base + jitter, 0, 255))
+        else:
+            color = tuple(int(v) for v in rng.integers(0, 255, 3))
         _draw_shape(img, kind, cx, cy, r, angle, color)
         m = np.zeros((size, size), np.uint8)
         _draw_shape(m, kind, cx, cy, r, angle, 255)
@@ -114,9 +134,20 @@ def _render(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, 
         ys, xs = visible[:, 0], visible[:, 1]
         box = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
         annotations.append((cls, box))
-    noise = rng.normal(0, 6, img.shape)
+    noise = rng.normal(0, spec.noise_std, img.shape)
     img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return img, annotations
+
+
+def _place_apart(rng: np.random.Generator, r: float, size: int, objects: list, tries: int = 30):
+    """A centre for a shape of circumradius ``r`` wholly inside the image and clear of ``objects``; None if none found."""
+    if 2 * r >= size:
+        return None
+    for _ in range(tries):
+        cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+        if all((cx - ox) ** 2 + (cy - oy) ** 2 > (r + orr + 1) ** 2 for _, ox, oy, orr, _ in objects):
+            return cx, cy
+    return None
 
 
 def make_shapes_dataset(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -159,4 +190,6 @@ def make_shapes_dataset(root: str | Path, spec: SyntheticSpec = SyntheticSpec())
 def _spec_dict(spec: SyntheticSpec) -> dict:
     d = dict(spec.__dict__)
     d["classes"], d["category_ids"] = list(spec.classes), list(spec.category_ids or [])
+    d["object_size"], d["clutter_lines"] = list(spec.object_size), list(spec.clutter_lines)
+    d["class_colors"] = [list(c) for c in spec.class_colors] if spec.class_colors is not None else None
     return d
