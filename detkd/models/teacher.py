@@ -9,11 +9,14 @@
   graphs and a side stream that overlaps it with the student (see ``benchmarks/kd_overhead.py`` for numbers).
 
 It returns what distillation needs, in FP32: DFL logits (B, A, 4·R), class logits (B, A, C) and the neck
-features (the Detect head's inputs, P3/P4/P5).
+features (the Detect head's inputs, P3/P4/P5). It runs backbone + neck + the head's raw branches only: the head's
+decoding (boxes in pixels, sigmoid scores, NMS-free top-k), which distillation never reads, is skipped, and with it
+the anchors the head caches per input shape (a CUDA graph would keep reading a cache replaced at the next shape).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +35,8 @@ def split_head_outputs(preds) -> HeadOutputs:
     """Normalise Ultralytics head outputs (train dict, (y, dict) eval tuple, end-to-end two-branch dict)."""
     if isinstance(preds, (tuple, list)):
         preds = preds[1]
-    if "one2many" in preds:  # end-to-end heads (YOLOv10/26): the dense one-to-many branch is the one to imitate
-        preds = preds["one2many"]
+    if "one2many" in preds:  # end-to-end heads (YOLOv10/26): the dense one-to-many branch is the one to imitate,
+        preds = preds["one2many"] or preds["one2one"]  # unless fusion kept only the one-to-one branch
     return HeadOutputs(
         boxes=preds["boxes"].permute(0, 2, 1), scores=preds["scores"].permute(0, 2, 1), feats=list(preds["feats"])
     )
@@ -42,6 +45,21 @@ def split_head_outputs(preds) -> HeadOutputs:
 def detect_head(model):
     """The model's Detect head (last layer)."""
     return model.model[-1]
+
+
+@contextmanager
+def raw_head(model):
+    """Within this context the model's forward stops at the head's raw branches: Ultralytics' ``Detect.forward``
+    returns them (``{"boxes", "scores", "feats"}``, or one such dict per branch for end-to-end heads) before any
+    decoding when the head is in training mode. Only the head module's own flag is set; every layer, the head's
+    convolutions included, stays in eval mode (BatchNorm keeps its running statistics)."""
+    head = detect_head(model)
+    was = head.training
+    head.training = True
+    try:
+        yield
+    finally:
+        head.training = was
 
 
 def feature_channels(model) -> list[int]:
@@ -56,9 +74,12 @@ class FrozenTeacher:
     On CUDA two more things hide most of its cost inside the student's step:
 
     * **CUDA graphs** — the whole forward is captured once per input shape and replayed with one launch
-      (at most ``max_graphs`` shapes; others, e.g. multi-scale training, run eagerly);
+      (at most ``max_graphs`` shapes; others, e.g. multi-scale training, run eagerly). All graphs share one memory
+      pool; each holds only its static input, the model's weights and its pool's buffers (no per-shape cache of the
+      head's). Each new capture empties torch's allocator cache (``torch.cuda.graph``), hence the cap;
     * **a side stream** — :meth:`prefetch` starts the teacher on its own CUDA stream right after the batch is on
-      the GPU, so it runs concurrently with the student's forward; :meth:`__call__` then only waits for it.
+      the GPU, so it runs concurrently with the student's forward; :meth:`__call__` then only waits for it. Any call
+      made while a prefetch is pending waits for the side stream first (it may still be replaying the same graph).
     """
 
     def __init__(self, model, device: torch.device):
@@ -71,6 +92,7 @@ class FrozenTeacher:
         self.use_graphs = False
         self.max_graphs = 4
         self._graphs: dict[tuple, tuple] = {}
+        self._pool = None  # one CUDA graph memory pool shared by all captures
         self._stream = None
         self._pending = None  # (img, HeadOutputs) launched by prefetch()
 
@@ -97,7 +119,8 @@ class FrozenTeacher:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _raw_forward(self, x: torch.Tensor) -> HeadOutputs:
-        with torch.autocast(device_type=self.device.type, enabled=False):
+        """Backbone + neck + the head's raw branches (see :func:`raw_head`), in the teacher's own precision."""
+        with torch.autocast(device_type=self.device.type, enabled=False), raw_head(self.model):
             return split_head_outputs(self.model(x))
 
     def _graphed_forward(self, x: torch.Tensor) -> HeadOutputs:
@@ -107,12 +130,14 @@ class FrozenTeacher:
             if len(self._graphs) >= self.max_graphs:
                 return self._raw_forward(x)
             static_in = x.clone()
-            for _ in range(2):  # warm-up: cudnn algorithm choice, anchors of this shape
+            for _ in range(2):  # warm-up: cudnn algorithm choice
                 self._raw_forward(static_in)
             torch.cuda.synchronize(self.device)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                     static_out = self._raw_forward(static_in)
             except RuntimeError as e:  # pragma: no cover - depends on driver/ops
                 from ultralytics.utils import LOGGER
@@ -147,14 +172,19 @@ class FrozenTeacher:
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
         """img (B, 3, H, W) float in [0, 1] → FP32 :class:`HeadOutputs` (prefetched ones if launched for img)."""
         pending, self._pending = self._pending, None
-        if pending is not None and pending[0] is img:
+        if pending is not None:  # the side stream may still be at work (same graph, same static buffers): wait
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(self._stream)
-            out = pending[1]
-            for t in (out.boxes, out.scores, *out.feats):
-                t.record_stream(current)  # allocated on the side stream, used on this one
-            return out
+            if pending[0] is img:
+                return self._hand_over(pending[1], current)
         return self._forward(img)
+
+    @staticmethod
+    def _hand_over(out: HeadOutputs, stream) -> HeadOutputs:
+        """Outputs allocated on the side stream, used on ``stream``: the allocator must not reuse them early."""
+        for t in (out.boxes, out.scores, *out.feats):
+            t.record_stream(stream)
+        return out
 
     # ---------------------------------------------------------------------------------------------- facts
     @property

@@ -1,0 +1,129 @@
+"""FrozenTeacher: raw head branches only (no decoding, no anchor cache), CUDA-graph bookkeeping and side-stream
+waits checked on CPU with stand-ins for the CUDA objects (graph capture itself needs a GPU)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+
+from detkd.models.teacher import FrozenTeacher, detect_head, split_head_outputs
+
+
+def _net(cfg: str = "yolov8n.yaml", nc: int = 3) -> DetectionModel:
+    torch.manual_seed(0)
+    return DetectionModel(cfg, nc=nc, verbose=False).eval()
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+@pytest.mark.parametrize("optimized", [False, True])
+def test_teacher_runs_the_raw_branches_only(cfg, optimized):
+    """Same boxes/scores/features as the head's full inference forward, but the decoding (and the anchors it caches
+    per input shape, which a CUDA graph would keep reading after they are replaced) never runs."""
+    net = _net(cfg)
+    teacher = FrozenTeacher(net, torch.device("cpu"))
+    if optimized:
+        teacher.optimize()  # fused: an end-to-end head keeps its one-to-many branch only
+    head = detect_head(teacher.model)
+    for size in (64, 96):  # a shape change: the inference path would rebuild its anchors each time
+        img = torch.rand(2, 3, size, size)
+        out = teacher(img)
+        assert head.shape is None and head.anchors.numel() == 0 and head.strides.numel() == 0
+        with torch.no_grad():
+            ref = split_head_outputs(teacher.model(img))  # the full inference forward (decodes, caches anchors)
+        assert head.anchors.numel() > 0  # (so the check above can fail)
+        head.shape, head.anchors, head.strides = None, torch.empty(0), torch.empty(0)
+        n_anchors = sum((size // s) ** 2 for s in (8, 16, 32))
+        assert out.boxes.shape == (2, n_anchors, 4 * teacher.reg_max) and out.scores.shape == (2, n_anchors, 3)
+        torch.testing.assert_close(out.boxes, ref.boxes)
+        torch.testing.assert_close(out.scores, ref.scores)
+        assert len(out.feats) == 3
+        for f, r in zip(out.feats, ref.feats):
+            torch.testing.assert_close(f, r)
+        assert not head.training and not teacher.model.training  # the head's flag is restored
+
+
+class _FakeGraph:
+    captures: list = []
+
+    def replay(self):
+        pass
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch):
+    """torch.cuda graph API stand-ins: capture runs the forward eagerly and records the memory pool it was given."""
+    pools = []
+
+    @contextmanager
+    def graph(g, pool=None, **_):
+        pools.append(pool)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    return pools
+
+
+def test_graphs_share_one_memory_pool_and_never_build_anchors(fake_cuda_graphs):
+    teacher = FrozenTeacher(_net(), torch.device("cpu"))
+    teacher.use_graphs = True
+    head = detect_head(teacher.model)
+    for size in (64, 96, 64, 128):
+        teacher(torch.rand(1, 3, size, size))
+    assert len(teacher._graphs) == 3  # one per input shape
+    assert len(fake_cuda_graphs) == 3 and fake_cuda_graphs[0] is not None
+    assert all(p is fake_cuda_graphs[0] for p in fake_cuda_graphs)  # one shared pool
+    assert head.anchors.numel() == 0  # no per-shape tensor outside the graphs' own memory
+
+
+class _Stream:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def wait_stream(self, other):
+        self.log.append(f"{self.name} waits {other.name}")
+
+
+@pytest.fixture
+def fake_streams(monkeypatch):
+    log = []
+    main, side = _Stream("main", log), _Stream("side", log)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    teacher = FrozenTeacher(_net(), torch.device("cpu"))
+    teacher._stream = side
+    monkeypatch.setattr(teacher, "_hand_over", lambda out, stream: out)  # record_stream needs CUDA tensors
+    forwards = []
+    real = teacher._forward
+    monkeypatch.setattr(teacher, "_forward", lambda img: forwards.append(img) or log.append("forward") or real(img))
+    return teacher, log, forwards
+
+
+def test_a_prefetched_batch_is_collected_after_waiting_on_the_side_stream(fake_streams):
+    teacher, log, forwards = fake_streams
+    img = torch.rand(1, 3, 64, 64)
+    teacher.prefetch(img)
+    log.append("student")
+    teacher(img)
+    assert forwards == [img]  # run once, on the side stream
+    assert log == ["side waits main", "forward", "student", "main waits side"]
+
+
+def test_a_pending_prefetch_is_always_waited_for(fake_streams):
+    """A batch other than the prefetched one (e.g. a retried batch) runs on the main stream: it must first wait for the
+    side stream, still replaying the same graph into the same static buffers."""
+    teacher, log, forwards = fake_streams
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    teacher.prefetch(a)
+    log.clear()
+    teacher(b)
+    assert log == ["main waits side", "forward"]
+    assert forwards[-1] is b and teacher._pending is None
+    log.clear()
+    teacher(b)  # nothing pending: no wait
+    assert log == ["forward"]
