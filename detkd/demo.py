@@ -221,13 +221,18 @@ def plot_curves(report: dict, path: Path) -> Path:
                 label=f"{role} {Path(s['student']).stem}: final COCO AP {rows[role]['AP']:.3f}")
     ax.axhline(rows["teacher"]["AP"], ls="--", color="#1f77b4",
                label=f"teacher {Path(s['teacher']).stem}: COCO AP {rows['teacher']['AP']:.3f}")
+    base, dist = rows["baseline"].get("curve") or [], rows["distilled"].get("curve") or []
+    if base and dist:
+        gain = rows["distilled"]["AP"] - rows["baseline"]["AP"]
+        ax.annotate(f"{gain:+.3f} AP", xy=(len(dist), dist[-1]), xytext=(-8, 10), textcoords="offset points",
+                    ha="right", fontsize=9, color=colors["distilled"], fontweight="bold")
     ax.set_xlabel("student epoch")
-    ax.set_ylabel("val mAP50-95")
+    ax.set_ylabel("val mAP50-95 (each epoch)")
     ax.set_ylim(0, min(1.0, max(0.1, rows["teacher"]["AP"] * 1.15)))
     ax.set_title(f"detkd demo: {s['n_student']} labelled images for the students, "
                  f"{s['n_teacher']} for the teacher", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
