@@ -219,7 +219,9 @@ class DistillationTrainer(StudentTrainer):
     def _setup_train(self):
         super()._setup_train()
         if self.kd.validate_teacher:
-            refusal, weak = self._know_your_teacher() if RANK in {-1, 0} else (None, [])
+            # under DDP validation is collective (each rank scores its shard, Ultralytics gathers them on rank 0), so
+            # every rank validates; rank 0's decision is then broadcast
+            refusal, weak = self._know_your_teacher()
             if RANK != -1 and self.world_size > 1:  # DDP: every rank stops (or drops) together, none waits
                 from torch import distributed as dist
 
