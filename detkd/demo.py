@@ -56,7 +56,7 @@ class DemoSettings:
     def run_parallel(self) -> bool:
         if self.parallel is not None:
             return self.parallel
-        return str(self.device).lower() == "cpu" and self.cores() >= 2
+        return str(self.device).lower() == "cpu" and (os.cpu_count() or 1) >= 2
 
 
 # The distillation recipe the demo uses (see README "Demo"): detkd's default terms and weights, with `verified` anchor

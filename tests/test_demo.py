@@ -142,3 +142,16 @@ def test_demo_tiny(tmp_path, capsys):
     # the students trained on the subset, the teacher on all images
     sub = json.loads((tmp_path / "demo" / "data" / "student" / "annotations" / "instances_train.json").read_text())
     assert len(sub["images"]) == 8
+
+
+def test_students_parallel_on_a_multicore_cpu_whatever_the_teacher_threads(monkeypatch):
+    """--threads sets the teacher's torch threads; the students still train side by side on a 2+-core CPU."""
+    import detkd.demo as demo
+
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    assert demo.DemoSettings(threads=1).run_parallel() is True
+    assert demo.DemoSettings().run_parallel() is True
+    assert demo.DemoSettings(device="0").run_parallel() is False
+    assert demo.DemoSettings(parallel=False).run_parallel() is False
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
+    assert demo.DemoSettings().run_parallel() is False
