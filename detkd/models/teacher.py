@@ -133,8 +133,8 @@ class FrozenTeacher:
             for _ in range(2):  # warm-up: cudnn algorithm choice
                 self._raw_forward(static_in)
             torch.cuda.synchronize(self.device)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+            if self._pool is None:  # shared: each replay's outputs are copied out (_forward) before any other
+                self._pool = torch.cuda.graph_pool_handle()  # graph replays on that stream, so buffers may overlap
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
