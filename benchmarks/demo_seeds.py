@@ -91,8 +91,8 @@ def format_md(report: dict) -> str:
         f"Scenario: {seeds[0]['scenario']}",
         f"Settings: {s['imgsz']} px; teacher {Path(s['teacher']).stem} on {s['n_teacher']} images, "
         f"{s['teacher_epochs']} epochs; students {Path(s['student']).stem} on {s['n_student']} images, "
-        f"{s['epochs']} epochs; {s['n_val']} val images; batch {s['batch']}; students "
-        f"{'in parallel' if s['parallel'] else 'sequential'}; KD: "
+        f"{s['epochs']} epochs; {s['n_val']} val images; batch {s['batch']}; teacher on {s['threads']} torch "
+        f"thread(s); students {'in parallel' if s['parallel'] else 'sequential'}; KD: "
         + (", ".join(f"{k}={v}" for k, v in s["kd"].items()) or "detkd's defaults") + ".",
         "",
         "| model | " + " | ".join(f"seed {r['seed']}" for r in seeds) + " | mean ± spread | std |",
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             (s.out / "demo_results.json").write_text(json.dumps(rep, indent=2))
         per_seed.append({"seed": seed, "rows": rep["rows"], "total_s": rep["total_s"], "scenario": rep["scenario"],
                          "load_start": rep["load"]["start"], "load_end": rep["load"]["end"]})
-        settings = rep["settings"]
+        settings = {k: v for k, v in rep["settings"].items() if k not in {"out", "seed"}}  # common to all seeds
     report = {"machine_tag": tag, "machine": info, "settings": settings, "per_seed": per_seed,
               "summary": summarize(per_seed)}
     args.out_dir.mkdir(parents=True, exist_ok=True)
