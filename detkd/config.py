@@ -54,6 +54,13 @@ class KDConfig:
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in FP16 on CUDA (fused, channels_last). False keeps FP32.
         teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
+        unlabeled: unlabelled images added to training (a folder, a .txt list of images, or a COCO JSON whose images
+            have no annotations): no detection loss there, KD weighted by the teacher's confidence (see
+            :mod:`detkd.data.unlabeled` and :mod:`detkd.engine.unlabeled`). None: labelled images only.
+        unlabeled_ratio: the unlabelled share of each epoch, in (0, 1): an epoch is every labelled image plus
+            round(r / (1 - r) x n_labelled) unlabelled ones (0.5: as many unlabelled as labelled).
+        pseudo_conf: with ``unlabeled``: the teacher's detections at or above this confidence become detection-loss
+            targets on the unlabelled images (hard pseudo-labels, on top of the soft KD). None: soft KD only.
     """
 
     teacher: str | list | None = None
@@ -80,6 +87,9 @@ class KDConfig:
     validate_teacher: bool = True
     teacher_half: bool = True
     teacher_graphs: bool = True
+    unlabeled: str | None = None
+    unlabeled_ratio: float = 0.5
+    pseudo_conf: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,7 +122,19 @@ class KDConfig:
         if self.min_teacher_map is not None and not self.validate_teacher:
             raise ConfigError("min_teacher_map needs the teacher validated at start: drop --no-teacher-val.")
         self._validate_teachers()
+        self._validate_unlabeled()
         return self
+
+    def _validate_unlabeled(self) -> None:
+        if not 0.0 < float(self.unlabeled_ratio) < 1.0:
+            raise ConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, 1): the unlabelled share of "
+                              f"each epoch (0.5: as many unlabelled images as labelled ones).")
+        if self.pseudo_conf is not None and not 0.0 < float(self.pseudo_conf) < 1.0:
+            raise ConfigError(f"pseudo_conf={self.pseudo_conf} must be a confidence in (0, 1).")
+        if self.pseudo_conf is not None and not self.unlabeled:
+            raise ConfigError("pseudo_conf labels unlabelled images: give them with --unlabeled PATH.")
+        if self.unlabeled:
+            self.unlabeled = str(Path(str(self.unlabeled)).expanduser().resolve())  # resume/DDP from any folder
 
     def check_classes(self, nc: int) -> "KDConfig":
         """Refuse settings that cannot work with ``nc`` classes (known once the data is read)."""
@@ -208,6 +230,10 @@ class KDConfig:
         rows.append(f"anchors {self.anchor_weighting:<10} schedule={self.schedule}"
                     + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else "")
                     + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
+        if self.unlabeled:
+            rows.append(f"unlabeled {self.unlabeled} (share of each epoch {self.unlabeled_ratio:g}; "
+                        + (f"pseudo-labels at conf >= {self.pseudo_conf:g})" if self.pseudo_conf is not None
+                           else "soft KD only)"))
         return "\n".join(rows)
 
 

@@ -5,6 +5,7 @@
     detkd distill --resume runs/detect/train/weights/last.pt
     detkd distill --teacher l.pt --teacher x.pt --teacher-weights 0.6 0.4 --student yolov8n.yaml --data data.yaml
     detkd distill --teacher l.pt --assistant yolov8s.yaml --student yolov8n.yaml --data data.yaml   # TA chain
+    detkd distill --teacher l.pt --student yolov8n.yaml --data data.yaml --unlabeled frames/   # + unlabelled images
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ KD_FLAGS = {
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
-    "teacher_graphs": "teacher_graphs",
+    "teacher_graphs": "teacher_graphs", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
+    "pseudo_conf": "pseudo_conf",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
 TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --assistant: the student learns from the assistant and the teacher together")
     g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
     g.add_argument("--data", help="Ultralytics data.yaml or COCO dataset (folder with annotations/instances_*.json)")
+    g.add_argument("--unlabeled", metavar="PATH",
+                   help="unlabelled images to distil on too: a folder, a .txt list of images, or a COCO JSON whose "
+                        "images have no annotations (no detection loss there; KD weighted by teacher confidence)")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
     g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt (its KD settings; with "
                                     "--teacher: the run's teacher, moved to that path)")
@@ -79,6 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--kd-final", type=float, help="KD weight multiplier at the last epoch (linear/cosine) [0]")
     k.add_argument("--kd-balance", choices=("none", "detection"),
                    help="detection: each KD weight is a share of the running detection loss [none]")
+    k.add_argument("--unlabeled-ratio", type=float, metavar="R",
+                   help="with --unlabeled: the unlabelled share of each epoch; an epoch = all labelled images + "
+                        "R/(1-R) x as many unlabelled [0.5]")
+    k.add_argument("--pseudo-conf", type=float, metavar="CONF",
+                   help="with --unlabeled: teacher detections >= CONF also become detection targets there (hard "
+                        "pseudo-labels) [off]")
     k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
     k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
     k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")

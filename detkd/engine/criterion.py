@@ -16,6 +16,8 @@ import torch
 
 from detkd.config import KDConfig
 from detkd.engine.guard import gradient_alignment
+from detkd.engine.unlabeled import (labeled_flags, pseudo_label_targets, scatter_rows, select_images, select_targets,
+                                    teacher_confidence_weights)
 from detkd.losses.balance import LossBalancer
 from detkd.losses.feature import boxes_to_masks, feature_kd_loss
 from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_kd_loss,
@@ -83,45 +85,79 @@ class DistillationLoss:
         return {"cls_kd": self.kd.cls_kd * f, "box_kd": self.kd.box_kd * f, "feat_kd": self.kd.feat_kd * f}
 
     def needs_teacher(self) -> bool:
-        return any(v > 0 for v in self.term_weights().values())
+        """The teacher runs on this step: a KD term is on, or it pseudo-labels unlabelled images."""
+        pseudo = self.kd.unlabeled and self.kd.pseudo_conf is not None
+        return bool(pseudo) or any(v > 0 for v in self.term_weights().values())
 
     # ------------------------------------------------------------------------------------------ forward
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from ultralytics.utils.tal import make_anchors
+
         raw = self.dense.parse_output(preds)
         dense_raw, o2o_raw = (raw["one2many"], raw["one2one"]) if self.end2end else (raw, None)
-        assigned, det_loss, items = self.dense.get_assigned_targets_and_loss(dense_raw, batch)
-        fg_mask, anchor_points, stride_tensor = assigned[0], assigned[3], assigned[4]
-        o2o_fg = None
-        if o2o_raw is not None:  # Ultralytics' E2ELoss: o2m·L_o2m + o2o·L_o2o, items from the one-to-one branch
-            o2o_assigned, o2o_loss, items = self.det.one2one.get_assigned_targets_and_loss(o2o_raw, batch)
-            det_loss, o2o_fg = det_loss * self.det.o2m + o2o_loss * self.det.o2o, o2o_assigned[0]
         batch_size = dense_raw["boxes"].shape[0]
+        anchor_points, stride_tensor = make_anchors(dense_raw["feats"], self.dense.stride, 0.5)
+        labeled = labeled_flags(batch, batch_size, dense_raw["boxes"].device)  # None: every image labelled
+        teacher = self.teacher(batch["img"]) if self.needs_teacher() else None
+        det_batch, keep = batch, labeled
+        if labeled is not None and self.kd.pseudo_conf is not None:  # unlabelled images get the teacher's boxes
+            t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor
+            det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, teacher.scores, self.kd.pseudo_conf), None
+        fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
         if self.balancer is not None:
             self.balancer.observe_detection(det_loss.sum())
         student = split_head_outputs(dense_raw)
         kd_terms = self.distillation_terms(student, batch, fg_mask, anchor_points, stride_tensor,
-                                           one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg))
+                                           one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg),
+                                           teacher=teacher, labeled=labeled)
         items.update({k: v.detach() for k, v in kd_terms.items()})
         items.update(gradient_alignment(det_loss, kd_terms, dense_raw["scores"], dense_raw["boxes"]))  # diagnostics
         total = torch.cat([det_loss, torch.stack([kd_terms[k] for k in KD_LOSS_NAMES]).to(det_loss.dtype)])
         return total * batch_size, items
 
+    def detection_loss(self, dense_raw, o2o_raw, batch, keep=None):
+        """Ultralytics' detection loss (end-to-end: o2m·L_o2m + o2o·L_o2o, items from the one-to-one branch) on the
+        images ``keep`` (B,) bool, all when None (see :mod:`detkd.engine.unlabeled`).
+
+        Returns (fg_mask (B, A), one-to-one fg_mask (B, A) or None, loss (3,), items).
+        """
+        if keep is not None and not bool(keep.any()):  # only unlabelled images: no detection loss, KD only
+            scores = dense_raw["scores"]
+            fg = torch.zeros(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
+            loss = scores.sum() * 0.0 + torch.zeros(3, device=scores.device)  # in the graph, every parameter used
+            return fg, None if o2o_raw is None else fg, loss, dict(zip(self.dense.loss_names, loss.detach()))
+        if keep is not None:
+            dense_raw, o2o_raw = select_images(dense_raw, keep), select_images(o2o_raw, keep)
+            batch = select_targets(batch, keep)
+        assigned, loss, items = self.dense.get_assigned_targets_and_loss(dense_raw, batch)
+        fg, o2o_fg = assigned[0], None
+        if o2o_raw is not None:
+            o2o_assigned, o2o_loss, items = self.det.one2one.get_assigned_targets_and_loss(o2o_raw, batch)
+            loss, o2o_fg = loss * self.det.o2m + o2o_loss * self.det.o2o, o2o_assigned[0]
+        if keep is not None:
+            fg, o2o_fg = scatter_rows(fg, keep), None if o2o_fg is None else scatter_rows(o2o_fg, keep)
+        return fg, o2o_fg, loss, items
+
     def distillation_terms(self, student, batch, fg_mask, anchor_points, stride_tensor=None,
-                           one2one=None) -> dict[str, torch.Tensor]:
+                           one2one=None, teacher=None, labeled=None) -> dict[str, torch.Tensor]:
         """Weighted KD terms (scalars) for one batch; a disabled term is an exact 0 (and costs nothing).
 
         ``one2one``: (HeadOutputs, fg_mask) of an end-to-end student's one-to-one branch, or None.
+        ``teacher``: the teacher's outputs on this batch when already computed. ``labeled``: (B,) bool, None when
+        every image is labelled; unlabelled images' anchors are weighted by the teacher's confidence.
         """
         w = self.term_weights()
         zero = student.scores.new_zeros(()).float()
         terms = dict.fromkeys(KD_LOSS_NAMES, zero)
-        if not self.needs_teacher():
+        if not any(v > 0 for v in w.values()):
             return terms
-        teacher = self.teacher(batch["img"])
+        teacher = teacher if teacher is not None else self.teacher(batch["img"])
         if teacher.scores.shape != student.scores.shape:
             raise RuntimeError(f"teacher/student head shapes differ: {tuple(teacher.scores.shape)} vs "
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
         weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
+        if labeled is not None:
+            weights = teacher_confidence_weights(weights, teacher.scores, labeled)
         raw = self.head_terms(student, teacher, weights, anchor_points, w)
         if one2one is not None:
             o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)

@@ -19,6 +19,8 @@ What it changes, each at the narrowest point of the parent class:
 * ``resume_training`` — adapters that restart fresh on resume lose the stale optimizer moments.
 * ``_handle_nan_recovery`` — Ultralytics reloads student, EMA and optimizer from ``last.pt``; the adapters saved
                       with it are restored too.
+* ``get_dataloader`` — with ``kd.unlabeled``: the training loader mixes unlabelled images in
+                      (``data/unlabeled.py``); ``save_metrics`` adds each epoch's image counts to ``results.csv``.
 
 Everything else — dataloaders, augmentation, assigner, EMA (student only), AMP, checkpoints, validation, DDP,
 resume, plots — is Ultralytics' own.
@@ -127,6 +129,7 @@ class DistillationTrainer(StudentTrainer):
     def setup_model(self):
         """Build the student (Ultralytics), then the teacher, the compatibility checks and the adapters."""
         ckpt = super().setup_model()
+        self._first_epoch = (ckpt or {}).get("epoch", -1) + 1 if self.resume else 0  # the unlabelled pool's cursor
         self._attach_teacher()
         self._adapters_restored = self.resume and self.adapters is not None and self._restore_adapters(ckpt)
         return ckpt
@@ -340,6 +343,50 @@ class DistillationTrainer(StudentTrainer):
         if isinstance(criterion, DistillationLoss) and criterion.needs_teacher() and self.model.training:
             self.teacher.prefetch(batch["img"])
         return batch
+
+    # ------------------------------------------------------------------------------------------- data
+    def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
+        """Ultralytics' loaders; with ``kd.unlabeled`` the training one mixes the unlabelled images in."""
+        if mode != "train" or not self.kd.unlabeled:
+            return super().get_dataloader(dataset_path, batch_size, rank, mode)
+        return self._mixed_loader(dataset_path, batch_size, rank)
+
+    def _mixed_loader(self, dataset_path: str, batch_size: int, rank: int):
+        """Labelled training set + the unlabelled pool (minus images of the train or val split), one loader."""
+        from ultralytics.utils.torch_utils import torch_distributed_zero_first
+
+        from detkd.data.unlabeled import (build_mixed_loader, build_unlabeled_dataset, drop_overlap, image_files,
+                                          resolve_unlabeled, unlabeled_per_epoch)
+
+        with torch_distributed_zero_first(rank):
+            labeled = self.build_dataset(dataset_path, "train", batch_size)
+        files = resolve_unlabeled(self.kd.unlabeled)
+        files, overlap = drop_overlap(files, labeled.im_files, image_files(self.data.get("val")))
+        if not files:
+            raise ConfigError(f"every --unlabeled image is also in the train or val split ({self.kd.unlabeled}): "
+                              f"nothing unlabelled is left. Point --unlabeled at frames outside the dataset.")
+        gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        pool = build_unlabeled_dataset(files, self.args, batch_size, self.data, stride=gs)
+        per_epoch = unlabeled_per_epoch(len(labeled), self.kd.unlabeled_ratio)
+        if RANK in {-1, 0}:
+            notes = [f"{len(pool)} unlabelled images in the pool"]
+            if pool.skipped:
+                notes.append(f"{len(pool.skipped)} unreadable skipped (first: {pool.skipped[0]})")
+            if overlap:
+                notes.append(f"{overlap} left out (also in the train or val split)")
+            LOGGER.info(f"{PREFIX}{'; '.join(notes)}. Each epoch: {len(labeled)} labelled + {per_epoch} unlabelled "
+                        f"images (unlabelled share {self.kd.unlabeled_ratio:g}; the pool is cycled); mosaics stay "
+                        f"within one kind.")
+        return build_mixed_loader(labeled, pool, self.kd.unlabeled_ratio, batch_size, self.args.workers,
+                                  seed=int(self.args.seed or 0), start_epoch=getattr(self, "_first_epoch", 0),
+                                  rank=RANK, world_size=self.world_size)
+
+    def save_metrics(self, metrics):
+        """Ultralytics' results.csv row; with unlabelled images, the epoch's labelled/unlabelled image counts."""
+        counts = getattr(getattr(self.train_loader, "sampler", None), "counts", None)
+        if counts is not None:
+            metrics = {**metrics, "train/labeled_imgs": counts[0], "train/unlabeled_imgs": counts[1]}
+        super().save_metrics(metrics)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_model(self):

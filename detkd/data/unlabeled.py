@@ -1,0 +1,269 @@
+"""Unlabelled images in training: where they come from, how they are loaded, how an epoch mixes them in.
+
+* :func:`resolve_unlabeled` — the image files behind ``--unlabeled PATH``: a folder (searched recursively), a text
+  file listing images (one per line, relative to the file), or a COCO JSON (its images without annotations).
+* :class:`UnlabeledDataset` — Ultralytics' ``YOLODataset`` (same loading, augmentation, mosaic, letterbox) whose
+  labels are empty by construction: no label file is read, no ``.cache`` is written beside the user's images.
+  Images that cannot be read are counted and skipped (never rewritten, unlike Ultralytics' JPEG repair).
+* :class:`MixedDataset` — labelled dataset, then unlabelled pool, one index space. Each sample carries
+  ``labeled`` (True/False); the criterion masks the detection loss on unlabelled images. **Mosaics never mix the
+  two kinds**: each dataset builds its mosaics from its own images (Ultralytics' ``Mosaic`` draws the other tiles
+  from the dataset it belongs to), so an image is labelled or unlabelled as a whole and no tile of a labelled
+  mosaic is background by omission.
+* :class:`MixSampler` — what an epoch is: every labelled image once, plus ``round(r / (1 - r) · n_labelled)``
+  unlabelled images (``r`` = ``unlabeled_ratio``, the unlabelled share of the epoch) taken in turn from a shuffled
+  pool that is cycled (reshuffled each pass) — so a large pool is covered over several epochs, a small one repeats.
+  Deterministic from the seed and the epoch; under DDP each rank takes its shard of the same epoch order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkd.errors import ConfigError
+
+IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic")
+
+
+# ------------------------------------------------------------------------------------------- sources
+def resolve_unlabeled(path: str | Path) -> list[str]:
+    """Absolute image paths behind ``path`` (folder, .txt list, or COCO .json), sorted, duplicates removed.
+
+    Raises:
+        ConfigError: the path does not exist, or holds no image.
+    """
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise ConfigError(f"--unlabeled '{path}' not found: give a folder of images, a .txt listing images, or a "
+                          f"COCO .json.")
+    what = "folder" if p.is_dir() else "COCO JSON" if p.suffix.lower() == ".json" else "list"
+    files = sorted(dict.fromkeys(str(f.resolve()) for f in
+                                 (_from_coco_json(p) if what == "COCO JSON" else _listed(p))))
+    if not files:
+        raise ConfigError(f"--unlabeled {what} '{path}' holds no image ({', '.join(IMAGE_SUFFIXES[:6])}, ...). "
+                          f"Point it at the unlabelled frames.")
+    return files
+
+
+def image_files(paths) -> list[str]:
+    """The images of an Ultralytics split entry (folder, .txt list, or a list of them); missing paths give none."""
+    out = []
+    for p in paths if isinstance(paths, (list, tuple)) else [paths] if paths else []:
+        if Path(str(p)).exists():
+            out += [str(f) for f in _listed(Path(str(p)))]
+    return out
+
+
+def _listed(p: Path) -> list[Path]:
+    """Images in folder ``p`` (recursively) or listed in text file ``p``."""
+    if p.is_dir():
+        return [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    return _from_list(p)
+
+
+def _from_list(p: Path) -> list[Path]:
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--unlabeled '{p}' cannot be read as a text list of images ({type(e).__name__}).") from None
+    out = []
+    for line in (x.strip() for x in lines):
+        if line and not line.startswith("#"):
+            f = Path(line) if Path(line).is_absolute() else p.parent / line
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(f)
+    return out
+
+
+def _from_coco_json(p: Path) -> list[Path]:
+    """The images of a COCO JSON that have no annotation (labelled ones belong in the training split)."""
+    from detkd.data.coco import guess_image_dir
+
+    try:
+        coco = json.loads(p.read_text())
+        images = coco["images"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--unlabeled '{p}' is not a COCO JSON with an 'images' list ({type(e).__name__}).") from None
+    annotated = {a.get("image_id") for a in coco.get("annotations") or []}
+    names = [im["file_name"] for im in images if im.get("id") not in annotated]
+    if not names:
+        raise ConfigError(f"--unlabeled '{p}': every image in it has annotations. Unlabelled images are those "
+                          f"without; add labelled ones to the training split instead.")
+    folder = guess_image_dir(p, p.parent.parent if p.parent.name == "annotations" else p.parent, "unlabeled", names)
+    return [folder / n for n in names]
+
+
+def drop_overlap(files: list[str], *others: list[str]) -> tuple[list[str], int]:
+    """``files`` without those that are also in ``others`` (labelled train or val images: training on a val image,
+    even without its labels, leaks it into the model). Compared by real path (symlinks resolved)."""
+    taken = {os.path.realpath(f) for group in others for f in group}
+    kept = [f for f in files if os.path.realpath(f) not in taken]
+    return kept, len(files) - len(kept)
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def _image_shape(im_file: str) -> tuple[int, int] | None:
+    """(h, w) as Ultralytics loads the image (EXIF orientation applied), or None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(im_file) as im:
+            im.verify()
+        with Image.open(im_file) as im:
+            (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):  # stored transposed: loaded as h x w swapped
+            w, h = h, w
+        return (h, w) if min(h, w) > 9 else None
+    except Exception:
+        return None
+
+
+def _unlabeled_dataset_class():
+    from ultralytics.data.dataset import YOLODataset
+
+    class UnlabeledDataset(YOLODataset):
+        """Ultralytics' ``YOLODataset`` over images that have no labels (see module docstring)."""
+
+        skipped: list[str]
+
+        def get_img_files(self, img_path: list[str]) -> list[str]:
+            return list(img_path)  # already resolved by resolve_unlabeled (Ultralytics would read files as lists)
+
+        def get_labels(self) -> list[dict]:
+            workers = max(1, min(8, os.cpu_count() or 1))
+            with ThreadPoolExecutor(workers) as pool:
+                shapes = list(pool.map(_image_shape, self.im_files))
+            self.skipped = [f for f, s in zip(self.im_files, shapes) if s is None]
+            kept = [(f, s) for f, s in zip(self.im_files, shapes) if s is not None]
+            if not kept:
+                raise ConfigError(f"none of the {len(self.im_files)} unlabelled images can be read (first: "
+                                  f"{self.im_files[0]}). Check the files behind --unlabeled.")
+            self.im_files = [f for f, _ in kept]
+            return [{"im_file": f, "shape": s, "cls": np.zeros((0, 1), np.float32),
+                     "bboxes": np.zeros((0, 4), np.float32), "segments": [], "keypoints": None,
+                     "normalized": True, "bbox_format": "xywh"} for f, s in kept]
+
+    return UnlabeledDataset
+
+
+def build_unlabeled_dataset(files: list[str], cfg, batch: int, data: dict, stride: int):
+    """The unlabelled images as an Ultralytics training dataset (same augmentation as the labelled set)."""
+    from ultralytics.utils import colorstr
+
+    cls = _unlabeled_dataset_class()
+    return cls(img_path=files, imgsz=cfg.imgsz, batch_size=batch, augment=True, hyp=cfg, rect=False,
+               cache=cfg.cache or None, single_cls=cfg.single_cls or False, stride=stride, pad=0.0,
+               prefix=colorstr("unlabeled: "), task=cfg.task, classes=None, data=data, fraction=1.0)
+
+
+class MixedDataset(torch.utils.data.ConcatDataset):
+    """Labelled dataset (indices ``0 .. n_labeled-1``) then the unlabelled pool; each sample has ``labeled``."""
+
+    def __init__(self, labeled, unlabeled):
+        super().__init__([labeled, unlabeled])
+        self.n_labeled, self.n_unlabeled = len(labeled), len(unlabeled)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        sample["labeled"] = index < self.n_labeled
+        return sample
+
+    @property
+    def labels(self) -> list[dict]:
+        """Both datasets' labels (Ultralytics plots and counts them; unlabelled ones are empty)."""
+        return [*self.datasets[0].labels, *self.datasets[1].labels]
+
+    def close_mosaic(self, hyp) -> None:
+        for d in self.datasets:
+            d.close_mosaic(hyp=hyp)
+
+    @staticmethod
+    def collate_fn(batch: list[dict]) -> dict:
+        """Ultralytics' collate; ``labeled`` becomes a (B,) bool tensor."""
+        from ultralytics.data.dataset import YOLODataset
+
+        out = YOLODataset.collate_fn(batch)
+        out["labeled"] = torch.tensor([bool(x) for x in out["labeled"]], dtype=torch.bool)
+        return out
+
+
+def unlabeled_per_epoch(n_labeled: int, ratio: float) -> int:
+    """Unlabelled images per epoch so that they are ``ratio`` of it: round(r / (1 - r) · n_labeled)."""
+    return int(round(ratio / (1.0 - ratio) * n_labeled))
+
+
+class MixSampler(torch.utils.data.Sampler):
+    """Indices of :class:`MixedDataset` for one epoch per ``iter()`` (see module docstring).
+
+    Epoch ``e`` (counted from ``start_epoch``, one per ``iter()``): every labelled index plus unlabelled pool
+    positions ``e·k .. e·k + k - 1`` of the cycled pool (k per epoch; pass ``c`` of the pool is a permutation drawn
+    from ``(seed, c)``), all shuffled together with ``(seed, e)``. DDP: padded to a multiple of ``world_size``,
+    rank ``r`` takes every ``world_size``-th index from ``r``.
+    """
+
+    def __init__(self, n_labeled: int, n_unlabeled: int, per_epoch: int, seed: int = 0, start_epoch: int = 0,
+                 rank: int = -1, world_size: int = 1):
+        self.n_labeled, self.n_unlabeled, self.per_epoch = n_labeled, n_unlabeled, per_epoch
+        self.seed, self.epoch = int(seed), int(start_epoch)
+        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(labelled, unlabelled) images per epoch, all ranks together."""
+        return self.n_labeled, self.per_epoch
+
+    def __len__(self) -> int:
+        return math.ceil((self.n_labeled + self.per_epoch) / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ultralytics calls this under DDP; the sampler counts its own epochs (one per ``iter()``): the loader
+        draws the next epoch's indices before the trainer announces it, so following this call would repeat one."""
+
+    def pool_positions(self, epoch: int) -> np.ndarray:
+        """Unlabelled pool indices (0-based in the pool) used in ``epoch``."""
+        pos = np.arange(epoch * self.per_epoch, (epoch + 1) * self.per_epoch)
+        out = np.empty(len(pos), dtype=np.int64)
+        for c in np.unique(pos // self.n_unlabeled):
+            perm = np.random.default_rng([self.seed, int(c)]).permutation(self.n_unlabeled)
+            sel = pos // self.n_unlabeled == c
+            out[sel] = perm[pos[sel] % self.n_unlabeled]
+        return out
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This rank's dataset indices for ``epoch``."""
+        idx = np.concatenate([np.arange(self.n_labeled), self.n_labeled + self.pool_positions(epoch)])
+        idx = idx[np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(len(idx))]
+        total = len(self) * self.world_size
+        if total > len(idx):
+            idx = np.concatenate([idx, idx[: total - len(idx)]])
+        return idx[self.rank::self.world_size]
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return iter(self.epoch_indices(epoch).tolist())
+
+
+def build_mixed_loader(labeled, unlabeled, ratio: float, batch: int, workers: int, seed: int, start_epoch: int,
+                       rank: int = -1, world_size: int = 1):
+    """Ultralytics' ``InfiniteDataLoader`` (persistent workers, its worker seeding and collate) over labelled +
+    unlabelled images, with :class:`MixSampler` deciding each epoch's images."""
+    from ultralytics.data.build import InfiniteDataLoader, seed_worker
+
+    dataset = MixedDataset(labeled, unlabeled)
+    sampler = MixSampler(len(labeled), len(unlabeled), unlabeled_per_epoch(len(labeled), ratio), seed=seed,
+                         start_epoch=start_epoch, rank=rank, world_size=world_size)
+    batch = min(batch, len(sampler))
+    batches = math.ceil(len(sampler) / batch)
+    nw = min(os.cpu_count() or 1, workers, 0 if batches <= 1 else batches)
+    generator = torch.Generator()
+    generator.manual_seed((6148914691236517205 + max(rank, 0) + seed) % (1 << 64))
+    return InfiniteDataLoader(dataset=dataset, batch_size=batch, sampler=sampler, num_workers=nw,
+                              prefetch_factor=4 if nw > 0 else None, pin_memory=torch.cuda.is_available(),
+                              collate_fn=MixedDataset.collate_fn, worker_init_fn=seed_worker, generator=generator)

@@ -1,0 +1,230 @@
+"""Unlabelled images (--unlabeled): sources, bad files counted, the epoch mix, the masked detection loss, pseudo-labels,
+and a tiny end-to-end run from the CLI and Python."""
+
+from __future__ import annotations
+
+import csv
+import json
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.data.unlabeled import MixSampler, drop_overlap, resolve_unlabeled, unlabeled_per_epoch
+from detkd.engine.unlabeled import pseudo_label_targets, select_targets
+from detkd.errors import ConfigError
+from test_criterion import _batch, _criterion, _student
+
+
+def _write_images(folder, n, size=(48, 40)):
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"f{i:03d}.jpg"), rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return sorted(folder.glob("*.jpg"))
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def test_sources_folder_list_and_coco_json(tmp_path):
+    files = _write_images(tmp_path / "frames" / "cam1", 3) + _write_images(tmp_path / "frames" / "cam2", 2)
+    (tmp_path / "frames" / "notes.txt").write_text("not an image")
+    assert resolve_unlabeled(tmp_path / "frames") == sorted(str(f.resolve()) for f in files)
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("# frames\nframes/cam1/f000.jpg\n\n" + str(files[-1]) + "\n")
+    assert resolve_unlabeled(listing) == sorted([str(files[0].resolve()), str(files[-1].resolve())])
+
+    coco = {"images": [{"id": 1, "file_name": "f000.jpg"}, {"id": 2, "file_name": "f001.jpg"},
+                       {"id": 3, "file_name": "f002.jpg"}],
+            "annotations": [{"id": 1, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 1}], "categories": []}
+    (tmp_path / "frames" / "cam1" / "unl.json").write_text(json.dumps(coco))
+    got = resolve_unlabeled(tmp_path / "frames" / "cam1" / "unl.json")
+    assert [p.rsplit("/", 1)[-1] for p in got] == ["f000.jpg", "f002.jpg"]  # the annotated image is not unlabelled
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_unlabeled(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no image"):
+        resolve_unlabeled(tmp_path / "empty")
+    labelled = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 1, "image_id": 1}]}
+    (tmp_path / "all.json").write_text(json.dumps(labelled))
+    with pytest.raises(ConfigError, match="every image in it has annotations"):
+        resolve_unlabeled(tmp_path / "all.json")
+    with pytest.raises(ConfigError, match="unlabeled_ratio"):
+        KDConfig(teacher="t.pt", unlabeled=str(tmp_path), unlabeled_ratio=1.0)
+    with pytest.raises(ConfigError, match="--unlabeled"):
+        KDConfig(teacher="t.pt", pseudo_conf=0.5)
+
+
+def test_overlap_with_the_dataset_is_dropped(tmp_path):
+    files = [str(f) for f in _write_images(tmp_path / "x", 4)]
+    link = tmp_path / "val_link.jpg"
+    link.symlink_to(files[1])
+    kept, n = drop_overlap(files, [files[0]], [str(link)])
+    assert kept == files[2:] and n == 2
+
+
+def test_unreadable_images_are_counted_and_skipped(tmp_path):
+    from ultralytics.cfg import get_cfg
+
+    from detkd.data.unlabeled import build_unlabeled_dataset
+
+    good = _write_images(tmp_path / "u", 3)
+    (tmp_path / "u" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "u" / "empty.png").write_bytes(b"")
+    cfg = get_cfg(overrides={"imgsz": 64})
+    ds = build_unlabeled_dataset(resolve_unlabeled(tmp_path / "u"), cfg, 2, {"nc": 2, "names": {0: "a", 1: "b"}}, 32)
+    assert len(ds) == 3 and sorted(ds.im_files) == sorted(str(f.resolve()) for f in good)
+    assert len(ds.skipped) == 2
+    assert all(len(lb["cls"]) == 0 and lb["shape"] == (40, 48) for lb in ds.labels)
+    sample = ds[0]
+    assert sample["img"].shape[-2:] == (64, 64) and len(sample["cls"]) == 0  # Ultralytics' pipeline, no labels
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match="none of the 1 unlabelled images can be read"):
+        build_unlabeled_dataset(resolve_unlabeled(tmp_path / "bad"), cfg, 2, {"nc": 2, "names": {0: "a"}}, 32)
+
+
+# ---------------------------------------------------------------------------------------------- epoch mix
+@pytest.mark.parametrize("ratio, expected", [(0.5, 10), (0.25, 3), (0.8, 40)])
+def test_ratio_gives_the_expected_counts(ratio, expected):
+    assert unlabeled_per_epoch(10, ratio) == expected
+    s = MixSampler(10, 7, expected, seed=3)
+    idx = list(iter(s))
+    assert len(idx) == len(s) == 10 + expected
+    assert sorted(i for i in idx if i < 10) == list(range(10))  # every labelled image once
+    assert sum(i >= 10 for i in idx) == expected and all(i < 17 for i in idx)
+
+
+def test_pool_is_cycled_deterministically_and_resumes():
+    s = MixSampler(4, 10, 5, seed=0)
+    e0, e1 = [i - 4 for i in iter(s) if i >= 4], [i - 4 for i in iter(s) if i >= 4]
+    assert sorted(e0 + e1) == list(range(10))  # two epochs of 5 cover the pool of 10 once
+    resumed = MixSampler(4, 10, 5, seed=0, start_epoch=1)
+    assert list(iter(resumed)) == MixSampler(4, 10, 5, seed=0).epoch_indices(1).tolist()
+    assert MixSampler(4, 10, 5, seed=1).epoch_indices(0).tolist() != MixSampler(4, 10, 5, seed=0).epoch_indices(0).tolist()
+
+
+def test_ddp_shards_split_one_epoch_order():
+    full = MixSampler(9, 6, 6, seed=2).epoch_indices(0)
+    shards = [MixSampler(9, 6, 6, seed=2, rank=r, world_size=2).epoch_indices(0) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 8  # 15 padded to 16
+    assert sorted(np.concatenate(shards).tolist()[:15]) != [] and set(np.concatenate(shards)) == set(full)
+
+
+# --------------------------------------------------------------------------------------------- criterion
+def _teacher_model():
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(1)
+    return DetectionModel("yolov8s.yaml", nc=2, verbose=False)
+
+
+def test_all_unlabelled_batch_zero_detection_loss_nonzero_kd_with_gradients(tmp_path):
+    student = _student()
+    crit, adapters = _criterion(student, _teacher_model(), unlabeled=str(tmp_path))
+    student.train()
+    img = torch.rand(2, 3, 64, 64)
+    batch = {**_batch(img), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0),
+             "labeled": torch.tensor([False, False])}
+    loss, items = crit(student(img), batch)
+    assert torch.equal(loss[:3], torch.zeros(3))
+    assert all(items[k] > 0 for k in ("cls_kd", "box_kd", "feat_kd"))
+    loss.sum().backward()
+    head = student.model[-1]
+    assert head.cv3[0][-1].weight.grad.abs().sum() > 0 and head.cv2[0][-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in adapters.parameters())
+
+
+def test_detection_loss_counts_labelled_images_only(tmp_path):
+    """Mixed batch: the detection loss is Ultralytics' loss of the labelled images alone, whatever the unlabelled
+    image shows; without the flags that image would be trained as background."""
+    student = _student()
+    crit, _ = _criterion(student, _teacher_model(), unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0)
+    student.eval()
+    img = torch.rand(3, 3, 64, 64)
+    batch = _batch(img)  # targets on images 0 and 1; image 2 is unlabelled
+    with torch.no_grad():
+        preds = student(img)
+        loss, _ = crit(preds, {**batch, "labeled": torch.tensor([True, True, False])})
+        alone, _ = student.init_criterion()(student(img[:2]), batch)
+        as_background, _ = student.init_criterion()(preds, batch)
+    assert torch.allclose(loss[:3] / 3, alone / 2, rtol=1e-4, atol=1e-6)  # per-batch scaling by each batch size
+    assert not torch.allclose(loss[:3] / 3, as_background / 3, rtol=1e-3)
+
+
+def test_unlabelled_anchor_weights_are_teacher_confidence(tmp_path):
+    from detkd.engine.unlabeled import teacher_confidence_weights
+
+    w = torch.tensor([[0.2, 1.0], [0.5, 0.0]])
+    logits = torch.tensor([[[0.0, 1.0], [2.0, -1.0]], [[-3.0, 0.0], [0.0, 4.0]]])
+    out = teacher_confidence_weights(w, logits, torch.tensor([True, False]))
+    assert torch.allclose(out[0], w[0])
+    assert torch.allclose(out[1], torch.sigmoid(torch.tensor([0.0, 4.0])))
+
+
+def test_pseudo_labels_hand_checked():
+    img = torch.zeros(2, 3, 64, 128)  # h=64, w=128
+    batch = {"img": img, "cls": torch.tensor([[1.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+             "batch_idx": torch.tensor([0.0])}
+    boxes = torch.zeros(2, 3, 4)
+    boxes[1] = torch.tensor([[0, 0, 64, 32], [1, 1, 64, 32], [64, 32, 128, 64]], dtype=torch.float)
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    scores = torch.full((2, 3, 2), -9.0)
+    scores[1, 0, 0], scores[1, 1, 0], scores[1, 2, 1] = logit(0.9), logit(0.8), logit(0.3)
+    out = pseudo_label_targets(batch, torch.tensor([True, False]), boxes, scores, conf=0.5)
+    # image 1: the 0.8 box overlaps the 0.9 one (NMS drops it); the 0.3 box is below conf
+    assert out["batch_idx"].tolist() == [0.0, 1.0] and out["cls"].view(-1).tolist() == [1.0, 0.0]
+    assert torch.allclose(out["bboxes"][1], torch.tensor([0.25, 0.25, 0.5, 0.5]))
+    sub = select_targets(out, torch.tensor([False, True]))
+    assert sub["batch_idx"].tolist() == [0.0] and sub["cls"].view(-1).tolist() == [0.0]
+
+
+def test_pseudo_labels_reach_the_detection_loss(tmp_path):
+    student, teacher = _student(), _teacher_model()
+    with torch.no_grad():
+        for conv in teacher.model[-1].cv3:
+            conv[-1].bias.fill_(3.0)  # a confident teacher: its boxes pass the threshold
+    crit, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0, pseudo_conf=0.5)
+    soft_only, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0)
+    student.eval()
+    img = torch.rand(1, 3, 64, 64)
+    empty = {"img": img, "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0),
+             "labeled": torch.tensor([False])}
+    with torch.no_grad():
+        preds = student(img)
+        loss, _ = crit(preds, empty)
+        no_pseudo, _ = soft_only(preds, empty)
+    assert loss[0] > 0 and loss[2] > 0  # box and DFL losses: the teacher's boxes are targets
+    assert torch.equal(no_pseudo[:3], torch.zeros(3))  # soft KD only: no detection loss on unlabelled images
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_distill_with_unlabeled_images_end_to_end(tmp_path, shapes_yaml, shapes_coco, teacher_pt):
+    from detkd.api import distill
+
+    frames = _write_images(tmp_path / "frames", 6, size=(96, 96))
+    (tmp_path / "frames" / "corrupt.jpg").write_bytes(b"junk")
+    run = distill(teacher=teacher_pt, student="yolov8n.yaml", data=shapes_yaml, unlabeled=tmp_path / "frames",
+                  kd={"unlabeled_ratio": 0.2, "validate_teacher": False}, project=str(tmp_path), name="unl",
+                  **{**TINY_TRAIN, "epochs": 1})
+    with open(run.results_csv) as f:
+        row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
+    assert float(row["train/labeled_imgs"]) == 24 and float(row["train/unlabeled_imgs"]) == 6  # 0.2/0.8 x 24
+    assert float(row["train/cls_kd"]) > 0
+    assert len(frames) == 6
+
+
+def test_cli_unlabeled_empty_folder_exit_2(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.cli import main
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "empty"),
+               "--epochs", "1", "--imgsz", "64", "--device", "cpu"])
+    assert rc == 2
