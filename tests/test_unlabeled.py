@@ -228,3 +228,21 @@ def test_cli_unlabeled_empty_folder_exit_2(tmp_path, shapes_yaml, teacher_pt):
     rc = main(["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "empty"),
                "--epochs", "1", "--imgsz", "64", "--device", "cpu"])
     assert rc == 2
+
+
+def test_compare_adds_unlabeled_and_pseudo_label_rows(tmp_path, teacher_pt, shapes_yaml):
+    from detkd.cli import main
+    from detkd.compare.experiment import CompareSettings, plan
+
+    _write_images(tmp_path / "frames", 2)
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=1, unlabeled=str(tmp_path / "frames"),
+                        pseudo_conf=0.4).validate()
+    specs = {r.key: r for r in plan(s)}
+    assert list(specs) == ["teacher", "baseline", "distilled-detkd", "distilled-detkd-unlabeled", "pseudo-labels"]
+    assert specs["distilled-detkd"].kd == {}  # labelled only
+    assert specs["distilled-detkd-unlabeled"].kd == {"unlabeled": str((tmp_path / "frames").resolve())}
+    pseudo = specs["pseudo-labels"].kd
+    assert pseudo["pseudo_conf"] == 0.4 and pseudo["cls_kd"] == pseudo["box_kd"] == pseudo["feat_kd"] == 0
+    (tmp_path / "none").mkdir()
+    assert main(["compare", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "none"),
+                 "--epochs", "1", "--project", str(tmp_path / "cmp")]) == 2

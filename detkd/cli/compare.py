@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--assistant", metavar="MODEL",
                    help="add teacher-assistant rows: MODEL (e.g. yolov8s.yaml) distilled from the teacher, and the "
                         "student distilled from it ('via assistant', beside the direct distilled row)")
+    g.add_argument("--unlabeled", metavar="PATH",
+                   help="unlabelled images (folder, .txt list or COCO JSON): adds each KD configuration trained with "
+                        "them too, and the pseudo-label baseline (teacher detections as labels, no KD)")
+    g.add_argument("--pseudo-conf", type=float, default=0.25,
+                   help="with --unlabeled: the pseudo-label baseline's teacher confidence threshold [0.25]")
     g.add_argument("--with-ultralytics-kd", action="store_true",
                    help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
 
@@ -108,7 +113,8 @@ def build_settings(args):
         raise ConfigError("--data is required: a COCO dataset folder or an Ultralytics data.yaml.")
     return CompareSettings(
         teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd),
-        with_ultralytics_kd=args.with_ultralytics_kd, assistant=args.assistant, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        with_ultralytics_kd=args.with_ultralytics_kd, assistant=args.assistant,
+        unlabeled=args.unlabeled, pseudo_conf=args.pseudo_conf, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
         seed=args.seed, seeds=args.seeds, device=args.device, workers=args.workers, train_args=parse_set(args.set),
         project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,

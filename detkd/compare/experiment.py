@@ -47,6 +47,8 @@ class CompareSettings:
     kd_configs: dict = field(default_factory=lambda: {"detkd": {}})
     with_ultralytics_kd: bool = False
     assistant: str | None = None  # teacher-assistant rows: this model distilled from the teacher, the student from it
+    unlabeled: str | None = None  # unlabelled-image rows: each KD configuration + these images, and pseudo-labels
+    pseudo_conf: float = 0.25  # the pseudo-label row's teacher confidence threshold (Ultralytics' predict default)
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16
@@ -93,6 +95,12 @@ class CompareSettings:
                 raise ConfigError(f"KD configuration '{name}' sets 'teacher': the teacher is --teacher, the same "
                                   f"for every run.")
             KDConfig.from_dict(dict(cfg))  # unknown keys / bad values fail here, before any work
+        if self.unlabeled:
+            from detkd.data.unlabeled import resolve_unlabeled
+
+            resolve_unlabeled(self.unlabeled)  # missing or empty: one clear error before any work
+            self.unlabeled = str(Path(str(self.unlabeled)).resolve())
+            KDConfig(unlabeled=self.unlabeled, pseudo_conf=self.pseudo_conf)
         bad = OWNED_TRAIN_ARGS & set(self.train_args)
         if bad:
             raise ConfigError(f"{', '.join(sorted(bad))} cannot be set with --set: compare sets it itself "
@@ -153,12 +161,20 @@ def plan(s: CompareSettings) -> list[RunSpec]:
     """Teacher, then per seed: baseline, one distilled run per KD configuration, Ultralytics' built-in KD when asked.
 
     With one seed the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with several each gets
-    ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``.
+    ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``. With ``unlabeled``: each KD configuration again with
+    the unlabelled images (``distilled-<name>-unlabeled``), and ``pseudo-labels``: the student on the labelled
+    images plus the teacher's detections (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
     """
     configs = [("baseline", "baseline", "baseline", None)]
     configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()]
     if s.with_ultralytics_kd:
         configs.append(("ultralytics-kd", "ultralytics_kd", "ultralytics-kd", None))
+    if s.unlabeled:
+        configs += [(f"distilled-{n}-unlabeled", "distilled", f"distilled: {n} + unlabeled",
+                     {**cfg, "unlabeled": s.unlabeled}) for n, cfg in s.kd_configs.items()]
+        configs.append(("pseudo-labels", "distilled", f"pseudo-labels (conf>={s.pseudo_conf:g}, no KD)",
+                        {"cls_kd": 0, "box_kd": 0, "feat_kd": 0, "unlabeled": s.unlabeled,
+                         "pseudo_conf": s.pseudo_conf}))
     if s.assistant:  # the assistant (distilled from the teacher), then the student distilled from it
         configs.append(("assistant", "assistant", f"assistant {Path(str(s.assistant)).stem} (from teacher)", {}))
         configs.append(("via-assistant", "distilled", "distilled: via assistant", {}))
