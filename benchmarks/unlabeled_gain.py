@@ -176,7 +176,8 @@ def render(report: dict) -> str:
     m = report["machine"]
     s = report["settings"]
     lines = [f"# Distilling on unlabelled images — {s['dataset']}", "",
-             f"Machine: {m.get('gpu') or m.get('name')} ({m.get('logical_cores')} cores). Labelled: {report['split']['labeled']} images, "
+             f"Machine: {m.get('gpu') or m.get('name')} ({m.get('logical_cores')} cores). "
+             f"Labelled: {report['split']['labeled']} images, "
              f"unlabelled (labels withheld): {report['split']['unlabeled']}, val: {report['split']['val']}. "
              f"Student {s['student']}, {s['epochs']} epochs at {s['imgsz']} px, batch {s['batch']}, seeds "
              f"{s['seeds']}; unlabelled share of each epoch 0.5 (the default); pseudo-label threshold "
