@@ -45,8 +45,11 @@ class KDConfig:
         feat_temperature: τ of CWD.
         feat_fg_mask: ``mse`` only — imitate inside ground-truth boxes only.
         mgd_mask_ratio: ``mgd`` only — fraction of student feature cells masked.
-        anchor_weighting: ``union`` / ``teacher`` / ``assigned`` (see :mod:`detkd.losses.weighting`).
-        schedule: ``constant`` / ``linear`` / ``cosine`` multiplier on all KD weights over training.
+        anchor_weighting: ``verified`` (default: the teacher's score for the labelled class x IoU of its box with the
+            labelled box — imitate the teacher where it is right) / ``union`` / ``teacher`` / ``assigned`` (see
+            :mod:`detkd.losses.weighting`).
+        schedule: ``cosine`` (default: KD decays to ``schedule_final`` by the last epoch, so the student finishes on
+            its own loss) / ``linear`` / ``constant`` multiplier on all KD weights over training.
         schedule_final: the multiplier reached at the last epoch (linear/cosine).
         balance: ``none`` (weights multiply the raw terms) or ``detection`` (each term rescaled to its weight times
             the running detection loss, see :mod:`detkd.losses.balance`).
@@ -79,8 +82,8 @@ class KDConfig:
     feat_temperature: float = 1.0
     feat_fg_mask: bool = False
     mgd_mask_ratio: float = 0.65
-    anchor_weighting: str = "union"
-    schedule: str = "constant"
+    anchor_weighting: str = "verified"
+    schedule: str = "cosine"
     schedule_final: float = 0.0
     balance: str = "none"
     min_teacher_map: float | None = None

@@ -79,8 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--feat-temp", type=float, help="CWD temperature tau [1.0]")
     k.add_argument("--feat-fg-mask", type=_bool, metavar="BOOL", help="mse only: imitate inside GT boxes [false]")
     k.add_argument("--mgd-mask-ratio", type=float, help="mgd only: masked fraction [0.65]")
-    k.add_argument("--anchor-weighting", choices=("union", "teacher", "assigned", "verified"), help="KD anchors [union]")
-    k.add_argument("--kd-schedule", choices=("constant", "linear", "cosine"), help="KD weight schedule [constant]")
+    k.add_argument("--anchor-weighting", choices=("union", "teacher", "assigned", "verified"), help="KD anchors [verified]")
+    k.add_argument("--kd-schedule", choices=("constant", "linear", "cosine"), help="KD weight schedule [cosine]")
     k.add_argument("--kd-final", type=float, help="KD weight multiplier at the last epoch (linear/cosine) [0]")
     k.add_argument("--kd-balance", choices=("none", "detection"),
                    help="detection: each KD weight is a share of the running detection loss [none]")
