@@ -246,3 +246,24 @@ def test_compare_adds_unlabeled_and_pseudo_label_rows(tmp_path, teacher_pt, shap
     (tmp_path / "none").mkdir()
     assert main(["compare", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "none"),
                  "--epochs", "1", "--project", str(tmp_path / "cmp")]) == 2
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_unlabeled_images_and_continues_their_sequence(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.trainer import DistillationTrainer
+    from test_resume import _cut_off_run
+
+    _write_images(tmp_path / "frames", 10, size=(96, 96))
+    kd = KDConfig(teacher=teacher_pt, validate_teacher=False, unlabeled=str(tmp_path / "frames"))
+    first = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                               name="r", **TINY_TRAIN), kd=kd)
+    run_dir = _cut_off_run(first)
+    resumed = DistillationTrainer(overrides=dict(resume=str(run_dir / "weights" / "last.pt")))
+    seen = []
+    resumed.add_callback("on_train_epoch_start", lambda t: seen.append(t.train_loader.sampler.epoch))
+    resumed.train()
+    assert resumed.kd.unlabeled == str((tmp_path / "frames").resolve())
+    assert resumed.start_epoch == 1 and seen and seen[0] >= 1  # the pool cursor continues at epoch 1, not 0
+    with open(resumed.csv) as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    assert [float(r["train/unlabeled_imgs"]) for r in rows] == [24.0, 24.0]
