@@ -267,3 +267,26 @@ def test_resume_keeps_the_unlabeled_images_and_continues_their_sequence(tmp_path
     with open(resumed.csv) as f:
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
     assert [float(r["train/unlabeled_imgs"]) for r in rows] == [24.0, 24.0]
+
+
+def test_end_to_end_student_masks_both_branches_on_unlabelled_images(tmp_path):
+    """YOLO26 student: the detection loss (one-to-many and one-to-one) is E2ELoss of the labelled image alone."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from test_yolo26 import _batch as e2e_batch
+    from test_yolo26 import _criterion as e2e_criterion
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = get_cfg()
+    crit = e2e_criterion(student, _teacher_model(), unlabeled=str(tmp_path))
+    batch = e2e_batch(2)  # one box on each image; image 1 is declared unlabelled
+    student.eval()
+    student.model[-1].training = True  # the training dict (one2many + one2one) on eval BatchNorm
+    with torch.no_grad():
+        loss, items = crit(student(batch["img"]), {**batch, "labeled": torch.tensor([True, False])})
+        first = {**batch, "batch_idx": batch["batch_idx"][:1], "cls": batch["cls"][:1], "bboxes": batch["bboxes"][:1]}
+        alone, _ = student.init_criterion()(student(batch["img"][:1]), first)
+    assert torch.allclose(loss[:3] / 2, alone, rtol=1e-4, atol=1e-6)
+    assert items["box_kd"] > 0  # KD still covers both images (class scores of two fresh heads barely differ)
