@@ -138,6 +138,9 @@ for script in sys.argv[1:]:
         "adapters": [float(p.detach().double().sum()) for p in t.adapters.parameters()],
         "student": float(sum(p.detach().double().sum() for p in unwrap_model(t.model).parameters())),
         "feat_kd": float(t.tloss["feat_kd"]),
+        "sampler": type(t.train_loader.sampler).__name__,
+        "shard": t.train_loader.sampler.epoch_indices(0).tolist() if hasattr(t.train_loader.sampler, "epoch_indices")
+        else None,
     })
 Path(os.environ["DETKD_DDP_OUT"], f"rank{RANK}.json").write_text(json.dumps(results))
 '''
@@ -156,7 +159,8 @@ def _ddp_script(monkeypatch, tmp_path, name: str, overrides: dict, kd) -> str:
 
 def test_two_rank_ddp_distillation_on_cpu(tmp_path, monkeypatch, shapes_yaml, teacher_pt):
     """A refused run (--min-teacher-map above the teacher) stops on both ranks with the same message instead of one
-    rank waiting forever; a full MGD run trains 1 epoch on 2 ranks with the student and the adapters in sync."""
+    rank waiting forever; a full MGD run with unlabelled images trains 1 epoch on 2 ranks with the student and the
+    adapters in sync, each rank on its own shard of the labelled + unlabelled epoch."""
     import json
     import os
     import signal
@@ -172,7 +176,11 @@ def test_two_rank_ddp_distillation_on_cpu(tmp_path, monkeypatch, shapes_yaml, te
                      project=str(tmp_path / "runs"))
     refused = _ddp_script(monkeypatch, tmp_path, "refused", overrides,
                           KDConfig(teacher=teacher_pt, feat_method="mgd", min_teacher_map=0.99))
-    trained = _ddp_script(monkeypatch, tmp_path, "train", overrides, KDConfig(teacher=teacher_pt, feat_method="mgd"))
+    from test_unlabeled import _write_images
+
+    _write_images(tmp_path / "frames", 6, size=(96, 96))
+    trained = _ddp_script(monkeypatch, tmp_path, "train", overrides,
+                          KDConfig(teacher=teacher_pt, feat_method="mgd", unlabeled=str(tmp_path / "frames")))
     worker = tmp_path / "worker.py"
     worker.write_text(_WORKER)
     env = {**os.environ, "DETKD_DDP_OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1"}
@@ -214,5 +222,12 @@ def test_two_rank_ddp_distillation_on_cpu(tmp_path, monkeypatch, shapes_yaml, te
     assert r0["adapters_start"] == pytest.approx(r1["adapters_start"], rel=1e-12)  # DDP's initial broadcast
     assert r0["student"] == pytest.approx(r1["student"], rel=1e-9)
     assert r0["adapters"] == pytest.approx(r1["adapters"], rel=1e-9)
+    # 3. the unlabelled mix under DDP: one epoch order, each rank its own shard (12 labelled + 12 unlabelled)
+    assert r0["sampler"] == r1["sampler"] == "MixSampler"
+    from detkd.data.unlabeled import MixSampler
+
+    one_process = MixSampler(12, 6, 12, seed=0).epoch_indices(0).tolist()  # the 6 frames cycled twice
+    assert len(r0["shard"]) == len(r1["shard"]) == 12
+    assert r0["shard"] == one_process[0::2] and r1["shard"] == one_process[1::2]
     weights = tmp_path / "runs" / "train" / "weights"
     assert (weights / "last.pt").exists() and (weights / "kd_adapters.pt").exists()
