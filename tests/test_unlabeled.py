@@ -290,3 +290,15 @@ def test_end_to_end_student_masks_both_branches_on_unlabelled_images(tmp_path):
         alone, _ = student.init_criterion()(student(batch["img"][:1]), first)
     assert torch.allclose(loss[:3] / 2, alone, rtol=1e-4, atol=1e-6)
     assert items["box_kd"] > 0  # KD still covers both images (class scores of two fresh heads barely differ)
+
+
+def test_rect_training_with_unlabeled_images_is_refused(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.trainer import DistillationTrainer
+
+    _write_images(tmp_path / "frames", 2)
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="rect", rect=True, **TINY_TRAIN),
+                                  kd=KDConfig(teacher=teacher_pt, validate_teacher=False,
+                                              unlabeled=str(tmp_path / "frames")))
+    with pytest.raises(ConfigError, match="rect=True"):
+        trainer.train()

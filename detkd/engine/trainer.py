@@ -358,6 +358,9 @@ class DistillationTrainer(StudentTrainer):
         from detkd.data.unlabeled import (build_mixed_loader, build_unlabeled_dataset, drop_overlap, image_files,
                                           resolve_unlabeled, unlabeled_per_epoch)
 
+        if self.args.rect:
+            raise ConfigError("--unlabeled with rect=True: rectangular batches need one fixed image order, the "
+                              "labelled/unlabelled mix is shuffled every epoch. Drop rect=True (--set rect=False).")
         with torch_distributed_zero_first(rank):
             labeled = self.build_dataset(dataset_path, "train", batch_size)
         files = resolve_unlabeled(self.kd.unlabeled)
