@@ -8,6 +8,9 @@ student's forward, so gradient synchronisation works unchanged.
 
 Returned loss vector (each already × batch size, as Ultralytics expects), and the logged columns:
 ``box_loss, cls_loss, dfl_loss`` (detection) then ``cls_kd, box_kd, feat_kd``.
+
+Batches with unlabelled images (``batch['labeled']``, from ``--unlabeled``): the detection loss covers the labelled
+images only (or the teacher's pseudo-labels), KD all images — see :mod:`detkd.engine.unlabeled`.
 """
 
 from __future__ import annotations
