@@ -302,3 +302,18 @@ def test_rect_training_with_unlabeled_images_is_refused(tmp_path, shapes_yaml, t
                                               unlabeled=str(tmp_path / "frames")))
     with pytest.raises(ConfigError, match="rect=True"):
         trainer.train()
+
+
+def test_pseudo_labels_keep_targets_grouped_by_image():
+    """Ultralytics' loss expects the targets of each image contiguous and in image order: pseudo-labels of an
+    unlabelled image that comes before a labelled one must be placed before its targets."""
+    img = torch.zeros(3, 3, 64, 64)
+    batch = {"img": img, "cls": torch.tensor([[1.0], [0.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2),
+             "batch_idx": torch.tensor([1.0, 1.0])}
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0]], [[0.0, 0.0, 8.0, 8.0]], [[10.0, 10.0, 40.0, 40.0]]])
+    scores = torch.full((3, 1, 2), 5.0)
+    out = pseudo_label_targets(batch, torch.tensor([False, True, False]), boxes, scores, conf=0.5)
+    assert out["batch_idx"].tolist() == [0.0, 1.0, 1.0, 2.0]
+    assert out["cls"].view(-1).tolist() == [0.0, 1.0, 0.0, 0.0]  # image 1's own labels kept, in their order
+    assert torch.allclose(out["bboxes"][0], torch.tensor([0.25, 0.25, 0.5, 0.5]))
+    assert torch.allclose(out["bboxes"][3], torch.tensor([25 / 64, 25 / 64, 30 / 64, 30 / 64]))

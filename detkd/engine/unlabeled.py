@@ -74,7 +74,8 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
     """``batch`` with the teacher's detections on the unlabelled images added as targets.
 
     Per unlabelled image: class-wise NMS (IoU 0.7, at most 300) over anchors whose best class probability is
-    ≥ ``conf``; boxes go in as Ultralytics' normalised xywh, classes as floats.
+    ≥ ``conf``; boxes go in as Ultralytics' normalised xywh, classes as floats; the targets stay grouped by image in
+    image order, as Ultralytics' loss expects.
 
     Shapes: teacher_boxes_px (B, A, 4) xyxy pixels of the batch's letterboxed images, teacher_logits (B, A, C),
     labeled (B,) bool.
@@ -97,4 +98,6 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
         idx.append(torch.full((len(kept),), i, dtype=batch["batch_idx"].dtype, device=idx[0].device))
         cls.append(c[kept].to(cls[0].dtype).view(-1, 1).to(cls[0].device))
         boxes.append(xywh.to(boxes[0].dtype).to(boxes[0].device))
-    return {**batch, "batch_idx": torch.cat(idx), "cls": torch.cat(cls), "bboxes": torch.cat(boxes)}
+    idx, cls, boxes = torch.cat(idx), torch.cat(cls), torch.cat(boxes)
+    order = torch.sort(idx, stable=True).indices  # each image's targets together, in image order (Ultralytics' loss)
+    return {**batch, "batch_idx": idx[order], "cls": cls[order], "bboxes": boxes[order]}
