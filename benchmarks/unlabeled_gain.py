@@ -9,8 +9,8 @@ Protocol (issue 12): a labelled dataset is split into a labelled part (``--label
 * ``teacher-labeled``:  the teacher saw the labelled part only (same data as the student).
 
 For each, ``detkd compare`` trains on the labelled part, with the same seeds, epochs, image size and augmentation:
-baseline (labelled only), detkd (labelled only), detkd + unlabelled (``--unlabeled``), and the pseudo-label
-baseline users are told to use (teacher detections >= ``--pseudo-conf`` as labels on the unlabelled images, no KD).
+baseline (labelled only), detkd (labelled only), detkd + unlabelled (``--unlabeled``: soft KD), detkd + unlabelled
+with hard pseudo-labels too (``--pseudo-conf``: soft + hard), and the pseudo-label baseline users are told to use (teacher detections >= ``--pseudo-conf`` as labels on the unlabelled images, no KD).
 Unlabelled images make up half of each epoch (``unlabeled_ratio`` 0.5, the default).
 Each row: COCO AP per seed, mean ± spread; the verdict says whether detkd + unlabelled beats detkd labelled-only and
 the pseudo-label baseline beyond the seed spread (worst seed above the other's best). Finished runs are reused, so
@@ -137,7 +137,8 @@ def run_scenario(args, scenario: str, teacher: str, labeled: Path, unlabeled: Pa
     from detkd.compare.experiment import compare
 
     kd = json.loads(args.kd)
-    result = compare(teacher, labeled, student=args.student, kd_configs={"detkd": kd}, unlabeled=str(unlabeled),
+    configs = {"detkd": kd, "detkd-pseudo": {**kd, "pseudo_conf": args.pseudo_conf}}  # soft KD; soft + hard
+    result = compare(teacher, labeled, student=args.student, kd_configs=configs, unlabeled=str(unlabeled),
                      pseudo_conf=args.pseudo_conf, seeds=args.seeds, epochs=args.epochs, imgsz=args.imgsz,
                      batch=args.batch, workers=args.workers, device=args.device, project=str(args.runs.resolve()),
                      name=scenario, bench_iters=10, bench_time_budget=1.0, bench_warmup=2)
@@ -161,10 +162,12 @@ def summarise(rows: list[dict]) -> dict:
 
     groups = {g["config"]: g for g in aggregate(rows)}
     teacher = next((r for r in rows if r["kind"] == "teacher"), {})
-    unl, lab, pseudo = (groups.get(k, {}).get("aps", {}) for k in
-                        ("distilled-detkd-unlabeled", "distilled-detkd", "pseudo-labels"))
+    unl, both, lab, pseudo = (groups.get(k, {}).get("aps", {}) for k in
+                              ("distilled-detkd-unlabeled", "distilled-detkd-pseudo-unlabeled", "distilled-detkd",
+                               "pseudo-labels"))
     return {"teacher_AP": teacher.get("AP"), "groups": list(groups.values()),
-            "unlabeled_beats_labeled_only": beats(unl, lab), "unlabeled_beats_pseudo_labels": beats(unl, pseudo)}
+            "unlabeled_beats_labeled_only": beats(unl, lab), "unlabeled_beats_pseudo_labels": beats(unl, pseudo),
+            "soft_hard_beats_labeled_only": beats(both, lab), "soft_hard_beats_pseudo_labels": beats(both, pseudo)}
 
 
 def spread(aps: dict) -> float:
@@ -190,9 +193,11 @@ def render(report: dict) -> str:
             per = ", ".join(f"{g['aps'][k]:.3f}" for k in sorted(g["aps"]))
             d = "" if g["delta_mean"] is None else f"{g['delta_mean']:+.3f}"
             lines.append(f"| {g['label']} | {per} | {g['mean']:.3f} ± {spread(g['aps']):.3f} | {d} |")
-        lines += ["", f"detkd + unlabelled beats detkd labelled-only beyond the spread: "
+        lines += ["", f"detkd + unlabelled (soft KD) beats detkd labelled-only beyond the spread: "
                       f"**{sc['unlabeled_beats_labeled_only']}**; beats the pseudo-label baseline: "
-                      f"**{sc['unlabeled_beats_pseudo_labels']}**.", ""]
+                      f"**{sc['unlabeled_beats_pseudo_labels']}**. With hard pseudo-labels too (soft + hard): "
+                      f"**{sc.get('soft_hard_beats_labeled_only', 'n/a')}** / "
+                      f"**{sc.get('soft_hard_beats_pseudo_labels', 'n/a')}**.", ""]
     return "\n".join(lines)
 
 

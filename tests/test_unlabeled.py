@@ -243,6 +243,12 @@ def test_compare_adds_unlabeled_and_pseudo_label_rows(tmp_path, teacher_pt, shap
     assert specs["distilled-detkd-unlabeled"].kd == {"unlabeled": str((tmp_path / "frames").resolve())}
     pseudo = specs["pseudo-labels"].kd
     assert pseudo["pseudo_conf"] == 0.4 and pseudo["cls_kd"] == pseudo["box_kd"] == pseudo["feat_kd"] == 0
+    both = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=1, unlabeled=str(tmp_path / "frames"),
+                           kd_configs={"soft": {}, "hard": {"pseudo_conf": 0.3}}).validate()
+    assert [r.key for r in plan(both)][2:] == ["distilled-soft", "distilled-soft-unlabeled", "distilled-hard-unlabeled",
+                                              "pseudo-labels"]  # soft + hard pseudo-labels: with the images only
+    with pytest.raises(ConfigError, match="pseudo_conf"):
+        CompareSettings(teacher=teacher_pt, data=shapes_yaml, kd_configs={"hard": {"pseudo_conf": 0.3}}).validate()
     (tmp_path / "none").mkdir()
     assert main(["compare", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "none"),
                  "--epochs", "1", "--project", str(tmp_path / "cmp")]) == 2

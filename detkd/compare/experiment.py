@@ -94,7 +94,11 @@ class CompareSettings:
             if "teacher" in cfg:
                 raise ConfigError(f"KD configuration '{name}' sets 'teacher': the teacher is --teacher, the same "
                                   f"for every run.")
-            KDConfig.from_dict(dict(cfg))  # unknown keys / bad values fail here, before any work
+            if cfg.get("pseudo_conf") is not None and not self.unlabeled:
+                raise ConfigError(f"KD configuration '{name}' sets pseudo_conf: it labels unlabelled images, give "
+                                  f"them with --unlabeled PATH.")
+            extra = {"unlabeled": str(self.unlabeled)} if cfg.get("pseudo_conf") is not None else {}
+            KDConfig.from_dict({**cfg, **extra})  # unknown keys / bad values fail here, before any work
         if self.unlabeled:
             from detkd.data.unlabeled import resolve_unlabeled
 
@@ -162,11 +166,13 @@ def plan(s: CompareSettings) -> list[RunSpec]:
 
     With one seed the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with several each gets
     ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``. With ``unlabeled``: each KD configuration again with
-    the unlabelled images (``distilled-<name>-unlabeled``), and ``pseudo-labels``: the student on the labelled
-    images plus the teacher's detections (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
+    the unlabelled images (``distilled-<name>-unlabeled``; a configuration that sets ``pseudo_conf`` — soft KD plus
+    hard pseudo-labels — gets this row only), and ``pseudo-labels``: the student on the labelled images plus the
+    teacher's detections (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
     """
     configs = [("baseline", "baseline", "baseline", None)]
-    configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()]
+    configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()
+                if cfg.get("pseudo_conf") is None]  # pseudo-labels need the unlabelled images: those rows only
     if s.with_ultralytics_kd:
         configs.append(("ultralytics-kd", "ultralytics_kd", "ultralytics-kd", None))
     if s.unlabeled:
