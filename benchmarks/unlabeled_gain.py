@@ -10,7 +10,8 @@ Protocol (issue 12): a labelled dataset is split into a labelled part (``--label
 
 For each, ``detkd compare`` trains on the labelled part, with the same seeds, epochs, image size and augmentation:
 baseline (labelled only), detkd (labelled only), detkd + unlabelled (``--unlabeled``: soft KD), detkd + unlabelled
-with hard pseudo-labels too (``--pseudo-conf``: soft + hard), and the pseudo-label baseline users are told to use (teacher detections >= ``--pseudo-conf`` as labels on the unlabelled images, no KD).
+with hard pseudo-labels too (``--pseudo-conf``: soft + hard), and the pseudo-label baseline users are told to use
+(teacher detections >= ``--pseudo-conf`` as labels on the unlabelled images, no KD).
 Unlabelled images make up half of each epoch (``unlabeled_ratio`` 0.5, the default).
 Each row: COCO AP per seed, mean ± spread; the verdict says whether detkd + unlabelled beats detkd labelled-only and
 the pseudo-label baseline beyond the seed spread (worst seed above the other's best). Finished runs are reused, so
