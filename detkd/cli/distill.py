@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--one2one-kd", type=float,
                    help="end-to-end students (YOLO26): weight of logit/box KD on the one-to-one branch [1.0]")
     k.add_argument("--kd-e2e-schedule", type=_bool, metavar="BOOL",
-                   help="end-to-end students: each branch's KD follows Ultralytics' one2many->one2one loss weights [false]")
+                   help="end-to-end students: each branch's KD follows Ultralytics' one2many->one2one loss weights [true]")
     k.add_argument("--feat-temp", type=float, help="CWD temperature tau [1.0]")
     k.add_argument("--feat-fg-mask", type=_bool, metavar="BOOL", help="mse only: imitate inside GT boxes [false]")
     k.add_argument("--mgd-mask-ratio", type=float, help="mgd only: masked fraction [0.65]")
