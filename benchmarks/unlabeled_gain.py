@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--kd", default="{}", help="KDConfig fields (JSON) of the detkd rows; {} = detkd's defaults")
     p.add_argument("--pseudo-conf", type=float, default=0.25)
+    p.add_argument("--soft-hard", action="store_true", help="also detkd + unlabelled with hard pseudo-labels")
     p.add_argument("--runs", type=Path, default=Path("runs/unlabeled_gain"))
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--tag", default="shapes", help="dataset name in the file names (the machine is added)")
@@ -134,16 +135,31 @@ def train_teacher(args, data: Path, name: str) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------- students
+SAME_ITERATIONS = " (same iterations)"
+
+
 def run_scenario(args, scenario: str, teacher: str, labeled: Path, unlabeled: Path) -> list[dict]:
+    """The compare rows with the unlabelled images, then baseline and detkd labelled-only trained for as many
+    iterations (an epoch with unlabelled images is 1 / (1 - 0.5) = 2x longer: without this control, part of the
+    gain is only more training)."""
     from detkd.compare.experiment import compare
 
     kd = json.loads(args.kd)
-    configs = {"detkd": kd, "detkd-pseudo": {**kd, "pseudo_conf": args.pseudo_conf}}  # soft KD; soft + hard
-    result = compare(teacher, labeled, student=args.student, kd_configs=configs, unlabeled=str(unlabeled),
-                     pseudo_conf=args.pseudo_conf, seeds=args.seeds, epochs=args.epochs, imgsz=args.imgsz,
-                     batch=args.batch, workers=args.workers, device=args.device, project=str(args.runs.resolve()),
-                     name=scenario, bench_iters=10, bench_time_budget=1.0, bench_warmup=2)
-    return result.rows
+    configs = {"detkd": kd}
+    if args.soft_hard:
+        configs["detkd-pseudo"] = {**kd, "pseudo_conf": args.pseudo_conf}  # soft KD + hard pseudo-labels
+    common = dict(student=args.student, seeds=args.seeds, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                  device=args.device, project=str(args.runs.resolve()), bench_iters=10, bench_time_budget=1.0,
+                  bench_warmup=2)
+    rows = compare(teacher, labeled, kd_configs=configs, unlabeled=str(unlabeled), pseudo_conf=args.pseudo_conf,
+                   epochs=args.epochs, name=scenario, **common).rows
+    longer = compare(teacher, labeled, kd_configs={"detkd": kd}, epochs=args.epochs * 2,
+                     name=f"{scenario}-same-iterations", **common).rows
+    for r in longer:
+        if r["kind"] != "teacher":
+            r["config"], r["config_label"] = r["config"] + "-same-iterations", r["config_label"] + SAME_ITERATIONS
+            r["kind"] = "distilled"  # not the baseline the deltas are taken against
+    return rows + [r for r in longer if r["kind"] != "teacher"]
 
 
 def beats(a: dict, b: dict) -> str:
@@ -163,12 +179,14 @@ def summarise(rows: list[dict]) -> dict:
 
     groups = {g["config"]: g for g in aggregate(rows)}
     teacher = next((r for r in rows if r["kind"] == "teacher"), {})
-    unl, both, lab, pseudo = (groups.get(k, {}).get("aps", {}) for k in
-                              ("distilled-detkd-unlabeled", "distilled-detkd-pseudo-unlabeled", "distilled-detkd",
-                               "pseudo-labels"))
+    unl, both, lab, lab_long, pseudo = (groups.get(k, {}).get("aps", {}) for k in (
+        "distilled-detkd-unlabeled", "distilled-detkd-pseudo-unlabeled", "distilled-detkd",
+        "distilled-detkd-same-iterations", "pseudo-labels"))
     return {"teacher_AP": teacher.get("AP"), "groups": list(groups.values()),
-            "unlabeled_beats_labeled_only": beats(unl, lab), "unlabeled_beats_pseudo_labels": beats(unl, pseudo),
-            "soft_hard_beats_labeled_only": beats(both, lab), "soft_hard_beats_pseudo_labels": beats(both, pseudo)}
+            "unlabeled_beats_labeled_only": beats(unl, lab),
+            "unlabeled_beats_labeled_only_same_iterations": beats(unl, lab_long),
+            "unlabeled_beats_pseudo_labels": beats(unl, pseudo),
+            "soft_hard_beats_labeled_only": beats(both, lab_long), "soft_hard_beats_pseudo_labels": beats(both, pseudo)}
 
 
 def spread(aps: dict) -> float:
@@ -180,12 +198,15 @@ def render(report: dict) -> str:
     m = report["machine"]
     s = report["settings"]
     lines = [f"# Distilling on unlabelled images — {s['dataset']}", "",
-             f"Machine: {m.get('gpu') or m.get('name')} ({m.get('logical_cores')} cores). "
+             f"Machine: {(m.get('gpus') or [None])[0] or m['cpu'].get('name')} ({m['cpu'].get('logical_cores')} "
+             f"cores). "
              f"Labelled: {report['split']['labeled']} images, "
              f"unlabelled (labels withheld): {report['split']['unlabeled']}, val: {report['split']['val']}. "
              f"Student {s['student']}, {s['epochs']} epochs at {s['imgsz']} px, batch {s['batch']}, seeds "
              f"{s['seeds']}; unlabelled share of each epoch 0.5 (the default); pseudo-label threshold "
-             f"{s['pseudo_conf']}. COCO AP (pycocotools-compatible, val split); spread = half the min-max range.", ""]
+             f"{s['pseudo_conf']}. An epoch with unlabelled images is twice as long: the '(same iterations)' rows "
+             f"are trained {2 * s['epochs']} epochs on the labelled images. COCO AP (pycocotools-compatible, val "
+             f"split); spread = half the min-max range.", ""]
     for name, sc in report["scenarios"].items():
         t = sc["teacher_AP"]
         lines += [f"## {name} (teacher {s['teacher_cfg']}, AP {t:.3f})" if t is not None else f"## {name}", "",
@@ -195,10 +216,12 @@ def render(report: dict) -> str:
             d = "" if g["delta_mean"] is None else f"{g['delta_mean']:+.3f}"
             lines.append(f"| {g['label']} | {per} | {g['mean']:.3f} ± {spread(g['aps']):.3f} | {d} |")
         lines += ["", f"detkd + unlabelled (soft KD) beats detkd labelled-only beyond the spread: "
-                      f"**{sc['unlabeled_beats_labeled_only']}**; beats the pseudo-label baseline: "
-                      f"**{sc['unlabeled_beats_pseudo_labels']}**. With hard pseudo-labels too (soft + hard): "
-                      f"**{sc.get('soft_hard_beats_labeled_only', 'n/a')}** / "
-                      f"**{sc.get('soft_hard_beats_pseudo_labels', 'n/a')}**.", ""]
+                      f"**{sc['unlabeled_beats_labeled_only']}** (same epochs), "
+                      f"**{sc.get('unlabeled_beats_labeled_only_same_iterations', 'n/a')}** (same iterations); "
+                      f"beats the pseudo-label baseline: **{sc['unlabeled_beats_pseudo_labels']}**."
+                  + (f" With hard pseudo-labels too (soft + hard): **{sc['soft_hard_beats_labeled_only']}** / "
+                     f"**{sc['soft_hard_beats_pseudo_labels']}**." if "distilled-detkd-pseudo-unlabeled" in
+                     {g["config"] for g in sc["groups"]} else ""), ""]
     return "\n".join(lines)
 
 
