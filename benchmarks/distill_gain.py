@@ -82,6 +82,7 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     if resumed:  # a run cut off by a stopped process: Ultralytics resumes it (same args, RNG, optimizer, adapters)
         overrides["resume"] = str(resumed)
         print(f"    resuming {name} from {resumed}", flush=True)
+    kd_used = None
     if kind in PLAIN_KINDS:
         trainer = DetectionTrainer(overrides=overrides)
     elif kind == "ultralytics_kd":
@@ -91,6 +92,7 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
         source = {"two_teachers": [teacher, others.get("teacher2")], "via_assistant": others.get("assistant")}
         kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
+        kd_used = {k: v for k, v in kd.to_dict().items() if k != "teacher"}  # the recipe as run, not as named
     timer = EpochTimer().attach(trainer)
     t0 = time.perf_counter()
     trainer.train()
@@ -99,7 +101,7 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
         "kind": kind, "seed": seed, "epochs": epochs, "wall_s": time.perf_counter() - t0, "resumed": bool(resumed),
         "median_epoch_s": timer.median(), "best": str(trainer.best),
         "mAP50-95": float(m.get("metrics/mAP50-95(B)", 0.0)), "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
-        "curve": read_curve(Path(trainer.save_dir) / "results.csv"),
+        "curve": read_curve(Path(trainer.save_dir) / "results.csv"), "kd": kd_used,
     }
 
 

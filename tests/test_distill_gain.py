@@ -38,6 +38,11 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
     assert result["summary"]["verified"]["seeds"] == [0, 1]  # a named variant runs on every seed
     curve = result["runs"]["verified_s0"]["curve"]
     assert curve["epoch"] == [1.0] and curve["train/cls_kd"][0] > 0  # per-epoch curves come from results.csv
+    # each run records the KD settings it ran with (a default that changes later cannot relabel it)
+    assert result["runs"]["verified_s0"]["kd"]["anchor_weighting"] == "verified"
+    assert result["runs"]["verified_s0"]["kd"]["schedule"] == "cosine"
+    assert result["runs"]["feat_only_mgd_s0"]["kd"]["feat_method"] == "mgd"
+    assert result["runs"]["baseline_s0"]["kd"] is None and result["runs"]["ultralytics_kd_s0"]["kd"] is None
     assert result["summary"]["baseline"]["n"] == 2 and result["summary"]["detkd"]["seeds"] == [0, 1]
     for r in result["runs"].values():
         assert r["wall_s"] > 0 and 0.0 <= r["mAP50-95"] <= 1.0 and r["median_epoch_s"] > 0
