@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder [runs/detkd/eval/exp*]")
     p.add_argument("--coco-backend", choices=("faster", "pycocotools"), default=None,
                    help="COCOeval implementation: faster (faster-coco-eval, C++, default) or pycocotools (the "
-                        "reference, ~10x slower; same numbers) [$DETKD_COCO_BACKEND or faster]")
+                        "reference, ~7.7x slower at COCO-val size; same numbers) [$DETKD_COCO_BACKEND or faster]")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,8 @@ px, 'score'}]``) against a ground-truth instances JSON and returns::
 
 Two backends compute the same numbers (``-1.0`` where COCOeval gives -1: no ground truth in that size range):
 
-* ``'faster'`` (default): faster-coco-eval's ``COCOeval_faster``, pycocotools' algorithm in C++ (about 10x faster:
-  ``benchmarks/coco_eval_speed.py``);
+* ``'faster'`` (default): faster-coco-eval's ``COCOeval_faster``, pycocotools' algorithm in C++ (7.7x faster on a
+  COCO-val-sized evaluation on 2 CPU cores: ``benchmarks/coco_eval_speed.py``);
 * ``'pycocotools'``: the reference. ``tests/test_coco_backends.py`` checks that both agree on all 12 stats and the
   per-class AP.
 
