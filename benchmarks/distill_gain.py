@@ -120,7 +120,7 @@ def resume_point(run_dir: Path) -> Path | None:
 
 
 def read_curve(results_csv: Path) -> dict[str, list[float]]:
-    """Per-epoch columns of a run's results.csv (val mAP, train losses incl. KD terms) for learning curves."""
+    """Per-epoch columns of a run's results.csv (val mAP, train losses incl. KD terms, the KD guard's alignment)."""
     import csv
 
     if not results_csv.is_file():
@@ -128,7 +128,7 @@ def read_curve(results_csv: Path) -> dict[str, list[float]]:
     with open(results_csv) as f:
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
     keep = ["epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss", "train/cls_loss", "train/dfl_loss",
-            "train/cls_kd", "train/box_kd", "train/feat_kd"]
+            "train/cls_kd", "train/box_kd", "train/feat_kd", "train/kd_align_cls", "train/kd_align_box"]
     return {k: [float(r[k]) for r in rows] for k in keep if rows and k in rows[0]}
 
 
