@@ -92,6 +92,39 @@ def test_recipe_summary_acceptance_checks(tmp_path):
     assert "**no**" in recipe_summary.render(results, "detkd", recipe_summary.acceptance(results, "detkd"))
 
 
+def test_recipe_summary_candidate_named_differently_per_dataset(tmp_path):
+    """The default recipe ran as variant 'combo' where it was a candidate and as 'detkd' once it was the default:
+    with --candidate combo detkd each dataset is judged on the first of them it has; an earlier 'detkd' row (the
+    previous default) beside a 'combo' row is not the candidate."""
+    sys.path.insert(0, str(BENCH))
+    import recipe_summary
+    from detkd.bench.machine import machine_info
+
+    def kind(runs):
+        return {"mAP50-95": sum(runs) / len(runs), "mAP50-95_runs": runs, "spread": (max(runs) - min(runs)) / 2,
+                "seeds": list(range(len(runs))), "mAP50": 0.5}
+
+    def result(tag, **kinds):
+        runs = {f"{k}_s{i}": {"kind": k, "seed": i, "curve": {"metrics/mAP50-95(B)": [0.1, v]}}
+                for k, vals in kinds.items() for i, v in enumerate(vals)}
+        return {"settings": {"tag": tag, "student": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 8,
+                             "seeds": "[0, 1]", "data": tag}, "machine": machine_info("cpu"), "runs": runs,
+                "summary": {k: kind(v) for k, v in kinds.items()}}
+
+    results = {"old": result("old", baseline=[0.30, 0.32], detkd=[0.20, 0.21], combo=[0.40, 0.41],
+                             ultralytics_kd=[0.35, 0.35]),
+               "new": result("new", baseline=[0.30, 0.32], detkd=[0.36, 0.37], ultralytics_kd=[0.38, 0.38])}
+    checks = recipe_summary.acceptance(results, ["combo", "detkd"])
+    assert {t: v["candidate"] for t, v in checks["datasets"].items()} == {"old": "combo", "new": "detkd"}
+    assert checks["never_below_baseline"] and checks["beyond_spread_on_most"]
+    assert abs(checks["mean_delta_vs_builtin"] - ((0.405 - 0.35) + (0.365 - 0.38)) / 2) < 1e-9
+    md = recipe_summary.render(results, ["combo", "detkd"], checks)
+    assert "| **combo** |" in md and "| **detkd** |" in md and "| detkd | 0,1 | 0.205" in md
+    png = recipe_summary.plot_curves(results, ["baseline", "candidate"], tmp_path / "curves.png",
+                                     candidates=["combo", "detkd"])
+    assert png.stat().st_size > 0
+
+
 def test_a_cut_off_run_is_resumed_and_a_finished_one_is_not(tmp_path):
     import torch
 
