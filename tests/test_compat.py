@@ -55,6 +55,21 @@ def test_stride_and_level_mismatch():
         check_compatibility(model("yolov8n-p2.yaml", names=DATA["names"]), model(), DATA)
 
 
+def test_same_number_of_levels_with_other_strides_is_refused():
+    # P3-P6 and P2-P5 heads both have four levels: only the strides tell them apart
+    with pytest.raises(IncompatibleModelsError, match=r"teacher strides \[8.0, 16.0, 32.0, 64.0\] differ from "
+                                                      r"student strides \[4.0, 8.0, 16.0, 32.0\].*P6 student"):
+        check_compatibility(model("yolov8n-p6.yaml", names=DATA["names"]), model("yolov8n-p2.yaml"), DATA)
+
+
+@pytest.mark.parametrize("teacher_cfg,student_cfg", [("yolo26n-p6.yaml", "yolo26n.yaml"),
+                                                     ("yolov8n.yaml", "yolo26n-p2.yaml"),
+                                                     ("yolo26n-p6.yaml", "yolo26n-p2.yaml")])
+def test_yolo26_pairs_with_other_levels_or_strides_are_refused(teacher_cfg, student_cfg):
+    with pytest.raises(IncompatibleModelsError, match="feature levels|differ from student strides"):
+        check_compatibility(model(teacher_cfg, names=DATA["names"]), model(student_cfg), DATA)
+
+
 def test_reg_max_mismatch_switches_box_kd_to_decoded_distances():
     teacher = model(names=DATA["names"], reg_max=8)
     notes = check_compatibility(teacher, model(), DATA, box_kd=True)

@@ -155,3 +155,18 @@ def test_students_parallel_on_a_multicore_cpu_whatever_the_teacher_threads(monke
     assert demo.DemoSettings(parallel=False).run_parallel() is False
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
     assert demo.DemoSettings().run_parallel() is False
+
+
+def test_demo_with_yolo26_teacher_and_student(tmp_path, capsys):
+    """The demo takes YOLO26 models (end-to-end, no DFL bins): it trains, distils and scores them (NMS-free)."""
+    from detkd.cli import main
+
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--imgsz", "64", "--n-teacher", "8", "--n-student", "8",
+               "--n-val", "4", "--teacher-epochs", "1", "--epochs", "1", "--batch", "8",
+               "--teacher", "yolo26n.yaml", "--student", "yolo26n.yaml"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| teacher yolo26n | 8 | 1 |" in out and "| distilled yolo26n | 8 | 1 |" in out
+    report = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(report["rows"]) == {"teacher", "baseline", "distilled"}
+    assert all(0.0 <= r["AP"] <= 1.0 for r in report["rows"].values())
