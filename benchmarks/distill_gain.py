@@ -11,8 +11,9 @@ teacher signal differs. Rows:
 * ``ultralytics_kd``        — Ultralytics 8.4 built-in ``distill_model=`` (score-weighted feature L2), every seed;
 * ``detkd``                 — detkd's default recipe, every seed;
 * ablations (``--ablations``, seed 0): cls-only, box-only, feat-only (cwd), feat mse, feat mgd;
-* ``two_teachers`` (``--teacher2-cfg``) — a second teacher trained here (``teacher2``, seed 1), the student distilled
-  from both as one ensemble, every seed;
+* ``two_teachers`` (``--teacher2-cfg``, or ``--teacher2`` given) — a second teacher trained here (``teacher2``,
+  seed 1), the student distilled from both as one ensemble (``ensemble_rule='targets'``, the default), every seed;
+  ``two_teachers_losses`` — the same with the sum of per-teacher losses (``ensemble_rule='losses'``), every seed;
 * ``via_assistant`` (``--assistant``) — the assistant distilled from the teacher (``assistant``, seed 0), the
   student distilled from the assistant (teacher-assistant chain), every seed.
 
@@ -57,6 +58,7 @@ LABELS = {
     "feat_only_cwd": "ablation: feature KD only (cwd)", "feat_only_mse": "ablation: feature KD only (mse)",
     "feat_only_mgd": "ablation: feature KD only (mgd)",
     "teacher2": "second teacher", "two_teachers": "detkd, two teachers (ensemble)",
+    "two_teachers_losses": "detkd, two teachers (sum of per-teacher losses)",
     "assistant": "assistant (distilled from the teacher)", "via_assistant": "detkd via the assistant (TA chain)",
 }
 TEACHER_KINDS = {"teacher", "teacher2"}  # trained from scratch with --teacher-epochs
@@ -89,7 +91,10 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher})
     else:
         settings = {**args.kd, **ABLATIONS.get(kind, {}), **args.variants.get(kind, {})}
-        source = {"two_teachers": [teacher, others.get("teacher2")], "via_assistant": others.get("assistant")}
+        source = {"two_teachers": [teacher, others.get("teacher2")],
+                  "two_teachers_losses": [teacher, others.get("teacher2")], "via_assistant": others.get("assistant")}
+        if kind == "two_teachers_losses":
+            settings["ensemble_rule"] = "losses"
         kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
         kd_used = {k: v for k, v in kd.to_dict().items() if k != "teacher"}  # the recipe as run, not as named
@@ -147,10 +152,11 @@ def expected_wall_s(state: dict, kind: str) -> float | None:
 def plan(args, only: bool = True) -> list[tuple[str, int]]:
     """(kind, seed) of every run of the protocol; with ``only``, just those ``--only`` selects."""
     runs = [("teacher", 0)] if not args.teacher else []
-    runs += [("teacher2", 1)] if args.teacher2_cfg else []  # seed 1: another teacher even with the same config
+    two = bool(args.teacher2_cfg or args.teacher2)
+    runs += [("teacher2", 1)] if args.teacher2_cfg and not args.teacher2 else []  # seed 1: another teacher
     runs += [("assistant", 0)] if args.assistant else []
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
-    runs += [("two_teachers", s) for s in args.seeds] if args.teacher2_cfg else []
+    runs += [(k, s) for k in ("two_teachers", "two_teachers_losses") for s in args.seeds] if two else []
     runs += [("via_assistant", s) for s in args.seeds] if args.assistant else []
     if args.ultralytics_kd:
         runs += [("ultralytics_kd", s) for s in args.seeds]
@@ -199,7 +205,8 @@ def render(result: dict) -> str:
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "two_teachers", "via_assistant",
+    order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "two_teachers",
+             "two_teachers_losses", "via_assistant",
              *settings_variants(s), *ABLATIONS]
     for kind in [k for k in order if k in agg]:
         a = agg[kind]
@@ -253,6 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-cfg", default="yolov8s.yaml")
     p.add_argument("--teacher-epochs", type=int, default=150)
     p.add_argument("--teacher2-cfg", help="also train a second teacher (seed 1) and distil from both (two_teachers)")
+    p.add_argument("--teacher2", help="an existing second teacher .pt (instead of training one from --teacher2-cfg)")
     p.add_argument("--assistant", help="also distil this model from the teacher (assistant, seed 0) and the student "
                                        "from it (via_assistant): the teacher-assistant chain")
     p.add_argument("--student", default="yolov8n.yaml")
@@ -304,8 +312,9 @@ def main(argv=None) -> int:
             continue
         if kind not in PLAIN_KINDS and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
-        needs = {"two_teachers": "teacher2", "via_assistant": "assistant"}.get(kind)
-        if needs and not state.get(needs):
+        others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
+        needs = {"two_teachers": "teacher2", "two_teachers_losses": "teacher2", "via_assistant": "assistant"}.get(kind)
+        if needs and not others[needs]:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)
         if args.time_budget and expected and time.perf_counter() - t_start + expected > args.time_budget:
@@ -313,8 +322,7 @@ def main(argv=None) -> int:
                   f"{args.time_budget:.0f} s time budget", flush=True)
             break
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
-        result = train_run(kind, args, data_yaml, seed, teacher, key,
-                           others={k: state.get(k) for k in ("teacher2", "assistant")})
+        result = train_run(kind, args, data_yaml, seed, teacher, key, others=others)
         # re-read before writing: other processes may share this state (one protocol split over several cores)
         state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
         state["runs"][key] = result

@@ -15,6 +15,7 @@ from detkd.losses.balance import BALANCE_MODES
 from detkd.losses.feature import FEATURE_METHODS
 from detkd.losses.schedule import SCHEDULES
 from detkd.losses.weighting import ANCHOR_WEIGHTINGS
+from detkd.models.ensemble import ENSEMBLE_RULES
 
 CLS_MODES = ("bce", "kl")
 
@@ -29,6 +30,9 @@ class KDConfig:
         teacher_weights: one weight per teacher (normalised to sum 1; None: equal weights).
         drop_weak_teachers: several teachers only — leave out, with a log line, each teacher whose val mAP50-95 is
             not above the student's starting point or below ``min_teacher_map`` (instead of refusing to start).
+        ensemble_rule: several teachers only — ``targets`` (default: the teachers' outputs combined into one
+            teacher) or ``losses`` (the weighted sum of per-teacher logit and box KD losses, each teacher with its
+            own anchor weights); see :mod:`detkd.models.ensemble`.
         cls_kd: weight of classification-logit KD (0 disables).
         cls_mode: ``bce`` (sigmoid-aware binary KL, default) or ``kl`` (softmax over classes, Hinton).
         cls_temperature: temperature T of the logit KD.
@@ -70,6 +74,7 @@ class KDConfig:
     teacher: str | list | None = None
     teacher_weights: list | None = None
     drop_weak_teachers: bool = False
+    ensemble_rule: str = "targets"
     cls_kd: float = 1.0
     cls_mode: str = "bce"
     cls_temperature: float = 1.0
@@ -113,6 +118,7 @@ class KDConfig:
             "anchor_weighting": ANCHOR_WEIGHTINGS,
             "schedule": SCHEDULES,
             "balance": BALANCE_MODES,
+            "ensemble_rule": ENSEMBLE_RULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

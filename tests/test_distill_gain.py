@@ -155,7 +155,9 @@ def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
     assert distill_gain.main(argv) == 0
     result = json.loads((tmp_path / "out" / "distill_gain_multi.json").read_text())
     assert set(result["runs"]) == {"teacher_s0", "teacher2_s1", "assistant_s0", "baseline_s0", "detkd_s0",
-                                   "two_teachers_s0", "via_assistant_s0"}
+                                   "two_teachers_s0", "two_teachers_losses_s0", "via_assistant_s0"}
+    assert result["runs"]["two_teachers_s0"]["kd"]["ensemble_rule"] == "targets"  # both combination rules measured
+    assert result["runs"]["two_teachers_losses_s0"]["kd"]["ensemble_rule"] == "losses"
     state = json.loads((tmp_path / "runs" / "state.json").read_text())
     assert state["teacher2"] != state["teacher"] and state["assistant"].endswith("best.pt")
     args = (tmp_path / "runs" / "via_assistant_s0" / "args.yaml").read_text()
@@ -163,6 +165,21 @@ def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
     assert state["teacher2"] in (tmp_path / "runs" / "two_teachers_s0" / "args.yaml").read_text()
     md = (tmp_path / "out" / "distill_gain_multi.md").read_text()
     assert "detkd, two teachers (ensemble)" in md and "detkd via the assistant (TA chain)" in md
+    assert "detkd, two teachers (sum of per-teacher losses)" in md
+
+
+def test_plan_with_an_existing_second_teacher():
+    """--teacher2 PATH: no second teacher is trained, both two-teacher rows run on every seed."""
+    import argparse
+
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    args = argparse.Namespace(teacher="t.pt", teacher2="t2.pt", teacher2_cfg=None, assistant=None, seeds=[0, 1],
+                              ultralytics_kd=False, variants={}, ablations=False, only=None)
+    runs = distill_gain.plan(args)
+    assert ("teacher2", 1) not in runs and ("teacher", 0) not in runs
+    assert {("two_teachers", 0), ("two_teachers", 1), ("two_teachers_losses", 0), ("two_teachers_losses", 1)} <= set(runs)
 
 
 def test_report_names_the_teacher_epochs_it_was_trained_with():

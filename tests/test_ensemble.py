@@ -79,3 +79,62 @@ def test_a_yolov8_and_a_yolo26_teacher_give_decoded_distances():
     out = pair(torch.rand(1, 3, 64, 64))
     assert pair.reg_max == 1 and out.boxes.shape[-1] == 4 and pair.weights == [0.25, 0.75]
     assert out.scores.shape == v8(torch.rand(1, 3, 64, 64)).scores.shape
+
+
+# ------------------------------------------------------------------ ensemble_rule='losses' in the criterion
+def _loss_setup(teacher_cfgs, rule, weights=None):
+    """A YOLOv8-n student, its criterion against the teachers (one: that teacher; several: an ensemble), a batch."""
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import DEFAULT_CFG
+
+    from detkd.config import KDConfig
+    from detkd.engine.criterion import DistillationLoss
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    student.args = DEFAULT_CFG
+    members = [_teacher(cfg, seed) for cfg, seed in teacher_cfgs]
+    teacher = members[0] if len(members) == 1 else TeacherEnsemble(members, weights)
+    kd = KDConfig(teacher=[f"t{i}.yaml" for i in range(len(members))] if len(members) > 1 else "t.yaml",
+                  teacher_weights=weights if len(members) > 1 else None, feat_kd=0.0, ensemble_rule=rule)
+    crit = DistillationLoss(student.init_criterion(), teacher, None, kd)
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # the same image in every setup
+    batch = {"img": img, "cls": torch.tensor([[0.0], [1.0], [2.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.5]]),
+             "batch_idx": torch.tensor([0.0, 1.0, 1.0])}
+    return student, crit, batch
+
+
+def _kd_items(student, crit, batch):
+    with torch.no_grad():
+        _, items = crit(student(batch["img"]), batch)
+    return {k: items[k].item() for k in ("cls_kd", "box_kd")}
+
+
+def test_losses_rule_with_two_identical_teachers_is_one_teacher():
+    single = _kd_items(*_loss_setup([("yolov8n.yaml", 0)], "targets"))
+    both = _kd_items(*_loss_setup([("yolov8n.yaml", 0), ("yolov8n.yaml", 0)], "losses"))
+    assert single["cls_kd"] > 0 and single["box_kd"] > 0
+    assert both == pytest.approx(single, rel=1e-5)
+
+
+def test_losses_rule_is_the_weighted_sum_of_per_teacher_losses():
+    """Σ_k w_k · KD(student, teacher k), each teacher with its own anchor weights and box path: a YOLOv8 teacher
+    (LD on its DFL bins) and a YOLO26 teacher (decoded distances) at weights 0.25 / 0.75."""
+    cfgs = [("yolov8n.yaml", 0), ("yolo26n.yaml", 1)]
+    alone = [_kd_items(*_loss_setup([c], "targets")) for c in cfgs]
+    summed = _kd_items(*_loss_setup(cfgs, "losses", weights=[1, 3]))
+    for k in ("cls_kd", "box_kd"):
+        assert summed[k] == pytest.approx(0.25 * alone[0][k] + 0.75 * alone[1][k], rel=1e-5), k
+    combined = _kd_items(*_loss_setup(cfgs, "targets", weights=[1, 3]))  # the default rule differs here
+    assert combined["box_kd"] != pytest.approx(summed["box_kd"], rel=1e-3)
+    _, crit, _ = _loss_setup(cfgs, "losses", weights=[1, 3])
+    assert any("ensemble_rule=losses" in line and "(ld, distance)" in line for line in crit.describe())
+
+
+def test_ensemble_rule_is_checked():
+    from detkd.config import KDConfig
+    from detkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ensemble_rule='mean' is not one of targets, losses"):
+        KDConfig(ensemble_rule="mean")

@@ -147,9 +147,9 @@ def test_cli_two_teachers_and_assistant_chain(tmp_path, shapes_yaml, teacher_pt,
               "--set", "plots=False", "--set", "warmup_epochs=0"]
     second = _teacher(tmp_path, "yolo11n.yaml", shapes_yaml)
     assert main(["distill", "--teacher", teacher_pt, "--teacher", second, "--teacher-weights", "3", "1",
-                 "--name", "two", *common]) == 0
+                 "--ensemble-rule", "losses", "--name", "two", *common]) == 0
     args = (tmp_path / "two" / "args.yaml").read_text()
-    assert second in args and "teacher_weights:\n  - 3.0\n  - 1.0" in args
+    assert second in args and "teacher_weights:\n  - 3.0\n  - 1.0" in args and "ensemble_rule: losses" in args
     assert main(["distill", "--teacher", teacher_pt, "--assistant", "yolov8n.yaml", "--name", "ta", *common]) == 0
     out = capsys.readouterr().out
     assert "[chain 1/2] assistant" in out and "[chain 2/2] student" in out

@@ -23,7 +23,7 @@ KD_FLAGS = {
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
     "teacher_graphs": "teacher_graphs", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
-    "pseudo_conf": "pseudo_conf",
+    "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
 TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "teachers, distilled as one weighted ensemble")
     g.add_argument("--teacher-weights", type=float, nargs="+", metavar="W",
                    help="one weight per --teacher (normalised to sum 1) [equal]")
+    g.add_argument("--ensemble-rule", choices=("targets", "losses"),
+                   help="several teachers: combine their outputs into one teacher (targets) or sum the per-teacher "
+                        "KD losses (losses) [targets]")
     g.add_argument("--drop-weak-teachers", action="store_true",
                    help="several teachers: leave out those not above the student's start or below --min-teacher-map "
                         "(instead of refusing)")

@@ -74,9 +74,16 @@ class DistillationLoss:
         members = getattr(self.teacher, "members", None)
         if members:  # several teachers distilled as one ensemble (models/ensemble.py)
             w = ", ".join(f"{x:.2f}" for x in self.teacher.weights)
-            lines.append(f"{len(members)} teachers as one ensemble (weights {w}): mean class probabilities, "
-                         + ("mixed DFL bins" if self.teacher.reg_max > 1 else "mean decoded distances")
-                         + f", features side by side ({'+'.join(str(m.channels[0]) for m in members)} channels at P3)")
+            feats = f"features side by side ({'+'.join(str(m.channels[0]) for m in members)} channels at P3)"
+            if self.kd.ensemble_rule == "losses":
+                paths = ", ".join(box_kd_path(s, m.reg_max) for m in members)
+                lines.append(f"{len(members)} teachers (weights {w}), ensemble_rule=losses: logit and box KD = "
+                             f"sum_k w_k x KD(student, teacher k), each with its own anchor weights and box path "
+                             f"({paths}); {feats}")
+            else:
+                lines.append(f"{len(members)} teachers as one ensemble (weights {w}): mean class probabilities, "
+                             + ("mixed DFL bins" if self.teacher.reg_max > 1 else "mean decoded distances")
+                             + f", {feats}")
         if getattr(detect_head(self.teacher.model), "one2one_cv2", None) is not None:
             lines.append("end-to-end teacher: its one-to-many outputs are the dense targets")
         return lines
@@ -158,17 +165,11 @@ class DistillationLoss:
         if teacher.scores.shape != student.scores.shape:
             raise RuntimeError(f"teacher/student head shapes differ: {tuple(teacher.scores.shape)} vs "
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
-        weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor)
-        if labeled is not None:
-            weights = teacher_confidence_weights(weights, teacher.scores, labeled)
-        raw = self.head_terms(student, teacher, weights, anchor_points, w)
-        if one2one is not None:
-            o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)
-            raw = {k: o2m_w * v for k, v in raw.items()}
-            if self.kd.one2one_kd > 0:
-                o2o_student, o2o_fg = one2one
-                o2o = self.head_terms(o2o_student, teacher, o2o_fg.float(), anchor_points, w)
-                raw = {k: raw[k] + o2o_w * self.kd.one2one_kd * o2o[k] for k in raw}
+        raw = {}
+        for share, t_out, t_reg in self.loss_teachers(teacher):
+            part = self.teacher_terms(student, t_out, t_reg, batch, fg_mask, anchor_points, stride_tensor, one2one,
+                                      labeled, w)
+            raw = {k: raw.get(k, 0.0) + share * v for k, v in part.items()}
         for name, value in raw.items():
             terms[name] = self.weighted(name, w, value)
         if w["feat_kd"] > 0:
@@ -181,20 +182,47 @@ class DistillationLoss:
                 masks, self.kd.mgd_mask_ratio))
         return terms
 
-    def head_terms(self, student, teacher, weights, anchor_points, w) -> dict[str, torch.Tensor]:
-        """Unweighted logit and box KD of one head branch against the teacher's dense outputs (active terms)."""
+    def loss_teachers(self, teacher) -> list[tuple[float, object, int]]:
+        """(share, outputs, reg_max) of each teacher the logit and box KD losses are taken against: the teacher (or
+        the ensemble's combined outputs) once, or with ``ensemble_rule='losses'`` every member with its weight —
+        L = Σ_k w_k · L(student, teacher k) (see :mod:`detkd.models.ensemble`)."""
+        members = getattr(self.teacher, "members", None)
+        if members and self.kd.ensemble_rule == "losses":
+            return [(w, out, m.reg_max) for w, out, m in zip(self.teacher.weights, self.teacher.last_members, members)]
+        return [(1.0, teacher, self.teacher.reg_max)]
+
+    def teacher_terms(self, student, teacher, t_reg, batch, fg_mask, anchor_points, stride_tensor, one2one, labeled,
+                      w) -> dict[str, torch.Tensor]:
+        """Unweighted logit and box KD against one teacher's outputs: its anchor weights, the one-to-many branch and,
+        for end-to-end students, the one-to-one branch (E2E weights when ``e2e_schedule``)."""
+        weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg)
+        if labeled is not None:
+            weights = teacher_confidence_weights(weights, teacher.scores, labeled)
+        raw = self.head_terms(student, teacher, weights, anchor_points, w, t_reg)
+        if one2one is not None:
+            o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)
+            raw = {k: o2m_w * v for k, v in raw.items()}
+            if self.kd.one2one_kd > 0:
+                o2o_student, o2o_fg = one2one
+                o2o = self.head_terms(o2o_student, teacher, o2o_fg.float(), anchor_points, w, t_reg)
+                raw = {k: raw[k] + o2o_w * self.kd.one2one_kd * o2o[k] for k in raw}
+        return raw
+
+    def head_terms(self, student, teacher, weights, anchor_points, w, t_reg=None) -> dict[str, torch.Tensor]:
+        """Unweighted logit and box KD of one head branch against the teacher's dense outputs (active terms);
+        ``t_reg``: that teacher's reg_max (default: the teacher's)."""
         out = {}
         if w["cls_kd"] > 0:
             out["cls_kd"] = classification_kd_loss(student.scores.float(), teacher.scores, weights, self.kd.cls_mode,
                                                    self.kd.cls_temperature)
         if w["box_kd"] > 0:
-            out["box_kd"] = self.box_term(student.boxes.float(), teacher.boxes, weights, anchor_points)
+            out["box_kd"] = self.box_term(student.boxes.float(), teacher.boxes, weights, anchor_points, t_reg)
         return out
 
-    def box_term(self, s_boxes, t_boxes, weights, anchor_points) -> torch.Tensor:
+    def box_term(self, s_boxes, t_boxes, weights, anchor_points, t_reg=None) -> torch.Tensor:
         """LD on shared DFL bins (+ optional IoU), or decoded-distance KD when the bins are not shared."""
-        s_reg, t_reg = self.student_reg_max, self.teacher.reg_max
-        if self.box_path == "distance":
+        s_reg, t_reg = self.student_reg_max, self.teacher.reg_max if t_reg is None else t_reg
+        if box_kd_path(s_reg, t_reg) == "distance":
             return distance_kd_loss(s_boxes, t_boxes, weights, anchor_points, s_reg, t_reg)
         ld = localization_kd_loss(s_boxes, t_boxes, weights, s_reg, self.kd.box_temperature)
         if self.kd.box_iou > 0:
@@ -206,12 +234,13 @@ class DistillationLoss:
         """weight × raw term, or weight × raw balanced against the detection loss (``balance='detection'``)."""
         return weights[name] * (self.balancer(name, raw) if self.balancer is not None else raw)
 
-    def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor) -> torch.Tensor:
+    def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg=None) -> torch.Tensor:
         """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`)."""
         if self.kd.anchor_weighting != "verified":
             return anchor_weights(teacher.scores, fg_mask, self.kd.anchor_weighting)
         gt_labels, gt_boxes = self.ground_truth(batch, teacher.scores.shape[0])
-        t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor  # px, xyxy
+        t_reg = self.teacher.reg_max if t_reg is None else t_reg
+        t_boxes = decode_boxes(teacher.boxes, anchor_points, t_reg) * stride_tensor  # px, xyxy
         return verified_weights(teacher.scores, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
 
     def ground_truth(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

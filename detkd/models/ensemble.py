@@ -15,11 +15,15 @@ R DFL bins):
   teacher by its share of the channels (mgd sums over channels: each teacher's block counts in full); the teacher
   weights apply to the class and box targets.
 
-Why combine targets rather than sum per-teacher losses: for the KL-type terms (logit KD at T = 1) the two have the
-same gradient for the student — Σ_k w_k KL(p^k ‖ q) = KL(p̄ ‖ q) + const, because the cross-entropy is linear in the
-target — so averaging targets loses nothing there, and it gives one set of anchor weights (the ensemble's
-confidence, or where the ensemble is right for ``verified``) instead of K competing ones, with the loss code
-unchanged. Two identical teachers give exactly the single teacher's targets.
+Why combine targets rather than sum per-teacher losses (the default, ``ensemble_rule='targets'``): for the KL-type
+terms (logit KD at T = 1) the two have the same gradient for the student — Σ_k w_k KL(p^k ‖ q) = KL(p̄ ‖ q) + const,
+because the cross-entropy is linear in the target — so averaging targets loses nothing there, and it gives one set
+of anchor weights (the ensemble's confidence, or where the ensemble is right for ``verified``) instead of K
+competing ones, with the loss code unchanged. Two identical teachers give exactly the single teacher's targets.
+The box terms are not linear in their target (the L1 of decoded distances, the LD temperature), and each teacher
+may be right at other anchors, so the other rule, ``ensemble_rule='losses'``, is kept to measure against:
+L = Σ_k w_k · L(student, teacher k), each member with its own anchor weights and box path (its own DFL bins or
+decoded distances); the feature term is the same under both rules (one adapter block per teacher).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from detkd.losses.localization import expected_distances
 from detkd.models.teacher import FrozenTeacher, HeadOutputs
 
 _EPS = 1e-6
+ENSEMBLE_RULES = ("targets", "losses")  # one combined teacher, or the weighted sum of per-teacher KD losses
 
 
 def normalise_weights(weights, n: int) -> list[float]:
@@ -74,6 +79,7 @@ class TeacherEnsemble:
         self.weights = normalise_weights(weights, len(members))
         self.cls_mode = cls_mode
         self.device = members[0].device
+        self.last_members: list[HeadOutputs] = []  # each member's outputs on the last batch (ensemble_rule='losses')
 
     def optimize(self, half: bool = True, cuda_graphs: bool = True) -> "TeacherEnsemble":
         for m in self.members:
@@ -86,7 +92,7 @@ class TeacherEnsemble:
 
     @torch.no_grad()
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
-        outs = [m(img) for m in self.members]
+        outs = self.last_members = [m(img) for m in self.members]
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
         scores = combine_scores([o.scores for o in outs], self.weights, self.cls_mode)
         feats = [torch.cat(level, dim=1) for level in zip(*(o.feats for o in outs))]
