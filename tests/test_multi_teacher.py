@@ -92,6 +92,22 @@ def test_assistant_chain_end_to_end_and_reuse(tmp_path, shapes_yaml, teacher_pt)
     assert out["student"].best == again["student"]
 
 
+@pytest.mark.slow
+def test_assistant_chain_from_both_teaches_the_student_with_assistant_and_teacher(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.engine.assistant import distill_via_assistant
+
+    train = {k: v for k, v in TINY_TRAIN.items() if k != "exist_ok"} | {"epochs": 1}
+    out = distill_via_assistant(teacher_pt, "yolov8n.yaml", student="yolov8n.yaml", data=shapes_yaml,
+                                kd=KDConfig(validate_teacher=False), from_both=True, project=str(tmp_path),
+                                name="both", log=lambda *_: None, **train)
+    record = json.loads((tmp_path / "both" / "chain.json").read_text())
+    assistant_best = record["assistant"]["best"]
+    assert record["student"]["teacher"] == str([assistant_best, teacher_pt])  # the ensemble of the two
+    args = (tmp_path / "both" / "student" / "args.yaml").read_text()
+    assert assistant_best in args and teacher_pt in args
+    assert out["student"].best.is_file()
+
+
 def _fake_val(scores: dict):
     """A stand-in for DistillationTrainer._quick_val returning fixed mAPs by label (validation itself is tested
     elsewhere); records what was validated."""
