@@ -96,6 +96,9 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict) 
     return "\n".join(lines) + "\n"
 
 
+ROLE_COLOURS = {"baseline": "tab:blue", "ultralytics_kd": "tab:orange", "candidate": "tab:green"}
+
+
 def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidates: list[str] | None = None) -> Path:
     """val mAP50-95 per epoch (mean over seeds) of the chosen kinds, one panel per dataset; the kind ``candidate``
     stands for the first of ``candidates`` each dataset has."""
@@ -107,16 +110,17 @@ def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidat
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, (tag, r) in zip(axes[0], results.items()):
-        for kind in kinds:
-            if kind == "candidate":
-                kind = pick_candidate(r["summary"], candidates or [])
+        for role in kinds:
+            kind = pick_candidate(r["summary"], candidates or []) if role == "candidate" else role
             curves = [run["curve"]["metrics/mAP50-95(B)"] for run in r["runs"].values()
                       if run["kind"] == kind and run.get("curve", {}).get("metrics/mAP50-95(B)")]
             if not curves:
                 continue
             length = min(len(c) for c in curves)
             mean = [statistics.mean(c[i] for c in curves) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, label=f"{kind} (n={len(curves)})", lw=1.8)
+            label = f"candidate: {kind}" if role == "candidate" else kind
+            ax.plot(range(1, length + 1), mean, label=f"{label} (n={len(curves)})", lw=1.8,
+                    color=ROLE_COLOURS.get(role))  # one colour per role in every panel
         ax.set_title(tag)
         ax.set_xlabel("epoch")
         ax.set_ylabel("val mAP50-95")
