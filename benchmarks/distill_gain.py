@@ -61,6 +61,7 @@ LABELS = {
     "two_teachers_losses": "detkd, two teachers (sum of per-teacher losses)",
     "assistant": "assistant (distilled from the teacher)", "via_assistant": "detkd via the assistant (TA chain)",
 }
+TWO_TEACHER_KINDS = {"two_teachers": {}, "two_teachers_losses": {"ensemble_rule": "losses"}}  # kind: its KD settings
 TEACHER_KINDS = {"teacher", "teacher2"}  # trained from scratch with --teacher-epochs
 PLAIN_KINDS = {"teacher", "teacher2", "baseline"}  # trained without a teacher
 
@@ -90,11 +91,10 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     elif kind == "ultralytics_kd":
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher})
     else:
-        settings = {**args.kd, **ABLATIONS.get(kind, {}), **args.variants.get(kind, {})}
-        source = {"two_teachers": [teacher, others.get("teacher2")],
-                  "two_teachers_losses": [teacher, others.get("teacher2")], "via_assistant": others.get("assistant")}
-        if kind == "two_teachers_losses":
-            settings["ensemble_rule"] = "losses"
+        settings = {**args.kd, **ABLATIONS.get(kind, {}), **TWO_TEACHER_KINDS.get(kind, {}),
+                    **args.variants.get(kind, {})}
+        source = {k: [teacher, others.get("teacher2")] for k in TWO_TEACHER_KINDS}
+        source["via_assistant"] = others.get("assistant")
         kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
         kd_used = {k: v for k, v in kd.to_dict().items() if k != "teacher"}  # the recipe as run, not as named
@@ -156,7 +156,7 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     runs += [("teacher2", 1)] if args.teacher2_cfg and not args.teacher2 else []  # seed 1: another teacher
     runs += [("assistant", 0)] if args.assistant else []
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
-    runs += [(k, s) for k in ("two_teachers", "two_teachers_losses") for s in args.seeds] if two else []
+    runs += [(k, s) for k in TWO_TEACHER_KINDS for s in args.seeds] if two else []
     runs += [("via_assistant", s) for s in args.seeds] if args.assistant else []
     if args.ultralytics_kd:
         runs += [("ultralytics_kd", s) for s in args.seeds]
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
         if kind not in PLAIN_KINDS and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        needs = {"two_teachers": "teacher2", "two_teachers_losses": "teacher2", "via_assistant": "assistant"}.get(kind)
+        needs = "teacher2" if kind in TWO_TEACHER_KINDS else {"via_assistant": "assistant"}.get(kind)
         if needs and not others[needs]:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)

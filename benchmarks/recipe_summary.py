@@ -28,10 +28,14 @@ def beyond_spread(cand: dict, base: dict) -> bool:
     return min(cand["mAP50-95_runs"]) > max(base["mAP50-95_runs"])
 
 
+def as_kinds(candidates: str | list[str]) -> list[str]:
+    return [candidates] if isinstance(candidates, str) else list(candidates)
+
+
 def pick_candidate(summary: dict, candidates: str | list[str]) -> str | None:
     """The first of ``candidates`` (run kinds) that a dataset's results have: one recipe may have run under
     several names (a variant ``combo`` while it was a candidate, ``detkd`` once it became the default)."""
-    for kind in [candidates] if isinstance(candidates, str) else candidates:
+    for kind in as_kinds(candidates):
         if kind in summary:
             return kind
     return None
@@ -81,7 +85,7 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict) 
                          f"{delta} | {a['mAP50']:.3f} |")
         lines.append("")
     yes = lambda b: "yes" if b else "**no**"  # noqa: E731
-    names = " / ".join(f"`{c}`" for c in ([candidates] if isinstance(candidates, str) else candidates))
+    names = " / ".join(f"`{c}`" for c in as_kinds(candidates))
     lines += [f"## Acceptance of the candidate ({names}: the first a dataset has)", "",
               "| dataset | candidate run | Δ vs baseline | not below baseline mean | "
               "above baseline beyond seed spread (worst seed > best baseline seed) |", "|---|---|---:|---|---|"]

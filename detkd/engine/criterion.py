@@ -186,9 +186,9 @@ class DistillationLoss:
         """(share, outputs, reg_max) of each teacher the logit and box KD losses are taken against: the teacher (or
         the ensemble's combined outputs) once, or with ``ensemble_rule='losses'`` every member with its weight —
         L = Σ_k w_k · L(student, teacher k) (see :mod:`detkd.models.ensemble`)."""
-        members = getattr(self.teacher, "members", None)
-        if members and self.kd.ensemble_rule == "losses":
-            return [(w, out, m.reg_max) for w, out, m in zip(self.teacher.weights, self.teacher.last_members, members)]
+        if teacher.members and self.kd.ensemble_rule == "losses":
+            return [(w, out, m.reg_max) for w, out, m in zip(self.teacher.weights, teacher.members,
+                                                              self.teacher.members)]
         return [(1.0, teacher, self.teacher.reg_max)]
 
     def teacher_terms(self, student, teacher, t_reg, batch, fg_mask, anchor_points, stride_tensor, one2one, labeled,

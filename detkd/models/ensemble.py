@@ -79,7 +79,6 @@ class TeacherEnsemble:
         self.weights = normalise_weights(weights, len(members))
         self.cls_mode = cls_mode
         self.device = members[0].device
-        self.last_members: list[HeadOutputs] = []  # each member's outputs on the last batch (ensemble_rule='losses')
 
     def optimize(self, half: bool = True, cuda_graphs: bool = True) -> "TeacherEnsemble":
         for m in self.members:
@@ -92,11 +91,11 @@ class TeacherEnsemble:
 
     @torch.no_grad()
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
-        outs = self.last_members = [m(img) for m in self.members]
+        outs = [m(img) for m in self.members]
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
         scores = combine_scores([o.scores for o in outs], self.weights, self.cls_mode)
         feats = [torch.cat(level, dim=1) for level in zip(*(o.feats for o in outs))]
-        return HeadOutputs(boxes=boxes, scores=scores, feats=feats)
+        return HeadOutputs(boxes=boxes, scores=scores, feats=feats, members=outs)
 
     # ---------------------------------------------------------------------------------------------- facts
     @property

@@ -29,6 +29,7 @@ class HeadOutputs:
     boxes: torch.Tensor  # (B, A, 4·reg_max) DFL logits
     scores: torch.Tensor  # (B, A, nc) class logits
     feats: list[torch.Tensor]  # per level (B, C_l, H_l, W_l), the Detect head's inputs
+    members: list | None = None  # an ensemble's combined outputs carry each member's (ensemble_rule='losses')
 
 
 def split_head_outputs(preds) -> HeadOutputs:
