@@ -14,8 +14,10 @@ teacher signal differs. Rows:
 * ``two_teachers`` (``--teacher2-cfg``, or ``--teacher2`` given) — a second teacher trained here (``teacher2``,
   seed 1), the student distilled from both as one ensemble (``ensemble_rule='targets'``, the default), every seed;
   ``two_teachers_losses`` — the same with the sum of per-teacher losses (``ensemble_rule='losses'``), every seed;
-* ``via_assistant`` (``--assistant``) — the assistant distilled from the teacher (``assistant``, seed 0), the
-  student distilled from the assistant (teacher-assistant chain), every seed.
+  ``detkd_teacher2`` — detkd from the second teacher alone (with ``detkd``: the best single teacher), every seed;
+* ``via_assistant`` (``--assistant``) — the assistant distilled from the teacher (``assistant``, seed 0; from the
+  second teacher with ``--assistant-teacher teacher2``, when that is the large one), the student distilled from the
+  assistant (teacher-assistant chain), every seed.
 
 Metric: Ultralytics' val mAP50-95 / mAP50 of each run's best.pt on the val split. Also wall time per run and the
 median train-epoch time relative to the baseline. Results: ``<out-dir>/distill_gain_<tag>.json`` and ``.md``.
@@ -59,6 +61,7 @@ LABELS = {
     "feat_only_mgd": "ablation: feature KD only (mgd)",
     "teacher2": "second teacher", "two_teachers": "detkd, two teachers (ensemble)",
     "two_teachers_losses": "detkd, two teachers (sum of per-teacher losses)",
+    "detkd_teacher2": "detkd from the second teacher alone",
     "assistant": "assistant (distilled from the teacher)", "via_assistant": "detkd via the assistant (TA chain)",
 }
 TWO_TEACHER_KINDS = {"two_teachers": {}, "two_teachers_losses": {"ensemble_rule": "losses"}}  # kind: its KD settings
@@ -94,7 +97,9 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
         settings = {**args.kd, **ABLATIONS.get(kind, {}), **TWO_TEACHER_KINDS.get(kind, {}),
                     **args.variants.get(kind, {})}
         source = {k: [teacher, others.get("teacher2")] for k in TWO_TEACHER_KINDS}
-        source["via_assistant"] = others.get("assistant")
+        source["via_assistant"], source["detkd_teacher2"] = others.get("assistant"), others.get("teacher2")
+        if args.assistant_teacher == "teacher2":
+            source["assistant"] = others.get("teacher2")
         kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
         kd_used = {k: v for k, v in kd.to_dict().items() if k != "teacher"}  # the recipe as run, not as named
@@ -156,7 +161,7 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     runs += [("teacher2", 1)] if args.teacher2_cfg and not args.teacher2 else []  # seed 1: another teacher
     runs += [("assistant", 0)] if args.assistant else []
     runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
-    runs += [(k, s) for k in TWO_TEACHER_KINDS for s in args.seeds] if two else []
+    runs += [(k, s) for k in (*TWO_TEACHER_KINDS, "detkd_teacher2") for s in args.seeds] if two else []
     runs += [("via_assistant", s) for s in args.seeds] if args.assistant else []
     if args.ultralytics_kd:
         runs += [("ultralytics_kd", s) for s in args.seeds]
@@ -205,7 +210,7 @@ def render(result: dict) -> str:
              f"Data: {s['data']}.", "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "two_teachers",
+    order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "detkd_teacher2", "two_teachers",
              "two_teachers_losses", "via_assistant",
              *settings_variants(s), *ABLATIONS]
     for kind in [k for k in order if k in agg]:
@@ -263,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher2", help="an existing second teacher .pt (instead of training one from --teacher2-cfg)")
     p.add_argument("--assistant", help="also distil this model from the teacher (assistant, seed 0) and the student "
                                        "from it (via_assistant): the teacher-assistant chain")
+    p.add_argument("--assistant-teacher", choices=("teacher", "teacher2"), default="teacher",
+                   help="which teacher the assistant learns from (the larger one)")
     p.add_argument("--student", default="yolov8n.yaml")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--imgsz", type=int, default=640)
@@ -313,7 +320,9 @@ def main(argv=None) -> int:
         if kind not in PLAIN_KINDS and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        needs = "teacher2" if kind in TWO_TEACHER_KINDS else {"via_assistant": "assistant"}.get(kind)
+        needs = ("teacher2" if kind in {*TWO_TEACHER_KINDS, "detkd_teacher2"} or
+                 (kind == "assistant" and args.assistant_teacher == "teacher2")
+                 else {"via_assistant": "assistant"}.get(kind))
         if needs and not others[needs]:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)

@@ -148,14 +148,16 @@ def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
     import distill_gain
 
     argv = ["--data", str(shapes_coco), "--tag", "multi", "--teacher-cfg", "yolov8n.yaml", "--teacher-epochs", "1",
-            "--teacher2-cfg", "yolov8n.yaml", "--assistant", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64",
+            "--teacher2-cfg", "yolov8n.yaml", "--assistant", "yolov8n.yaml", "--assistant-teacher", "teacher2",
+            "--epochs", "1", "--imgsz", "64",
             "--batch", "8", "--workers", "0", "--device", "cpu", "--seeds", "0", "--no-ablations",
             "--no-ultralytics-kd", "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
             "--train-args", json.dumps({"warmup_epochs": 0, "val": False})]
     assert distill_gain.main(argv) == 0
     result = json.loads((tmp_path / "out" / "distill_gain_multi.json").read_text())
     assert set(result["runs"]) == {"teacher_s0", "teacher2_s1", "assistant_s0", "baseline_s0", "detkd_s0",
-                                   "two_teachers_s0", "two_teachers_losses_s0", "via_assistant_s0"}
+                                   "two_teachers_s0", "two_teachers_losses_s0", "detkd_teacher2_s0",
+                                   "via_assistant_s0"}
     assert result["runs"]["two_teachers_s0"]["kd"]["ensemble_rule"] == "targets"  # both combination rules measured
     assert result["runs"]["two_teachers_losses_s0"]["kd"]["ensemble_rule"] == "losses"
     state = json.loads((tmp_path / "runs" / "state.json").read_text())
@@ -163,6 +165,9 @@ def test_protocol_with_two_teachers_and_an_assistant(tmp_path, shapes_coco):
     args = (tmp_path / "runs" / "via_assistant_s0" / "args.yaml").read_text()
     assert state["assistant"] in args  # the chain's student learnt from the assistant
     assert state["teacher2"] in (tmp_path / "runs" / "two_teachers_s0" / "args.yaml").read_text()
+    assert state["teacher2"] in (tmp_path / "runs" / "assistant_s0" / "args.yaml").read_text()  # --assistant-teacher
+    alone = (tmp_path / "runs" / "detkd_teacher2_s0" / "args.yaml").read_text()  # the other single-teacher row
+    assert state["teacher2"] in alone and state["teacher"] not in alone
     md = (tmp_path / "out" / "distill_gain_multi.md").read_text()
     assert "detkd, two teachers (ensemble)" in md and "detkd via the assistant (TA chain)" in md
     assert "detkd, two teachers (sum of per-teacher losses)" in md
@@ -180,6 +185,7 @@ def test_plan_with_an_existing_second_teacher():
     runs = distill_gain.plan(args)
     assert ("teacher2", 1) not in runs and ("teacher", 0) not in runs
     assert {("two_teachers", 0), ("two_teachers", 1), ("two_teachers_losses", 0), ("two_teachers_losses", 1)} <= set(runs)
+    assert {("detkd", 0), ("detkd_teacher2", 0), ("detkd_teacher2", 1)} <= set(runs)  # each teacher alone too
 
 
 def test_report_names_the_teacher_epochs_it_was_trained_with():
