@@ -18,6 +18,7 @@ from detkd.losses.weighting import ANCHOR_WEIGHTINGS
 from detkd.models.ensemble import ENSEMBLE_RULES
 
 CLS_MODES = ("bce", "kl")
+PSEUDO_CONF_DEFAULT = 0.25  # hard pseudo-labels on unlabelled images: the teacher's detections at or above this
 
 
 @dataclass
@@ -68,7 +69,10 @@ class KDConfig:
         unlabeled_ratio: the unlabelled share of each epoch, in (0, 1): an epoch is every labelled image plus
             round(r / (1 - r) x n_labelled) unlabelled ones (0.5: as many unlabelled as labelled).
         pseudo_conf: with ``unlabeled``: the teacher's detections at or above this confidence become detection-loss
-            targets on the unlabelled images (hard pseudo-labels, on top of the soft KD). None: soft KD only.
+            targets on the unlabelled images (hard pseudo-labels, on top of the soft KD). ``"auto"`` (default):
+            :data:`PSEUDO_CONF_DEFAULT` when there are unlabelled images (soft + hard beat soft KD alone, measured in
+            ``benchmarks/unlabeled_gain.py``); None or ``"off"``: soft KD only. The threshold in use:
+            :attr:`pseudo_threshold`.
     """
 
     teacher: str | list | None = None
@@ -98,7 +102,7 @@ class KDConfig:
     teacher_graphs: bool = True
     unlabeled: str | None = None
     unlabeled_ratio: float = 0.5
-    pseudo_conf: float | None = None
+    pseudo_conf: float | str | None = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -139,10 +143,19 @@ class KDConfig:
         if not 0.0 < float(self.unlabeled_ratio) < 1.0:
             raise ConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, 1): the unlabelled share of "
                               f"each epoch (0.5: as many unlabelled images as labelled ones).")
-        if self.pseudo_conf is not None and not 0.0 < float(self.pseudo_conf) < 1.0:
-            raise ConfigError(f"pseudo_conf={self.pseudo_conf} must be a confidence in (0, 1).")
-        if self.pseudo_conf is not None and not self.unlabeled:
-            raise ConfigError("pseudo_conf labels unlabelled images: give them with --unlabeled PATH.")
+        if isinstance(self.pseudo_conf, str) and self.pseudo_conf.lower() in {"off", "none"}:
+            self.pseudo_conf = None
+        if self.pseudo_conf not in (None, "auto"):
+            try:
+                ok = 0.0 < float(self.pseudo_conf) < 1.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"pseudo_conf={self.pseudo_conf} must be a confidence in (0, 1), 'auto' (default: "
+                                  f"{PSEUDO_CONF_DEFAULT:g} with unlabelled images) or 'off' (soft KD only).")
+            self.pseudo_conf = float(self.pseudo_conf)
+            if not self.unlabeled:
+                raise ConfigError("pseudo_conf labels unlabelled images: give them with --unlabeled PATH.")
         if self.unlabeled:
             self.unlabeled = str(Path(str(self.unlabeled)).expanduser().resolve())  # resume/DDP from any folder
 
@@ -183,6 +196,14 @@ class KDConfig:
         return self.cls_kd > 0 or self.box_kd > 0 or self.feat_kd > 0
 
     # ------------------------------------------------------------------------------------------ conversions
+    @property
+    def pseudo_threshold(self) -> float | None:
+        """The confidence at which the teacher's detections become hard labels on the unlabelled images; None: no
+        hard pseudo-labels (no unlabelled images, or soft KD only)."""
+        if not self.unlabeled or self.pseudo_conf is None:
+            return None
+        return PSEUDO_CONF_DEFAULT if self.pseudo_conf == "auto" else float(self.pseudo_conf)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -242,8 +263,8 @@ class KDConfig:
                     + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
         if self.unlabeled:
             rows.append(f"unlabeled {self.unlabeled} (share of each epoch {self.unlabeled_ratio:g}; "
-                        + (f"pseudo-labels at conf >= {self.pseudo_conf:g})" if self.pseudo_conf is not None
-                           else "soft KD only)"))
+                        + (f"soft KD + pseudo-labels at conf >= {self.pseudo_threshold:g})"
+                           if self.pseudo_threshold is not None else "soft KD only)"))
         return "\n".join(rows)
 
 

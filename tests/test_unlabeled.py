@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN
-from detkd.config import KDConfig
+from detkd.config import PSEUDO_CONF_DEFAULT, KDConfig
 from detkd.data.unlabeled import MixSampler, drop_overlap, resolve_unlabeled, unlabeled_per_epoch
 from detkd.engine.unlabeled import pseudo_label_targets, select_targets
 from detkd.errors import ConfigError
@@ -59,6 +59,27 @@ def test_bad_sources_are_clear_errors(tmp_path):
         KDConfig(teacher="t.pt", unlabeled=str(tmp_path), unlabeled_ratio=1.0)
     with pytest.raises(ConfigError, match="--unlabeled"):
         KDConfig(teacher="t.pt", pseudo_conf=0.5)
+    with pytest.raises(ConfigError, match="pseudo_conf"):
+        KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf="high")
+
+
+def test_hard_pseudo_labels_are_on_by_default_with_unlabeled_images(tmp_path):
+    """Measured (benchmarks/results/unlabeled_gain_shapes_*): soft KD + hard pseudo-labels is the default on
+    unlabelled images; 'off' keeps soft KD only; without unlabelled images there is nothing to label."""
+    _write_images(tmp_path, 1)
+    assert KDConfig(teacher="t.pt").pseudo_threshold is None
+    assert KDConfig(teacher="t.pt", unlabeled=str(tmp_path)).pseudo_threshold == PSEUDO_CONF_DEFAULT == 0.25
+    cfg = KDConfig(teacher="t.pt")
+    cfg.unlabeled = str(tmp_path)  # set after construction (distill(unlabeled=...), CLI merging): still the default
+    assert cfg.validate().pseudo_threshold == 0.25
+    assert KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf=0.4).pseudo_threshold == 0.4
+    for off in ("off", "none", None):
+        assert KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf=off).pseudo_threshold is None
+    from detkd.compare.experiment import CompareSettings
+
+    assert CompareSettings(teacher="t.pt", data="d").pseudo_conf == PSEUDO_CONF_DEFAULT  # compare's rows: the same
+    assert "pseudo-labels at conf >= 0.25" in KDConfig(teacher="t.pt", unlabeled=str(tmp_path)).summary()
+    assert "soft KD only" in KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf="off").summary()
 
 
 def test_overlap_with_the_dataset_is_dropped(tmp_path):
@@ -127,7 +148,7 @@ def _teacher_model():
 
 def test_all_unlabelled_batch_zero_detection_loss_nonzero_kd_with_gradients(tmp_path):
     student = _student()
-    crit, adapters = _criterion(student, _teacher_model(), unlabeled=str(tmp_path))
+    crit, adapters = _criterion(student, _teacher_model(), unlabeled=str(tmp_path), pseudo_conf=None)  # soft KD only
     student.train()
     img = torch.rand(2, 3, 64, 64)
     batch = {**_batch(img), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0),
@@ -145,7 +166,8 @@ def test_detection_loss_counts_labelled_images_only(tmp_path):
     """Mixed batch: the detection loss is Ultralytics' loss of the labelled images alone, whatever the unlabelled
     image shows; without the flags that image would be trained as background."""
     student = _student()
-    crit, _ = _criterion(student, _teacher_model(), unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0)
+    crit, _ = _criterion(student, _teacher_model(), unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0,
+                         pseudo_conf=None)
     student.eval()
     img = torch.rand(3, 3, 64, 64)
     batch = _batch(img)  # targets on images 0 and 1; image 2 is unlabelled
@@ -191,7 +213,9 @@ def test_pseudo_labels_reach_the_detection_loss(tmp_path):
         for conv in teacher.model[-1].cv3:
             conv[-1].bias.fill_(3.0)  # a confident teacher: its boxes pass the threshold
     crit, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0, pseudo_conf=0.5)
-    soft_only, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0)
+    soft_only, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0,
+                              pseudo_conf="off")
+    default, _ = _criterion(student, teacher, unlabeled=str(tmp_path), cls_kd=0, box_kd=0, feat_kd=0)  # 0.25
     student.eval()
     img = torch.rand(1, 3, 64, 64)
     empty = {"img": img, "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0),
@@ -200,7 +224,9 @@ def test_pseudo_labels_reach_the_detection_loss(tmp_path):
         preds = student(img)
         loss, _ = crit(preds, empty)
         no_pseudo, _ = soft_only(preds, empty)
+        by_default, _ = default(preds, empty)
     assert loss[0] > 0 and loss[2] > 0  # box and DFL losses: the teacher's boxes are targets
+    assert by_default[0] > 0 and by_default[2] > 0  # hard pseudo-labels are on by default with unlabelled images
     assert torch.equal(no_pseudo[:3], torch.zeros(3))  # soft KD only: no detection loss on unlabelled images
 
 
@@ -221,13 +247,17 @@ def test_distill_with_unlabeled_images_end_to_end(tmp_path, shapes_yaml, shapes_
     assert len(frames) == 6
 
 
-def test_cli_unlabeled_empty_folder_exit_2(tmp_path, shapes_yaml, teacher_pt):
+def test_cli_unlabeled_empty_folder_exit_2(tmp_path, shapes_yaml, teacher_pt, capsys):
     from detkd.cli import main
 
     (tmp_path / "empty").mkdir()
     rc = main(["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "empty"),
                "--epochs", "1", "--imgsz", "64", "--device", "cpu"])
     assert rc == 2
+    _write_images(tmp_path / "frames", 1)
+    rc = main(["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled", str(tmp_path / "frames"),
+               "--pseudo-conf", "high", "--epochs", "1", "--imgsz", "64", "--device", "cpu"])
+    assert rc == 2 and "pseudo_conf=high must be a confidence in (0, 1), 'auto'" in capsys.readouterr().err
 
 
 def test_compare_adds_unlabeled_and_pseudo_label_rows(tmp_path, teacher_pt, shapes_yaml):
@@ -240,13 +270,16 @@ def test_compare_adds_unlabeled_and_pseudo_label_rows(tmp_path, teacher_pt, shap
     specs = {r.key: r for r in plan(s)}
     assert list(specs) == ["teacher", "baseline", "distilled-detkd", "distilled-detkd-unlabeled", "pseudo-labels"]
     assert specs["distilled-detkd"].kd == {}  # labelled only
-    assert specs["distilled-detkd-unlabeled"].kd == {"unlabeled": str((tmp_path / "frames").resolve())}
+    assert specs["distilled-detkd-unlabeled"].kd == {"pseudo_conf": 0.4,  # soft + hard, at the pseudo-label row's
+                                                     "unlabeled": str((tmp_path / "frames").resolve())}  # threshold
     pseudo = specs["pseudo-labels"].kd
     assert pseudo["pseudo_conf"] == 0.4 and pseudo["cls_kd"] == pseudo["box_kd"] == pseudo["feat_kd"] == 0
     both = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=1, unlabeled=str(tmp_path / "frames"),
-                           kd_configs={"soft": {}, "hard": {"pseudo_conf": 0.3}}).validate()
-    assert [r.key for r in plan(both)][2:] == ["distilled-soft", "distilled-soft-unlabeled", "distilled-hard-unlabeled",
-                                              "pseudo-labels"]  # soft + hard pseudo-labels: with the images only
+                           kd_configs={"detkd": {}, "soft": {"pseudo_conf": None}, "hard": {"pseudo_conf": 0.3}}).validate()
+    assert [r.key for r in plan(both)][2:] == ["distilled-detkd", "distilled-detkd-unlabeled", "distilled-soft-unlabeled",
+                                              "distilled-hard-unlabeled", "pseudo-labels"]
+    # a configuration that sets pseudo_conf (a threshold, or None: soft KD only) is about the unlabelled images: it
+    # gets that row only, not a second labelled-only run equal to detkd's
     with pytest.raises(ConfigError, match="pseudo_conf"):
         CompareSettings(teacher=teacher_pt, data=shapes_yaml, kd_configs={"hard": {"pseudo_conf": 0.3}}).validate()
     (tmp_path / "none").mkdir()
@@ -286,7 +319,7 @@ def test_end_to_end_student_masks_both_branches_on_unlabelled_images(tmp_path):
     torch.manual_seed(0)
     student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
     student.args = get_cfg()
-    crit = e2e_criterion(student, _teacher_model(), unlabeled=str(tmp_path))
+    crit = e2e_criterion(student, _teacher_model(), unlabeled=str(tmp_path), pseudo_conf=None)
     batch = e2e_batch(2)  # one box on each image; image 1 is declared unlabelled
     student.eval()
     student.model[-1].training = True  # the training dict (one2many + one2one) on eval BatchNorm
@@ -323,3 +356,37 @@ def test_pseudo_labels_keep_targets_grouped_by_image():
     assert out["cls"].view(-1).tolist() == [0.0, 1.0, 0.0, 0.0]  # image 1's own labels kept, in their order
     assert torch.allclose(out["bboxes"][0], torch.tensor([0.25, 0.25, 0.5, 0.5]))
     assert torch.allclose(out["bboxes"][3], torch.tensor([25 / 64, 25 / 64, 30 / 64, 30 / 64]))
+
+
+def test_unlabeled_gain_verdicts_on_hand_made_rows():
+    """benchmarks/unlabeled_gain.py: 'yes' only when every seed of a row is above every seed of the other."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import unlabeled_gain
+
+    aps = {"baseline": (0.26, 0.36), "distilled-detkd": (0.34, 0.46), "distilled-detkd-same-iterations": (0.35, 0.45),
+           "distilled-detkd-unlabeled": (0.61, 0.65), "distilled-detkd-soft-unlabeled": (0.58, 0.58),
+           "pseudo-labels": (0.59, 0.62)}
+    rows = [{"config": c, "kind": "baseline" if c == "baseline" else "distilled", "label": c, "seed": s, "AP": ap}
+            for c, pair in aps.items() for s, ap in enumerate(pair)]
+    out = unlabeled_gain.summarise(rows + [{"config": "teacher", "kind": "teacher", "seed": 0, "AP": 0.7}])
+    assert out["teacher_AP"] == 0.7
+    assert out["unlabeled_beats_labeled_only"] == out["unlabeled_beats_labeled_only_same_iterations"] == "yes"
+    assert out["unlabeled_beats_pseudo_labels"] == "within spread"  # 0.61 < 0.62: the seeds overlap
+    assert out["unlabeled_beats_soft_only"] == "yes" and out["soft_only_beats_pseudo_labels"] == "no (below)"
+    assert unlabeled_gain.spread({0: 0.61, 1: 0.65}) == pytest.approx(0.02)
+
+
+def test_unlabeled_gain_gives_the_labelled_part_teacher_as_many_steps():
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import unlabeled_gain
+
+    args = argparse.Namespace(teacher_epochs=12)
+    assert unlabeled_gain.teacher_epochs(args, "teacher-all", 600, 100) == 12
+    assert unlabeled_gain.teacher_epochs(args, "teacher-labeled", 600, 100) == 72  # 12 x 600 / 100

@@ -90,9 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--unlabeled-ratio", type=float, metavar="R",
                    help="with --unlabeled: the unlabelled share of each epoch; an epoch = all labelled images + "
                         "R/(1-R) x as many unlabelled [0.5]")
-    k.add_argument("--pseudo-conf", type=float, metavar="CONF",
+    k.add_argument("--pseudo-conf", metavar="CONF|off",
                    help="with --unlabeled: teacher detections >= CONF also become detection targets there (hard "
-                        "pseudo-labels) [off]")
+                        "pseudo-labels, on top of the soft KD); off: soft KD only [0.25]")
     k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
     k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
     k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")

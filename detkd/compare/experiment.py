@@ -48,7 +48,7 @@ class CompareSettings:
     with_ultralytics_kd: bool = False
     assistant: str | None = None  # teacher-assistant rows: this model distilled from the teacher, the student from it
     unlabeled: str | None = None  # unlabelled-image rows: each KD configuration + these images, and pseudo-labels
-    pseudo_conf: float = 0.25  # the pseudo-label row's teacher confidence threshold (Ultralytics' predict default)
+    pseudo_conf: float = 0.25  # hard-label threshold of the unlabelled rows (pseudo-labels, detkd's): PSEUDO_CONF_DEFAULT
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16
@@ -94,10 +94,10 @@ class CompareSettings:
             if "teacher" in cfg:
                 raise ConfigError(f"KD configuration '{name}' sets 'teacher': the teacher is --teacher, the same "
                                   f"for every run.")
-            if cfg.get("pseudo_conf") is not None and not self.unlabeled:
-                raise ConfigError(f"KD configuration '{name}' sets pseudo_conf: it labels unlabelled images, give "
+            if "pseudo_conf" in cfg and not self.unlabeled:
+                raise ConfigError(f"KD configuration '{name}' sets pseudo_conf: it is about unlabelled images, give "
                                   f"them with --unlabeled PATH.")
-            extra = {"unlabeled": str(self.unlabeled)} if cfg.get("pseudo_conf") is not None else {}
+            extra = {"unlabeled": str(self.unlabeled)} if "pseudo_conf" in cfg else {}
             KDConfig.from_dict({**cfg, **extra})  # unknown keys / bad values fail here, before any work
         if self.unlabeled:
             from detkd.data.unlabeled import resolve_unlabeled
@@ -166,18 +166,19 @@ def plan(s: CompareSettings) -> list[RunSpec]:
 
     With one seed the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with several each gets
     ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``. With ``unlabeled``: each KD configuration again with
-    the unlabelled images (``distilled-<name>-unlabeled``; a configuration that sets ``pseudo_conf`` — soft KD plus
-    hard pseudo-labels — gets this row only), and ``pseudo-labels``: the student on the labelled images plus the
-    teacher's detections (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
+    the unlabelled images (``distilled-<name>-unlabeled``: soft KD + hard pseudo-labels at ``pseudo_conf``, detkd's
+    default there; a configuration that sets ``pseudo_conf`` itself — a threshold, or None for soft KD only — gets
+    this row only), and ``pseudo-labels``: the student on the labelled images plus the teacher's detections
+    (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
     """
     configs = [("baseline", "baseline", "baseline", None)]
     configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()
-                if cfg.get("pseudo_conf") is None]  # pseudo-labels need the unlabelled images: those rows only
+                if "pseudo_conf" not in cfg]  # settings about the unlabelled images: those rows only
     if s.with_ultralytics_kd:
         configs.append(("ultralytics-kd", "ultralytics_kd", "ultralytics-kd", None))
     if s.unlabeled:
         configs += [(f"distilled-{n}-unlabeled", "distilled", f"distilled: {n} + unlabeled",
-                     {**cfg, "unlabeled": s.unlabeled}) for n, cfg in s.kd_configs.items()]
+                     {"pseudo_conf": s.pseudo_conf, **cfg, "unlabeled": s.unlabeled}) for n, cfg in s.kd_configs.items()]
         configs.append(("pseudo-labels", "distilled", f"pseudo-labels (conf>={s.pseudo_conf:g}, no KD)",
                         {"cls_kd": 0, "box_kd": 0, "feat_kd": 0, "unlabeled": s.unlabeled,
                          "pseudo_conf": s.pseudo_conf}))

@@ -96,8 +96,7 @@ class DistillationLoss:
 
     def needs_teacher(self) -> bool:
         """The teacher runs on this step: a KD term is on, or it pseudo-labels unlabelled images."""
-        pseudo = self.kd.unlabeled and self.kd.pseudo_conf is not None
-        return bool(pseudo) or any(v > 0 for v in self.term_weights().values())
+        return self.kd.pseudo_threshold is not None or any(v > 0 for v in self.term_weights().values())
 
     # ------------------------------------------------------------------------------------------ forward
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -110,9 +109,10 @@ class DistillationLoss:
         labeled = labeled_flags(batch, batch_size, dense_raw["boxes"].device)  # None: every image labelled
         teacher = self.teacher(batch["img"]) if self.needs_teacher() else None
         det_batch, keep = batch, labeled
-        if labeled is not None and self.kd.pseudo_conf is not None:  # unlabelled images get the teacher's boxes
+        if labeled is not None and self.kd.pseudo_threshold is not None:  # unlabelled images get the teacher's boxes
             t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor
-            det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, teacher.scores, self.kd.pseudo_conf), None
+            det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, teacher.scores,
+                                                   self.kd.pseudo_threshold), None
         fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
         if self.balancer is not None:
             self.balancer.observe_detection(det_loss.sum())
