@@ -205,7 +205,9 @@ class KDConfig:
         return PSEUDO_CONF_DEFAULT if self.pseudo_conf == "auto" else float(self.pseudo_conf)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as they act: ``pseudo_conf`` is the threshold in use (None without unlabelled images or with
+        soft KD only), so a saved run resumes with it and equal settings compare equal."""
+        return {**asdict(self), "pseudo_conf": self.pseudo_threshold}
 
     @classmethod
     def keys(cls) -> set[str]:

@@ -73,6 +73,9 @@ def test_hard_pseudo_labels_are_on_by_default_with_unlabeled_images(tmp_path):
     cfg.unlabeled = str(tmp_path)  # set after construction (distill(unlabeled=...), CLI merging): still the default
     assert cfg.validate().pseudo_threshold == 0.25
     assert KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf=0.4).pseudo_threshold == 0.4
+    assert KDConfig(teacher="t.pt").to_dict()["pseudo_conf"] is None  # saved and compared as it acts
+    saved = KDConfig(teacher="t.pt", unlabeled=str(tmp_path)).to_dict()
+    assert saved["pseudo_conf"] == 0.25 and KDConfig.from_dict(saved).pseudo_threshold == 0.25  # resume: the same
     for off in ("off", "none", None):
         assert KDConfig(teacher="t.pt", unlabeled=str(tmp_path), pseudo_conf=off).pseudo_threshold is None
     from detkd.compare.experiment import CompareSettings
