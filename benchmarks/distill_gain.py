@@ -207,7 +207,11 @@ def render(result: dict) -> str:
              f"Machine: {machine_line(m)}.", "",
              f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
              f"{s['teacher_cfg'] + ' trained here, ' + str(teacher_epochs) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
-             f"Data: {s['data']}.", "",
+             f"Data: {s['data']}."
+             + (f" Second teacher: {s['teacher2']}." if s.get("teacher2") not in (None, "None") else "")
+             + (f" Assistant {s['assistant']}, distilled from the "
+                f"{'second teacher' if s.get('assistant_teacher') == 'teacher2' else 'teacher'}."
+                if s.get("assistant") not in (None, "None") else ""), "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
     order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "detkd_teacher2", "two_teachers",
@@ -218,7 +222,8 @@ def render(result: dict) -> str:
         spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
         delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind != "baseline" else ""
         ratio = f"{a['epoch_ratio']:.2f}x" if a["epoch_ratio"] else ""
-        label = LABELS.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
+        label = "assistant (distilled from the second teacher)" if (
+            kind == "assistant" and s.get("assistant_teacher") == "teacher2") else LABELS.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
                            settings_variants(s) else kind)
         lines.append(f"| {label} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
