@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unlabelled images (folder, .txt list or COCO JSON): adds each KD configuration trained with "
                         "them too, and the pseudo-label baseline (teacher detections as labels, no KD)")
     g.add_argument("--pseudo-conf", type=float, default=0.25,
-                   help="with --unlabeled: the pseudo-label baseline's teacher confidence threshold [0.25]")
+                   help="with --unlabeled: the teacher confidence at which its detections become hard labels on "
+                        "the unlabelled images, in the pseudo-label baseline and in detkd + unlabelled [0.25]")
     g.add_argument("--with-ultralytics-kd", action="store_true",
                    help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
 
