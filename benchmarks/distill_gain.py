@@ -208,7 +208,9 @@ def render(result: dict) -> str:
              f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}; teacher "
              f"{s['teacher_cfg'] + ' trained here, ' + str(teacher_epochs) + ' epochs' if s['teacher'] in (None, 'None') else s['teacher']}. "
              f"Data: {s['data']}."
-             + (f" Second teacher: {s['teacher2']}." if s.get("teacher2") not in (None, "None") else "")
+             + (f" Second teacher: {s['teacher2']}." if s.get("teacher2") not in (None, "None") else
+                f" Second teacher: {s['teacher2_cfg']} trained here (seed 1)." if s.get("teacher2_cfg") not in
+                (None, "None") else "")
              + (f" Assistant {s['assistant']}, distilled from the "
                 f"{'second teacher' if s.get('assistant_teacher') == 'teacher2' else 'teacher'}."
                 if s.get("assistant") not in (None, "None") else ""), "",
