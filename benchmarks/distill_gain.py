@@ -69,6 +69,14 @@ TEACHER_KINDS = {"teacher", "teacher2"}  # trained from scratch with --teacher-e
 PLAIN_KINDS = {"teacher", "teacher2", "baseline"}  # trained without a teacher
 
 
+def teacher_sources(kind: str, args) -> list[str]:
+    """The runs a distilled kind learns from: ``teacher``, ``teacher2`` (the second teacher) or ``assistant``."""
+    if kind in TWO_TEACHER_KINDS:
+        return ["teacher", "teacher2"]
+    return {"detkd_teacher2": ["teacher2"], "via_assistant": ["assistant"],
+            "assistant": [args.assistant_teacher]}.get(kind, ["teacher"])
+
+
 def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, name: str,
               others: dict | None = None) -> dict:
     """Train one run and return its summary (metrics, times). ``others``: best.pt of ``teacher2`` / ``assistant``."""
@@ -96,11 +104,8 @@ def train_run(kind: str, args, data_yaml: str, seed: int, teacher: str | None, n
     else:
         settings = {**args.kd, **ABLATIONS.get(kind, {}), **TWO_TEACHER_KINDS.get(kind, {}),
                     **args.variants.get(kind, {})}
-        source = {k: [teacher, others.get("teacher2")] for k in TWO_TEACHER_KINDS}
-        source["via_assistant"], source["detkd_teacher2"] = others.get("assistant"), others.get("teacher2")
-        if args.assistant_teacher == "teacher2":
-            source["assistant"] = others.get("teacher2")
-        kd = KDConfig(teacher=source.get(kind, teacher), validate_teacher=False, **settings)
+        paths = [{"teacher": teacher, **others}.get(k) for k in teacher_sources(kind, args)]
+        kd = KDConfig(teacher=paths if len(paths) > 1 else paths[0], validate_teacher=False, **settings)
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
         kd_used = {k: v for k, v in kd.to_dict().items() if k != "teacher"}  # the recipe as run, not as named
     timer = EpochTimer().attach(trainer)
@@ -216,6 +221,8 @@ def render(result: dict) -> str:
                 if s.get("assistant") not in (None, "None") else ""), "",
              "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    labels = {**LABELS, "assistant": "assistant (distilled from the "
+                                     f"{'second teacher' if s.get('assistant_teacher') == 'teacher2' else 'teacher'})"}
     order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "detkd_teacher2", "two_teachers",
              "two_teachers_losses", "via_assistant",
              *settings_variants(s), *ABLATIONS]
@@ -224,8 +231,7 @@ def render(result: dict) -> str:
         spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
         delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind != "baseline" else ""
         ratio = f"{a['epoch_ratio']:.2f}x" if a["epoch_ratio"] else ""
-        label = "assistant (distilled from the second teacher)" if (
-            kind == "assistant" and s.get("assistant_teacher") == "teacher2") else LABELS.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
+        label = labels.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
                            settings_variants(s) else kind)
         lines.append(f"| {label} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
@@ -327,10 +333,8 @@ def main(argv=None) -> int:
         if kind not in PLAIN_KINDS and not teacher:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        needs = ("teacher2" if kind in {*TWO_TEACHER_KINDS, "detkd_teacher2"} or
-                 (kind == "assistant" and args.assistant_teacher == "teacher2")
-                 else {"via_assistant": "assistant"}.get(kind))
-        if needs and not others[needs]:
+        needs = next((k for k in teacher_sources(kind, args) if k in others and not others[k]), None)
+        if needs and kind not in PLAIN_KINDS:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)
         if args.time_budget and expected and time.perf_counter() - t_start + expected > args.time_budget:

@@ -14,7 +14,7 @@ For each, ``detkd compare`` trains on the labelled part, with the same seeds, ep
 baseline (labelled only), detkd (labelled only), detkd + unlabelled (``--unlabeled``: detkd's default there, soft KD
 + hard pseudo-labels at ``--pseudo-conf``), with ``--soft-only`` also detkd + unlabelled with soft KD only, and the
 pseudo-label baseline users are told to use (teacher detections >= ``--pseudo-conf`` as labels on the unlabelled
-images, no KD).
+images, no KD), and Ultralytics' built-in ``distill_model=`` on the labelled images.
 Unlabelled images make up half of each epoch (``unlabeled_ratio`` 0.5, the default).
 Each row: COCO AP per seed, mean ± spread; the verdict says whether detkd + unlabelled beats detkd labelled-only and
 the pseudo-label baseline beyond the seed spread (worst seed above the other's best). Finished runs are reused, so
@@ -164,7 +164,7 @@ def run_scenario(args, scenario: str, teacher: str, labeled: Path, unlabeled: Pa
                   device=args.device, project=str(args.runs.resolve()), bench_iters=10, bench_time_budget=1.0,
                   bench_warmup=2)
     rows = compare(teacher, labeled, kd_configs=configs, unlabeled=str(unlabeled), pseudo_conf=args.pseudo_conf,
-                   epochs=args.epochs, name=scenario, **common).rows
+                   with_ultralytics_kd=True, epochs=args.epochs, name=scenario, **common).rows
     longer = compare(teacher, labeled, kd_configs={"detkd": kd}, epochs=args.epochs * 2,
                      name=f"{scenario}-same-iterations", **common).rows
     for r in longer:
@@ -217,7 +217,8 @@ def render(report: dict) -> str:
              f"unlabelled (labels withheld): {report['split']['unlabeled']}, val: {report['split']['val']}. "
              f"Student {s['student']}, {s['epochs']} epochs at {s['imgsz']} px, batch {s['batch']}, seeds "
              f"{s['seeds']}; unlabelled share of each epoch 0.5 (the default); hard pseudo-label threshold "
-             f"{s['pseudo_conf']} (pseudo-label baseline and detkd + unlabelled). An epoch with unlabelled images is twice as long: the '(same iterations)' rows "
+             f"{s['pseudo_conf']} (pseudo-label baseline and detkd + unlabelled). An epoch with unlabelled images "
+             f"is twice as long: the '(same iterations)' rows "
              f"are trained {2 * s['epochs']} epochs on the labelled images. COCO AP (pycocotools-compatible, val "
              f"split); spread = half the min-max range.", ""]
     for name, sc in report["scenarios"].items():
