@@ -129,3 +129,19 @@ def test_kd_yaml_spec_and_fingerprints(tmp_path, teacher_pt, shapes_yaml):
 
     # Pareto front: (FPS, AP); the slow-and-worse point is dominated
     assert pareto_front([(100, 0.30), (50, 0.40), (40, 0.35), (120, 0.10)]) == [1, 0, 3]
+
+
+def test_plot_styles_one_colour_per_configuration_seeds_by_line_style():
+    """Several seeds: every run of one configuration has its colour (baseline, each KD configuration), and the seeds
+    of a configuration differ by line style, not colour (the curves of 'detkd seed 0' and 'detkd seed 1' read as one
+    configuration)."""
+    from detkd.compare.plots import DISTILLED_COLORS, COLORS, plot_styles
+
+    runs = [("baseline", "baseline"), ("distilled", "detkd"), ("distilled", "mgd"),
+            ("baseline", "baseline"), ("distilled", "detkd"), ("distilled", "mgd")]
+    styles = plot_styles(runs)
+    colours = [c for c, _ in styles]
+    assert colours[:3] == [COLORS["baseline"], DISTILLED_COLORS[0], DISTILLED_COLORS[1]]
+    assert colours[3:] == colours[:3]
+    lines = [ls for _, ls in styles]
+    assert lines[:3] == ["-"] * 3 and len(set(lines[3:])) == 1 and lines[3] != "-"

@@ -516,7 +516,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     plot_map_vs_fps(specs, out / "map_vs_fps.png", subtitle=f"model-only, batch 1, {s.bench_imgsz or s.imgsz} px, "
                                                              f"{s.bench_device}",
                     ylabel="COCO AP@[.50:.95]" if coco else "mAP50-95 (Ultralytics val)")
-    plot_training_curves([(r.label, r.kind, r.results_csv) for r in trained], out / "training_curves.png")
+    plot_training_curves([(r.label, r.kind, r.config, r.results_csv) for r in trained], out / "training_curves.png")
     result = write_report(specs, s, data_yaml, coco, out)
     log(f"\n{result.report_md.read_text()}")
     log(f"Report: {result.report_md}\nPlots: {result.map_vs_fps_png}, {result.training_curves_png}")

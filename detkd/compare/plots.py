@@ -24,15 +24,23 @@ def _figure(nrows: int, ncols: int, figsize, dpi: int):
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def colors_for(kinds: list[str]) -> list[str]:
-    """One colour per row: fixed for teacher/baseline/ultralytics-kd, a palette for distilled runs."""
-    out, i = [], 0
-    for k in kinds:
-        if k == "distilled":
-            out.append(DISTILLED_COLORS[i % len(DISTILLED_COLORS)])
-            i += 1
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_styles(runs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(colour, line style) of each ``(kind, configuration)`` run: one colour per configuration (fixed for
+    teacher/baseline/ultralytics-kd, a palette for each distilled configuration), the n-th run of a configuration
+    (its n-th seed) drawn solid, dashed, dotted, ..."""
+    palette: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    out = []
+    for kind, config in runs:
+        if kind == "distilled":
+            colour = palette.setdefault(config, DISTILLED_COLORS[len(palette) % len(DISTILLED_COLORS)])
         else:
-            out.append(COLORS.get(k, "#7f7f7f"))
+            colour = COLORS.get(kind, "#7f7f7f")
+        n = seen[config] = seen.get(config, -1) + 1
+        out.append((colour, LINE_STYLES[n % len(LINE_STYLES)]))
     return out
 
 
@@ -81,7 +89,7 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     fig, axes = _figure(1, 1, (8, 5.6), 120)
     ax = axes[0][0]
     pts = [(float(r.speed["fps"]), max(float(r.metrics["AP"]), 0.0)) for r in rows]
-    cols = colors_for([r.kind for r in rows])
+    cols = [c for c, _ in plot_styles([(r.kind, r.config) for r in rows])]
     front = pareto_front(pts) if pts else []
     for n, (r, (x, y), c) in enumerate(zip(rows, pts, cols)):
         ax.scatter([x], [y], s=90, color=c, marker=MARKERS.get(r.kind, "o"), edgecolor="white", linewidth=0.8,
@@ -138,25 +146,26 @@ def read_results_csv(path) -> dict[str, list[float]]:
     return cols
 
 
-def plot_training_curves(runs: list[tuple[str, str, str | None]], path) -> Path:
-    """Per-epoch curves of each run (``(label, kind, results_csv)``): detection terms and val mAP on the top row,
-    KD terms on the bottom row (a run without a term simply has no line in that panel)."""
+def plot_training_curves(runs: list[tuple[str, str, str, str | None]], path) -> Path:
+    """Per-epoch curves of each run (``(label, kind, configuration, results_csv)``): detection terms and val mAP on
+    the top row, KD terms on the bottom row (a run without a term simply has no line in that panel). One colour per
+    configuration; its seeds differ by line style."""
     from matplotlib.ticker import MaxNLocator
 
-    data = [(label, kind, read_results_csv(csv_path)) for label, kind, csv_path in runs]
-    cols = colors_for([k for _, k, _ in data])
+    data = [(label, kind, read_results_csv(csv_path)) for label, kind, _, csv_path in runs]
+    styles = plot_styles([(kind, config) for _, kind, config, _ in runs])
     panels = [DET_TERMS, KD_TERMS]
     fig, axes = _figure(2, 4, (15, 6.8), 110)
     for row, terms in enumerate(panels):
         for j, (col, title) in enumerate(terms):
             ax = axes[row][j]
             drawn = False
-            for (label, kind, d), c in zip(data, cols):
+            for (label, kind, d), (c, ls) in zip(data, styles):
                 ys = d.get(col)
                 if not ys:
                     continue
                 ep = d.get("epoch") or list(range(1, len(ys) + 1))
-                ax.plot(ep, ys, marker=MARKERS.get(kind, "o"), ms=5, lw=1.6, color=c, label=label)
+                ax.plot(ep, ys, marker=MARKERS.get(kind, "o"), ms=5, lw=1.6, color=c, ls=ls, label=label)
                 drawn = True
             ax.set_title(title, fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
