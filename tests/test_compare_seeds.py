@@ -58,6 +58,12 @@ def test_plan_repeats_student_runs_per_seed(teacher_pt, shapes_yaml):
     assert train_fingerprint(specs[3], s, shapes_yaml)["seed"] == 3
     one = CompareSettings(teacher=teacher_pt, data=shapes_yaml, seed=5, epochs=1).validate()
     assert [r.key for r in plan(one)] == ["teacher", "baseline", "distilled-detkd"] and plan(one)[1].seed == 5
+    # --seeds names runs by seed even for one: seed lists run apart (two processes, two machines) share one folder,
+    # and a later call with all the seeds reuses every run
+    part = CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=[3], epochs=1).validate()
+    assert [r.key for r in plan(part)] == ["teacher", "baseline-s3", "distilled-detkd-s3"]
+    assert plan(part)[1].label == "baseline (seed 3)"
+    assert train_fingerprint(plan(part)[1], part, shapes_yaml) == train_fingerprint(specs[3], s, shapes_yaml)
     for bad in ([], [1, 1]):
         with pytest.raises(ConfigError, match="--seeds"):
             CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=bad).validate()

@@ -164,8 +164,9 @@ def default_name(data, student) -> str:
 def plan(s: CompareSettings) -> list[RunSpec]:
     """Teacher, then per seed: baseline, one distilled run per KD configuration, Ultralytics' built-in KD when asked.
 
-    With one seed the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with several each gets
-    ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``. With ``unlabeled``: each KD configuration again with
+    With one ``seed`` the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with ``seeds`` (even one)
+    each gets ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``, so that parts of a seed list trained apart
+    (``--seeds 0`` and ``--seeds 1`` in two processes) are reused by one call with ``--seeds 0 1``. With ``unlabeled``: each KD configuration again with
     the unlabelled images (``distilled-<name>-unlabeled``: soft KD + hard pseudo-labels at ``pseudo_conf``, detkd's
     default there; a configuration that sets ``pseudo_conf`` itself — a threshold, or None for soft KD only — gets
     this row only), and ``pseudo-labels``: the student on the labelled images plus the teacher's detections
@@ -186,7 +187,7 @@ def plan(s: CompareSettings) -> list[RunSpec]:
         configs.append(("assistant", "assistant", f"assistant {Path(str(s.assistant)).stem} (from teacher)", {}))
         configs.append(("via-assistant", "distilled", "distilled: via assistant", {}))
     seeds = s.seed_list
-    many = len(seeds) > 1
+    many = s.seeds is not None  # --seeds names runs by seed, even one: seed lists run apart share one folder
     specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher), seed=seeds[0], config="teacher")]
     for seed in seeds:
         suffix = f"-s{seed}" if many else ""
@@ -498,7 +499,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
 
     by_key = {r.key: r for r in specs}
     for r in trained:
-        seed = "" if len(s.seed_list) > 1 else f", seed {r.seed}"  # several seeds: the label names it
+        seed = "" if s.seeds is not None else f", seed {r.seed}"  # --seeds: the label names it
         say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}{seed}) ...")
         if r.teacher_from:  # via the assistant: its best.pt, trained just before, is this run's teacher
             r.teacher = by_key[r.teacher_from].weights
