@@ -129,8 +129,10 @@ def teacher_epochs(args, scenario: str, n_train: int, n_labeled: int) -> int:
 
 
 def train_teacher(args, data: Path, name: str, epochs: int) -> tuple[str, float]:
-    """``--teacher-cfg`` trained on ``data`` for ``epochs`` (reused when finished): (best.pt, its val mAP50-95)."""
+    """``--teacher-cfg`` trained on ``data`` for ``epochs`` (reused when finished, resumed from ``weights/last.pt``
+    when it was cut off): (best.pt, its val mAP50-95)."""
     from detkd.api import train_baseline
+    from detkd.engine.checkpoints import run_state
 
     folder = (args.runs / "teachers" / name).resolve()
     marker = folder / "teacher.json"
@@ -138,9 +140,13 @@ def train_teacher(args, data: Path, name: str, epochs: int) -> tuple[str, float]
     if marker.exists() and json.loads(marker.read_text()).get("key") == key:
         done = json.loads(marker.read_text())
         return done["best"], done["mAP50-95"]
+    state, last = run_state(folder)
+    resume = {"resume": str(last)} if state == "interrupted" else {}
+    if resume:
+        print(f"[unlabeled_gain] {name}: resuming the teacher from {last}", flush=True)
     run = train_baseline(args.teacher_cfg, data=str(data), epochs=epochs, imgsz=args.imgsz,
                          batch=args.batch, workers=args.workers, device=args.device, seed=0, plots=False,
-                         project=str(folder.parent), name=name, exist_ok=True)
+                         project=str(folder.parent), name=name, exist_ok=True, **resume)
     done = {"key": key, "best": str(run.best), "mAP50-95": run.metrics.get("mAP50-95")}
     marker.write_text(json.dumps(done, indent=1))
     return done["best"], done["mAP50-95"]

@@ -393,3 +393,38 @@ def test_unlabeled_gain_gives_the_labelled_part_teacher_as_many_steps():
     args = argparse.Namespace(teacher_epochs=12)
     assert unlabeled_gain.teacher_epochs(args, "teacher-all", 600, 100) == 12
     assert unlabeled_gain.teacher_epochs(args, "teacher-labeled", 600, 100) == 72  # 12 x 600 / 100
+
+
+def test_unlabeled_gain_teacher_cut_off_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """A teacher training stopped mid-way (a stopped session) continues from weights/last.pt the next time the
+    protocol runs, instead of starting over; a finished one is reused through its marker, a new one starts fresh."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import unlabeled_gain
+    import detkd.api
+
+    calls = []
+
+    class Run:
+        best, metrics = "best.pt", {"mAP50-95": 0.5}
+
+    def train(cfg, **kw):  # what Ultralytics leaves: the run folder
+        (Path(kw["project"]) / kw["name"]).mkdir(parents=True, exist_ok=True)
+        calls.append(kw)
+        return Run()
+
+    monkeypatch.setattr(detkd.api, "train_baseline", train)
+    args = argparse.Namespace(runs=tmp_path, teacher_cfg="yolov8s.yaml", imgsz=64, batch=4, workers=0, device="cpu")
+    unlabeled_gain.train_teacher(args, tmp_path / "data", "teacher-labeled", 12)
+    assert "resume" not in calls[-1]
+    (tmp_path / "teachers" / "teacher-labeled" / "teacher.json").unlink()
+    weights = tmp_path / "teachers" / "teacher-labeled" / "weights"
+    weights.mkdir()
+    torch.save({"epoch": 5}, weights / "last.pt")  # cut off after epoch 6
+    unlabeled_gain.train_teacher(args, tmp_path / "data", "teacher-labeled", 12)
+    assert calls[-1]["resume"] == str(weights / "last.pt")
+    assert unlabeled_gain.train_teacher(args, tmp_path / "data", "teacher-labeled", 12) == ("best.pt", 0.5)
+    assert len(calls) == 2  # the finished teacher's marker: reused, not retrained
