@@ -145,3 +145,29 @@ def test_plot_styles_one_colour_per_configuration_seeds_by_line_style():
     assert colours[3:] == colours[:3]
     lines = [ls for _, ls in styles]
     assert lines[:3] == ["-"] * 3 and len(set(lines[3:])) == 1 and lines[3] != "-"
+
+
+def test_map_vs_fps_points_are_one_per_configuration_with_the_seed_range():
+    """Several seeds: the AP-vs-FPS plot has one point per configuration at the mean AP and FPS of its seeds, with the
+    seeds' AP range as its error bar (eleven overlapping per-seed labels were unreadable); one seed: one point per run."""
+    from types import SimpleNamespace
+
+    from detkd.compare.plots import map_points
+
+    def run(key, kind, config, ap, fps, label):
+        return SimpleNamespace(key=key, kind=kind, config=config, label=label, metrics={"AP": ap},
+                               speed={"fps": fps})
+
+    specs = [run("teacher", "teacher", "teacher", 0.6, 10.0, "teacher"),
+             run("baseline-s0", "baseline", "baseline", 0.20, 40.0, "baseline (seed 0)"),
+             run("distilled-detkd-s0", "distilled", "distilled-detkd", 0.30, 38.0, "distilled: detkd (seed 0)"),
+             run("baseline-s1", "baseline", "baseline", 0.30, 36.0, "baseline (seed 1)"),
+             run("distilled-detkd-s1", "distilled", "distilled-detkd", 0.34, 42.0, "distilled: detkd (seed 1)")]
+    pts = map_points(specs)
+    assert [p["label"] for p in pts] == ["teacher", "baseline", "distilled: detkd"]
+    base = pts[1]
+    assert base["fps"] == pytest.approx(38.0) and base["ap"] == pytest.approx(0.25)
+    assert (base["ap_lo"], base["ap_hi"], base["n"]) == (pytest.approx(0.20), pytest.approx(0.30), 2)
+    one = map_points(specs[:3])
+    assert [p["label"] for p in one] == ["teacher", "baseline (seed 0)", "distilled: detkd (seed 0)"]
+    assert one[1]["n"] == 1 and one[1]["ap"] == one[1]["ap_lo"] == one[1]["ap_hi"] == pytest.approx(0.20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e", "assistant": "#7f7f7f"}
@@ -22,6 +23,12 @@ def _figure(nrows: int, ncols: int, figsize, dpi: int):
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _legend_columns(labels: list[str], fig_width_in: float, fontsize: float) -> int:
+    """As many legend columns as the widest label allows across the figure (so no entry runs off its edges)."""
+    widest = max(len(t) for t in labels) * fontsize * 0.55 / 72 + 0.5  # inches: the text, marker and padding
+    return max(1, min(len(labels), int(fig_width_in // widest)))
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -81,19 +88,41 @@ def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float 
     return offsets
 
 
+def map_points(specs) -> list[dict]:
+    """The AP-vs-FPS points: one per configuration (``config``) at the mean AP and FPS of its runs, with the runs'
+    AP range (``ap_lo``, ``ap_hi``) and count ``n``; labelled without the seed when a configuration has several
+    runs (seeds), else by the run's own label. Runs without AP or FPS are left out."""
+    groups: dict[str, list] = {}
+    for r in specs:
+        if r.metrics.get("AP") is not None and r.speed.get("fps"):
+            groups.setdefault(r.config or r.key, []).append(r)
+    points = []
+    for runs in groups.values():
+        aps = [max(float(r.metrics["AP"]), 0.0) for r in runs]
+        label = runs[0].label if len(runs) == 1 else re.sub(r" \(seed \d+\)$", "", runs[0].label)
+        points.append({"label": label, "kind": runs[0].kind, "config": runs[0].config or runs[0].key,
+                       "fps": sum(float(r.speed["fps"]) for r in runs) / len(runs), "ap": sum(aps) / len(aps),
+                       "ap_lo": min(aps), "ap_hi": max(aps), "n": len(runs)})
+    return points
+
+
 def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50:.95]") -> Path:
-    """Scatter of COCO AP against FPS, each point labelled, the Pareto front drawn as a dashed step line."""
+    """Scatter of COCO AP against FPS, one labelled point per configuration (the mean of its seeds, the seeds' AP
+    range as an error bar), the Pareto front drawn as a dashed step line."""
     from matplotlib.ticker import ScalarFormatter
 
-    rows = [r for r in specs if r.metrics.get("AP") is not None and r.speed.get("fps")]
+    points = map_points(specs)
     fig, axes = _figure(1, 1, (8, 5.6), 120)
     ax = axes[0][0]
-    pts = [(float(r.speed["fps"]), max(float(r.metrics["AP"]), 0.0)) for r in rows]
-    cols = [c for c, _ in plot_styles([(r.kind, r.config) for r in rows])]
+    pts = [(p["fps"], p["ap"]) for p in points]
+    cols = [c for c, _ in plot_styles([(p["kind"], p["config"]) for p in points])]
     front = pareto_front(pts) if pts else []
-    for n, (r, (x, y), c) in enumerate(zip(rows, pts, cols)):
-        ax.scatter([x], [y], s=90, color=c, marker=MARKERS.get(r.kind, "o"), edgecolor="white", linewidth=0.8,
-                   zorder=4, label=r.label)
+    for n, (p, (x, y), c) in enumerate(zip(points, pts, cols)):
+        if p["n"] > 1:
+            ax.errorbar([x], [y], yerr=[[y - p["ap_lo"]], [p["ap_hi"] - y]], color=c, lw=1.2, capsize=4, zorder=3)
+        label = p["label"] + (f" ({p['n']} seeds)" if p["n"] > 1 else "")
+        ax.scatter([x], [y], s=90, color=c, marker=MARKERS.get(p["kind"], "o"), edgecolor="white", linewidth=0.8,
+                   zorder=4, label=label)
         if n in front and len(pts) > 1:
             ax.scatter([x], [y], s=260, facecolor="none", edgecolor="#777777", linewidth=1.0, zorder=3)
     if len(front) > 1:
@@ -102,6 +131,8 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     if len(pts) > 1:  # legend entry for the front (rings mark Pareto-optimal points)
         ax.plot([], [], ls="--", color="#999999", marker="o", mfc="none", mec="#777777", ms=11,
                 label="Pareto front (ringed)")
+    if any(p["n"] > 1 for p in points):
+        subtitle = (subtitle + "; " if subtitle else "") + "points: mean of the seeds, bars: their AP range"
     xs = [p[0] for p in pts] or [1.0]
     lo, hi = min(xs), max(xs)
     if hi / max(lo, 1e-9) > 8:
@@ -111,11 +142,11 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     else:
         pad = (hi - lo) * 0.15 or hi * 0.15
         ax.set_xlim(max(0.0, lo - pad), hi + pad * 2.5)
-    ys = [p[1] for p in pts] or [0.0]
+    ys = [p["ap_hi"] for p in points] or [0.0]
     top = max(0.05, max(ys) * 1.35)
     ax.set_ylim(-0.02 * top, top)  # a little room below AP 0 so markers there are not clipped
-    for (r, (x, y), c), off in zip(zip(rows, pts, cols), _place_labels(ax, pts)):
-        ax.annotate(f"{r.label}\nAP {y:.3f}, {x:.0f} FPS", (x, y), textcoords="offset points", xytext=off,
+    for (p, (x, y), c), off in zip(zip(points, pts, cols), _place_labels(ax, pts)):
+        ax.annotate(f"{p['label']}\nAP {y:.3f}, {x:.0f} FPS", (x, y), textcoords="offset points", xytext=off,
                     fontsize=8, color=c, va="bottom",
                     arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.6) if abs(off[1]) > 14 else None)
     ax.set_xlabel("FPS (images/s, higher is faster)")
@@ -123,8 +154,12 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     ax.set_title("Accuracy vs speed (up and right is better)" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    rows = 0
+    if labels:
+        ncol = _legend_columns(labels, 8, 8)
+        rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.01 + 0.04 * rows, 1, 1))
     path = Path(path)
     fig.savefig(path)
     return path
@@ -181,11 +216,14 @@ def plot_training_curves(runs: list[tuple[str, str, str, str | None]], path) -> 
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    rows = 0
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
+        ncol = _legend_columns(labels, 15, 9)
+        rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=9, frameon=False)
     axes[0][0].set_ylabel("detection loss / val", fontsize=9)
     axes[1][0].set_ylabel("KD terms", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.99 - 0.035 * rows))
     path = Path(path)
     fig.savefig(path)
     return path
