@@ -334,7 +334,7 @@ def main(argv=None) -> int:
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
         needs = next((k for k in teacher_sources(kind, args) if k in others and not others[k]), None)
-        if needs and kind not in PLAIN_KINDS:
+        if needs:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)
         if args.time_budget and expected and time.perf_counter() - t_start + expected > args.time_budget:

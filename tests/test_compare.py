@@ -150,13 +150,11 @@ def test_plot_styles_one_colour_per_configuration_seeds_by_line_style():
 def test_map_vs_fps_points_are_one_per_configuration_with_the_seed_range():
     """Several seeds: the AP-vs-FPS plot has one point per configuration at the mean AP and FPS of its seeds, with the
     seeds' AP range as its error bar (eleven overlapping per-seed labels were unreadable); one seed: one point per run."""
-    from types import SimpleNamespace
-
+    from detkd.compare.experiment import RunSpec
     from detkd.compare.plots import map_points
 
     def run(key, kind, config, ap, fps, label):
-        return SimpleNamespace(key=key, kind=kind, config=config, label=label, metrics={"AP": ap},
-                               speed={"fps": fps})
+        return RunSpec(key, kind, label, config=config, metrics={"AP": ap}, speed={"fps": fps})
 
     specs = [run("teacher", "teacher", "teacher", 0.6, 10.0, "teacher"),
              run("baseline-s0", "baseline", "baseline", 0.20, 40.0, "baseline (seed 0)"),

@@ -113,6 +113,11 @@ class CompareSettings:
         return self
 
     @property
+    def names_by_seed(self) -> bool:
+        """``--seeds`` (even one) keys and labels every run by its seed, so seed lists run apart share one folder."""
+        return self.seeds is not None
+
+    @property
     def seed_list(self) -> list[int]:
         """The seeds every student run is trained with: ``seeds``, else ``[seed]``."""
         return [int(x) for x in self.seeds] if self.seeds else [int(self.seed)]
@@ -140,6 +145,11 @@ class RunSpec:
     metrics: dict = field(default_factory=dict)
     speed: dict = field(default_factory=dict)
 
+    @property
+    def config_label(self) -> str:
+        """The label without its seed: the configuration's name in tables and plots."""
+        return self.label.split(" (seed ")[0]
+
 
 @dataclass
 class CompareResult:
@@ -166,8 +176,8 @@ def plan(s: CompareSettings) -> list[RunSpec]:
 
     With one ``seed`` the keys are ``baseline``, ``distilled-<name>``, ``ultralytics-kd``; with ``seeds`` (even one)
     each gets ``-s<seed>`` (``baseline-s1``) and its label `` (seed 1)``, so that parts of a seed list trained apart
-    (``--seeds 0`` and ``--seeds 1`` in two processes) are reused by one call with ``--seeds 0 1``. With ``unlabeled``: each KD configuration again with
-    the unlabelled images (``distilled-<name>-unlabeled``: soft KD + hard pseudo-labels at ``pseudo_conf``, detkd's
+    (``--seeds 0`` and ``--seeds 1`` in two processes) are reused by one call with ``--seeds 0 1``. With
+    ``unlabeled``: each KD configuration again with the unlabelled images (``distilled-<name>-unlabeled``: soft KD + hard pseudo-labels at ``pseudo_conf``, detkd's
     default there; a configuration that sets ``pseudo_conf`` itself — a threshold, or None for soft KD only — gets
     this row only), and ``pseudo-labels``: the student on the labelled images plus the teacher's detections
     (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
@@ -187,7 +197,7 @@ def plan(s: CompareSettings) -> list[RunSpec]:
         configs.append(("assistant", "assistant", f"assistant {Path(str(s.assistant)).stem} (from teacher)", {}))
         configs.append(("via-assistant", "distilled", "distilled: via assistant", {}))
     seeds = s.seed_list
-    many = s.seeds is not None  # --seeds names runs by seed, even one: seed lists run apart share one folder
+    many = s.names_by_seed
     specs = [RunSpec("teacher", "teacher", "teacher", weights=str(s.teacher), seed=seeds[0], config="teacher")]
     for seed in seeds:
         suffix = f"-s{seed}" if many else ""
@@ -499,7 +509,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
 
     by_key = {r.key: r for r in specs}
     for r in trained:
-        seed = "" if s.seeds is not None else f", seed {r.seed}"  # --seeds: the label names it
+        seed = "" if s.names_by_seed else f", seed {r.seed}"  # --seeds: the label names it
         say(f"training {r.label} ({s.epochs} epochs, {s.imgsz} px, batch {s.batch}{seed}) ...")
         if r.teacher_from:  # via the assistant: its best.pt, trained just before, is this run's teacher
             r.teacher = by_key[r.teacher_from].weights

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e", "assistant": "#7f7f7f"}
@@ -25,10 +24,15 @@ def _figure(nrows: int, ncols: int, figsize, dpi: int):
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _legend_columns(labels: list[str], fig_width_in: float, fontsize: float) -> int:
-    """As many legend columns as the widest label allows across the figure (so no entry runs off its edges)."""
+def _figure_legend(fig, handles, labels: list[str], loc: str, fontsize: float) -> int:
+    """A figure legend with as many columns as the widest label allows across the figure (so no entry runs off its
+    edges); returns its number of rows (0 without labels) for the layout to leave room."""
+    if not labels:
+        return 0
     widest = max(len(t) for t in labels) * fontsize * 0.55 / 72 + 0.5  # inches: the text, marker and padding
-    return max(1, min(len(labels), int(fig_width_in // widest)))
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() // widest)))
+    fig.legend(handles, labels, loc=loc, ncol=ncol, fontsize=fontsize, frameon=False)
+    return -(-len(labels) // ncol)
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -99,7 +103,7 @@ def map_points(specs) -> list[dict]:
     points = []
     for runs in groups.values():
         aps = [max(float(r.metrics["AP"]), 0.0) for r in runs]
-        label = runs[0].label if len(runs) == 1 else re.sub(r" \(seed \d+\)$", "", runs[0].label)
+        label = runs[0].label if len(runs) == 1 else runs[0].config_label
         points.append({"label": label, "kind": runs[0].kind, "config": runs[0].config or runs[0].key,
                        "fps": sum(float(r.speed["fps"]) for r in runs) / len(runs), "ap": sum(aps) / len(aps),
                        "ap_lo": min(aps), "ap_hi": max(aps), "n": len(runs)})
@@ -153,12 +157,7 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     ax.set_ylabel(ylabel)
     ax.set_title("Accuracy vs speed (up and right is better)" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    rows = 0
-    if labels:
-        ncol = _legend_columns(labels, 8, 8)
-        rows = -(-len(labels) // ncol)
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    rows = _figure_legend(fig, *ax.get_legend_handles_labels(), loc="lower center", fontsize=8)
     fig.tight_layout(rect=(0, 0.01 + 0.04 * rows, 1, 1))
     path = Path(path)
     fig.savefig(path)
@@ -216,11 +215,7 @@ def plot_training_curves(runs: list[tuple[str, str, str, str | None]], path) -> 
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    rows = 0
-    if handles:
-        ncol = _legend_columns(labels, 15, 9)
-        rows = -(-len(labels) // ncol)
-        fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=9, frameon=False)
+    rows = _figure_legend(fig, handles, labels, loc="upper center", fontsize=9)
     axes[0][0].set_ylabel("detection loss / val", fontsize=9)
     axes[1][0].set_ylabel("KD terms", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.99 - 0.035 * rows))

@@ -41,7 +41,7 @@ def build_rows(specs) -> list[dict]:
         guard = read_guard(r.train["save_dir"]) if r.kind == "distilled" and r.train.get("save_dir") else None
         rows.append({
             "key": r.key, "kind": r.kind, "label": r.label, "seed": r.seed, "config": r.config or r.key,
-            "config_label": r.label.split(" (seed ")[0], "weights": r.weights, "results_csv": r.results_csv,
+            "config_label": r.config_label, "weights": r.weights, "results_csv": r.results_csv,
             "params_m": sp.get("params_m"), "gflops": sp.get("gflops"),
             **{k: m.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
             "latency_p50_ms": sp.get("latency_p50_ms"), "fps": sp.get("fps"),
