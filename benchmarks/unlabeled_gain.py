@@ -18,7 +18,8 @@ images, no KD), and Ultralytics' built-in ``distill_model=`` on the labelled ima
 Unlabelled images make up half of each epoch (``unlabeled_ratio`` 0.5, the default).
 Each row: COCO AP per seed, mean ± spread; the verdict says whether detkd + unlabelled beats detkd labelled-only and
 the pseudo-label baseline beyond the seed spread (worst seed above the other's best). Finished runs are reused, so
-the protocol can be split over several calls (``--scenarios``, ``--seeds``) and merged by a last one::
+the protocol can be split over several calls (``--scenarios``, ``--seeds``) and merged by a last one; a scenario
+already in the results file of the same protocol is kept when a call measures only the other one::
 
     python benchmarks/unlabeled_gain.py --soft-only                      # the demo's shapes data, 2 seeds
     python benchmarks/unlabeled_gain.py --data ../shared/datasets/raccoon --imgsz 160 --labeled-fraction 0.5 \\
@@ -247,6 +248,24 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+# Settings that only say how or where a call ran, not what was measured.
+NOT_PROTOCOL = ("scenarios", "runs", "out_dir", "workers")
+
+
+def merge_earlier(report: dict, earlier: dict | None) -> dict:
+    """``report`` with the scenarios of an ``earlier`` report of the same protocol (same split and settings, save
+    where and which scenarios ran) that this call did not measure: a scenario measured in an earlier session, whose
+    runs are gone, is not lost when a later one measures the other. A scenario measured now replaces the earlier."""
+    same = lambda r: ({k: v for k, v in r["settings"].items() if k not in NOT_PROTOCOL}, r.get("split"))  # noqa: E731
+    if not earlier or same(earlier) != same(report):
+        return report
+    scenarios = {**{k: v for k, v in earlier["scenarios"].items() if k not in report["scenarios"]},
+                 **report["scenarios"]}
+    order = [k for k in SCENARIOS if k in scenarios]
+    return {**report, "scenarios": {k: scenarios[k] for k in order},
+            "settings": {**report["settings"], "scenarios": order}}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detkd.bench.machine import machine_info, machine_tag
@@ -271,6 +290,8 @@ def main(argv=None) -> int:
               "scenarios": scenarios}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"unlabeled_gain_{args.tag}_{machine_tag(info, args.device)}"
+    old = stem.with_suffix(".json")
+    report = merge_earlier(report, json.loads(old.read_text()) if old.exists() else None)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     stem.with_suffix(".md").write_text(render(report))
     print(render(report))

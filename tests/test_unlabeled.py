@@ -428,3 +428,27 @@ def test_unlabeled_gain_teacher_cut_off_resumes_from_its_last_checkpoint(tmp_pat
     assert calls[-1]["resume"] == str(weights / "last.pt")
     assert unlabeled_gain.train_teacher(args, tmp_path / "data", "teacher-labeled", 12) == ("best.pt", 0.5)
     assert len(calls) == 2  # the finished teacher's marker: reused, not retrained
+
+
+def test_unlabeled_gain_keeps_the_scenarios_of_an_earlier_report_of_the_same_protocol():
+    """A scenario measured by an earlier call (its runs since gone) stays in the report when a later call measures
+    only the other one with the same protocol; a report of another protocol (here: other epochs) is not mixed in."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import unlabeled_gain
+
+    settings = {"dataset": "raccoon", "epochs": 60, "imgsz": 160, "seeds": [0, 1], "scenarios": ["teacher-all"],
+                "runs": "runs/a", "out_dir": "x"}
+    earlier = {"settings": settings, "split": {"labeled": 80}, "scenarios": {"teacher-all": {"teacher_AP": 0.42}}}
+    now = {"settings": {**settings, "scenarios": ["teacher-labeled"], "runs": "runs/b"}, "split": {"labeled": 80},
+           "scenarios": {"teacher-labeled": {"teacher_AP": 0.39}}}
+    merged = unlabeled_gain.merge_earlier(now, earlier)
+    assert list(merged["scenarios"]) == ["teacher-all", "teacher-labeled"]
+    assert merged["settings"]["scenarios"] == ["teacher-all", "teacher-labeled"]
+    rerun = {**now, "scenarios": {"teacher-all": {"teacher_AP": 0.5}}}
+    assert unlabeled_gain.merge_earlier(rerun, earlier)["scenarios"]["teacher-all"]["teacher_AP"] == 0.5  # new wins
+    other = {**earlier, "settings": {**settings, "epochs": 30}}
+    assert list(unlabeled_gain.merge_earlier(now, other)["scenarios"]) == ["teacher-labeled"]
+    assert unlabeled_gain.merge_earlier(now, None) == now
