@@ -256,8 +256,10 @@ def merge_earlier(report: dict, earlier: dict | None) -> dict:
     """``report`` with the scenarios of an ``earlier`` report of the same protocol (same split and settings, save
     where and which scenarios ran) that this call did not measure: a scenario measured in an earlier session, whose
     runs are gone, is not lost when a later one measures the other. A scenario measured now replaces the earlier."""
-    same = lambda r: ({k: v for k, v in r["settings"].items() if k not in NOT_PROTOCOL}, r.get("split"))  # noqa: E731
-    if not earlier or same(earlier) != same(report):
+    def protocol(r: dict) -> tuple:
+        return {k: v for k, v in r["settings"].items() if k not in NOT_PROTOCOL}, r.get("split")
+
+    if not earlier or protocol(earlier) != protocol(report):
         return report
     scenarios = {**{k: v for k, v in earlier["scenarios"].items() if k not in report["scenarios"]},
                  **report["scenarios"]}
@@ -290,9 +292,9 @@ def main(argv=None) -> int:
               "scenarios": scenarios}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"unlabeled_gain_{args.tag}_{machine_tag(info, args.device)}"
-    old = stem.with_suffix(".json")
-    report = merge_earlier(report, json.loads(old.read_text()) if old.exists() else None)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    report_json = stem.with_suffix(".json")
+    report = merge_earlier(report, json.loads(report_json.read_text()) if report_json.exists() else None)
+    report_json.write_text(json.dumps(report, indent=1, default=str))
     stem.with_suffix(".md").write_text(render(report))
     print(render(report))
     print(f"wrote {stem}.json, .md")
