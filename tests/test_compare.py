@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,12 @@ def test_compare_end_to_end_and_reuse(tmp_path, shapes_coco, teacher_pt, capsys,
             assert re.fullmatch(r"\d+\.\d+", v), (label, cells)
         assert float(p50) > 0 and float(fps) > 0
         assert re.fullmatch(r"[+-]\d\.\d{3}", delta) if label != "baseline" else delta == ""
+    # the three students are one architecture (YOLOv8-n): timed once, so their speed cells are identical and a
+    # Pareto front cannot rank them by timing noise; the teacher (YOLOv8-s) is timed on its own
+    students = [rows[k] for k in ROWS if k != "teacher"]
+    assert len({(c[0], c[1], c[7], c[8]) for c in students}) == 1, students
+    assert first.count("same architecture as baseline: its speed") == 2, first
+    assert "timed once per architecture" in md
     assert float(rows["teacher"][0]) > float(rows["baseline"][0])  # yolov8s teacher vs yolov8n student
     # a random-init teacher is no better than the baseline: the verdict says so in words
     assert "**Teacher verdict:** this teacher is weaker than the student trained alone" in md
@@ -78,7 +85,7 @@ def test_compare_end_to_end_and_reuse(tmp_path, shapes_coco, teacher_pt, capsys,
     assert main(_argv(teacher_pt, shapes_coco, project)) == 0
     second = capsys.readouterr().out
     assert second.count("same settings): no retraining") == 3
-    assert second.count("(evaluation reused)") == 4 and second.count("FPS (reused)") == 4
+    assert second.count("(evaluation reused)") == 4 and second.count("FPS (reused)") == 2
     assert {k: (out_dir / "train" / k / "weights" / "best.pt").stat().st_mtime_ns for k in mtimes} == mtimes
     report2 = json.loads((out_dir / "report.json").read_text())
     assert all(r["reused"]["train"] for r in report2["rows"] if r["kind"] != "teacher")
@@ -169,3 +176,24 @@ def test_map_vs_fps_points_are_one_per_configuration_with_the_seed_range():
     one = map_points(specs[:3])
     assert [p["label"] for p in one] == ["teacher", "baseline (seed 0)", "distilled: detkd (seed 0)"]
     assert one[1]["n"] == 1 and one[1]["ap"] == one[1]["ap_lo"] == one[1]["ap_hi"] == pytest.approx(0.20)
+
+
+def test_architecture_id_is_the_same_for_trained_copies_of_one_model_and_differs_between_models(tmp_path):
+    """Speed depends on the architecture, not the weights: two checkpoints of one YOLOv8-n with different weights
+    share an id (compare times them once); a YOLOv8-s, or a YOLOv8-n with another class count, does not."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.compare.experiment import architecture_id
+
+    def save(cfg, nc, seed, name):
+        torch.manual_seed(seed)
+        path = tmp_path / name
+        torch.save({"model": DetectionModel(cfg, nc=nc, verbose=False).half(), "epoch": -1}, path)
+        return str(path)
+
+    a, b = save("yolov8n.yaml", 3, 0, "a.pt"), save("yolov8n.yaml", 3, 1, "b.pt")
+    assert Path(a).read_bytes() != Path(b).read_bytes()
+    assert architecture_id(a) == architecture_id(b)
+    assert architecture_id(a) != architecture_id(save("yolov8s.yaml", 3, 0, "s.pt"))
+    assert architecture_id(a) != architecture_id(save("yolov8n.yaml", 5, 0, "n5.pt"))

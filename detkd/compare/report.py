@@ -44,7 +44,7 @@ def build_rows(specs) -> list[dict]:
             "config_label": r.config_label, "weights": r.weights, "results_csv": r.results_csv,
             "params_m": sp.get("params_m"), "gflops": sp.get("gflops"),
             **{k: m.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-            "latency_p50_ms": sp.get("latency_p50_ms"), "fps": sp.get("fps"),
+            "latency_p50_ms": sp.get("latency_p50_ms"), "fps": sp.get("fps"), "speed_timed_as": sp.get("timed_as"),
             "delta_AP": None if b is None or ap is None or r.kind == "baseline" else ap - b,
             "guard": guard,
             "train": {k: v for k, v in r.train.items() if k != "fingerprint"},
@@ -176,7 +176,8 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
         + " — identical settings; only the teacher signal differs.", "",
         f"Accuracy: {evaluation}, imgsz {s.imgsz}, conf {s.eval_conf:g}, NMS IoU {s.eval_iou:g}. "
         f"Speed: model-only forward pass, batch 1, {bench_imgsz} px, torch FP32 on {s.bench_device}; latency p50 "
-        f"over the timed calls, FPS = pipelined throughput; GFLOPs per image at {bench_imgsz} px. "
+        f"over the timed calls, FPS = pipelined throughput; GFLOPs per image at {bench_imgsz} px; timed once per "
+        f"architecture (runs of one network share that speed: weights do not change it). "
         f"Machine: {machine_line(machine)}.", "",
         format_table(rows), "",
     ]
