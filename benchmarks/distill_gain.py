@@ -330,10 +330,12 @@ def main(argv=None) -> int:
         if key in state["runs"]:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
-        if kind not in PLAIN_KINDS and not teacher:
-            raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        needs = next((k for k in teacher_sources(kind, args) if k in others and not others[k]), None)
+        sources = {"teacher": teacher, **others}
+        needs = next((k for k in teacher_sources(kind, args) if not sources[k]), None) if kind not in PLAIN_KINDS \
+            else None  # a run waits only for the teachers it learns from
+        if needs == "teacher":
+            raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         if needs:
             raise SystemExit(f"{kind} needs the '{needs}' run first (--only {needs}_s0)")
         expected = expected_wall_s(state, kind)

@@ -203,3 +203,21 @@ def test_report_names_the_teacher_epochs_it_was_trained_with():
     text = distill_gain.render({"settings": settings, "machine": machine_info("cpu"), "summary": summary, "runs": runs,
                                 "verdict": "", "pending": []})
     assert "yolov8s.yaml trained here, 30 epochs" in text
+
+
+def test_a_run_waits_only_for_the_teachers_it_learns_from(tmp_path, shapes_coco):
+    """The second teacher's own row needs the second teacher, not the first: on a CPU it can run on the free core
+    while the large teacher still trains. A run that needs the missing teacher still stops with a clear message."""
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    argv = ["--data", str(shapes_coco), "--tag", "wait", "--teacher-cfg", "yolov8n.yaml", "--teacher-epochs", "1",
+            "--teacher2-cfg", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0",
+            "--device", "cpu", "--seeds", "0", "--no-ablations", "--no-ultralytics-kd",
+            "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
+            "--train-args", json.dumps({"warmup_epochs": 0, "val": False})]
+    assert distill_gain.main([*argv, "--only", "teacher2", "detkd_teacher2"]) == 0
+    state = json.loads((tmp_path / "runs" / "state.json").read_text())
+    assert set(state["runs"]) == {"teacher2_s1", "detkd_teacher2_s0"} and "teacher" not in state
+    with pytest.raises(SystemExit, match="no teacher yet: run the 'teacher' kind first"):
+        distill_gain.main([*argv, "--only", "two_teachers"])
