@@ -69,3 +69,16 @@ def test_kl_logit_kd_with_one_class_is_refused(capfd, tmp_path, shapes_yaml, tea
     assert main(argv) == 2
     err = capfd.readouterr().err
     assert "--cls-mode kl" in err and "one class" in err and "--cls-mode bce" in err and "Traceback" not in err
+
+
+def test_help_states_each_default_once(capsys):
+    """``detkd distill --help``: a KD option shows its recipe default in brackets, never a second, misleading
+    "(default: None)" (None only means 'the recipe decides'); a real default is still shown."""
+    from detkd.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "weight of class-logit KD (0 = off) [1.0]" in text
+    assert "(default: yolov8n.yaml)" in text
