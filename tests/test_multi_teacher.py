@@ -214,3 +214,33 @@ def test_compare_adds_direct_and_via_assistant_rows(tmp_path, shapes_coco, teach
     args = (tmp_path / "ta" / "train" / "via-assistant" / "args.yaml").read_text()
     assert rows["assistant"]["weights"] in args  # the via-assistant student learnt from the assistant's best.pt
     assert "distilled: via assistant" in (tmp_path / "ta" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--assistant-both"], "--assistant-both needs --assistant"),
+    (["--assistant", "nope_s.yaml"], "assistant config 'nope_s.yaml' not found"),
+    (["--assistant", "yolov8s.yaml", "--student", "nope_n.yaml"], "student config 'nope_n.yaml' not found"),
+])
+def test_chain_arguments_are_checked_before_any_stage_trains(tmp_path, shapes_yaml, teacher_pt, capsys, extra,
+                                                             expected):
+    """A chain with a missing student must not spend the assistant's training first; a flag without the option it
+    belongs to is refused, not silently ignored."""
+    from detkd.cli import main
+
+    argv = ["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--epochs", "1", "--imgsz", "64",
+            "--device", "cpu", "--project", str(tmp_path), "--name", "chain", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("error:") == 1
+    assert not (tmp_path / "chain").exists()  # nothing trained, no folder made
+
+
+def test_missing_weights_message_lists_each_folder_once(monkeypatch):
+    """Run from the repo root, ./weights is the repo's weights/ folder: the message names it once."""
+    from detkd.models.loading import REPO_WEIGHTS_DIR, WeightsNotFoundError, resolve_model_path
+
+    monkeypatch.chdir(REPO_WEIGHTS_DIR.parent)
+    with pytest.raises(WeightsNotFoundError) as e:
+        resolve_model_path("nope.pt", role="teacher")
+    looked = str(e.value).split("looked in: ")[1].split(")")[0].split(", ")
+    assert len(looked) == len(set(looked)), looked

@@ -189,6 +189,10 @@ def run(args) -> int:
     from detkd.api import distill
 
     kd, train = build_settings(args)
+    if args.assistant_both and not args.assistant:
+        from detkd.errors import ConfigError
+
+        raise ConfigError("--assistant-both needs --assistant MODEL (the chain whose student learns from both).")
     t0 = time.time()
     if args.assistant:
         return run_chain(args, kd, train, t0)

@@ -31,7 +31,10 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
     Returns ``{'assistant': RunResult | Path, 'student': RunResult}`` (a reused stage gives its best.pt path).
     """
     from detkd.api import distill
+    from detkd.models.loading import resolve_model_path
 
+    resolve_model_path(assistant, role="assistant")  # a missing student must not cost the assistant's training first
+    resolve_model_path(student, role="student")
     root = Path(project) / name
     root.mkdir(parents=True, exist_ok=True)
     marker = root / MARKER

@@ -22,7 +22,8 @@ REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repo's
 def _search_dirs() -> list[Path]:
     from ultralytics.utils import WEIGHTS_DIR
 
-    return [Path.cwd() / "weights", REPO_WEIGHTS_DIR, Path(WEIGHTS_DIR)]
+    dirs = [Path.cwd() / "weights", REPO_WEIGHTS_DIR, Path(WEIGHTS_DIR)]
+    return [d for i, d in enumerate(dirs) if d.resolve() not in {e.resolve() for e in dirs[:i]}]  # each once
 
 
 def resolve_model_path(model: str | Path, role: str = "model") -> str:
