@@ -110,3 +110,18 @@ def test_obb_teacher_is_refused():
     assert teacher_head_notes(detect_head(DetectionModel("yolov8n.yaml", nc=4, verbose=False))) == []
     with pytest.raises(IncompatibleModelsError, match="OBB .*rotated boxes"):
         teacher_head_notes(detect_head(DetectionModel("yolov8n-obb.yaml", nc=4, verbose=False)))
+
+
+def test_progress_header_columns_stay_apart():
+    """Ultralytics prints loss columns 11 characters wide; a 12-character name ('kd_align_cls') ran into its
+    neighbours ('feat_kdkd_align_clskd_align_box'). Every header column is its own word, in loss order."""
+    from types import SimpleNamespace
+
+    from detkd.engine.trainer import DistillationTrainer
+
+    names = ("box_loss", "cls_loss", "dfl_loss", "cls_kd", "box_kd", "feat_kd", "kd_align_cls", "kd_align_box")
+    header = DistillationTrainer.progress_string(SimpleNamespace(loss_names=names)).split()
+    assert len(header) == 4 + len(names), header
+    assert header[:2] == ["Epoch", "GPU_mem"] and header[-2:] == ["Instances", "Size"]
+    assert header[2:8] == list(names[:6]) and all("align" in h for h in header[8:10])
+    assert all(len(h) <= 10 for h in header), header

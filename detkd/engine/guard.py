@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 ALIGN_ITEMS = ("kd_align_cls", "kd_align_box")
+HEADER_NAMES = {"kd_align_cls": "align_cls", "kd_align_box": "align_box"}  # fit the progress bar's 11-wide columns
 
 
 def _cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:

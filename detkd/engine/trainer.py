@@ -42,7 +42,7 @@ from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
                                       reset_adapters, save_adapters, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
-from detkd.engine.guard import ALIGN_ITEMS, KDGuard
+from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
 from detkd.errors import ConfigError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
@@ -274,15 +274,15 @@ class DistillationTrainer(StudentTrainer):
         floor = self.kd.min_teacher_map
         weak, refusals = [], []
         for i, (label, m, t) in enumerate(zip(labels, per_teacher, self.kd.teachers)):
-            who = label if len(members) == 1 else f"{label} ({t})"
+            who = "the teacher" if len(members) == 1 else f"{label} ({t})"
             below_floor = floor is not None and m["mAP50-95"] < floor
             if m["mAP50-95"] <= s50_95 or below_floor:
                 weak.append(i)
             if m["mAP50-95"] <= s50_95:
-                LOGGER.warning(f"{PREFIX}the {who} ({m['mAP50-95']:.4f}) is not better than the student's starting "
-                               f"point ({s50_95:.4f}) on val: distilling from it is unlikely to help.")
+                LOGGER.warning(f"{PREFIX}{who} (mAP50-95 {m['mAP50-95']:.4f}) is not better than the student's "
+                               f"starting point ({s50_95:.4f}) on val: distilling from it is unlikely to help.")
             if below_floor:
-                refusals.append(f"the {who} scores mAP50-95 {m['mAP50-95']:.4f} on the val split, below "
+                refusals.append(f"{who} scores mAP50-95 {m['mAP50-95']:.4f} on the val split, below "
                                 f"--min-teacher-map {floor:g}")
         if len(members) > 1 and self.kd.drop_weak_teachers:
             if len(weak) == len(members):
@@ -325,6 +325,12 @@ class DistillationTrainer(StudentTrainer):
         model.float().eval()
         return {"mAP50-95": float(metrics.get("metrics/mAP50-95(B)", 0.0)),
                 "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
+
+    def progress_string(self):
+        """The progress bar's header (Ultralytics' layout: 11 characters a column), with the guard's long item names
+        shortened to fit (results.csv keeps the full names)."""
+        names = [HEADER_NAMES.get(n, n) for n in self.loss_names]
+        return ("\n" + "%11s" * (4 + len(names))) % ("Epoch", "GPU_mem", *names, "Instances", "Size")
 
     def label_loss_items(self, loss_items=None, prefix="train"):
         """Ultralytics' labelled loss items, without the KD terms and diagnostics under ``val/`` (never computed
