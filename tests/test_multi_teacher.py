@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -170,6 +171,9 @@ def test_cli_two_teachers_and_assistant_chain(tmp_path, shapes_yaml, teacher_pt,
     out = capsys.readouterr().out
     assert "[chain 1/2] assistant" in out and "[chain 2/2] student" in out
     assert (tmp_path / "ta" / "student" / "weights" / "best.pt").is_file()
+    # the closing summary: each stage, what it learnt from and how it scored (not only where its weights are)
+    assert re.search(r"assistant\s+yolov8n\.yaml\s+teacher\s+\d\.\d{4}\s+\d\.\d{4}\s+\S+assistant/weights/best\.pt", out), out
+    assert re.search(r"student\s+yolov8n\.yaml\s+assistant\s+\d\.\d{4}\s+\d\.\d{4}\s+\S+student/weights/best\.pt", out), out
     assert main(["distill", "--teacher", teacher_pt, "--teacher", second, "--assistant", "yolov8n.yaml",
                  *common]) == 2  # a chain starts from one teacher
     assert "--assistant takes one --teacher" in capsys.readouterr().err

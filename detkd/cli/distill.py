@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "Train a student detector with knowledge distillation from a frozen teacher."
 
@@ -208,7 +209,7 @@ def run_chain(args, kd, train: dict, t0: float) -> int:
     """``--assistant``: teacher → assistant → student (detkd/engine/assistant.py)."""
     import time
 
-    from detkd.engine.assistant import distill_via_assistant
+    from detkd.engine.assistant import chain_summary, distill_via_assistant
     from detkd.errors import ConfigError
 
     if args.resume:
@@ -219,10 +220,9 @@ def run_chain(args, kd, train: dict, t0: float) -> int:
     teacher, kd.teacher = kd.teacher, None
     project, name = train.pop("project", "runs/detect"), train.pop("name", "chain")
     train.pop("exist_ok", None)
-    out = distill_via_assistant(teacher, args.assistant, student=args.student, data=args.data,
-                                kd={k: v for k, v in kd.to_dict().items() if k != "teacher"},
-                                from_both=args.assistant_both, project=project, name=name, **train)
-    print(f"\ndetkd distill (teacher-assistant chain) finished in {(time.time() - t0) / 60:.1f} min")
-    for stage, res in out.items():
-        print(f"  {stage}: {getattr(res, 'best', res)}")
+    distill_via_assistant(teacher, args.assistant, student=args.student, data=args.data,
+                          kd={k: v for k, v in kd.to_dict().items() if k != "teacher"},
+                          from_both=args.assistant_both, project=project, name=name, **train)
+    print(f"\ndetkd distill (teacher-assistant chain) finished in {(time.time() - t0) / 60:.1f} min "
+          f"(val metrics of each stage's best.pt)\n{chain_summary(Path(project) / name)}")
     return 0

@@ -22,6 +22,8 @@ from detkd.engine.checkpoints import run_state
 
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
+LEARNT_FROM = {("assistant", False): "teacher", ("assistant", True): "teacher",
+               ("student", False): "assistant", ("student", True): "assistant + teacher"}
 
 
 def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,
@@ -59,7 +61,20 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
                               name=stage, exist_ok=True, **train_args)
             results[stage], weights = run, run.best
             record[stage] = {"model": str(model), "teacher": str(stage_teacher), "best": str(weights),
-                             "metrics": run.metrics}
+                             "metrics": run.metrics, "learnt_from": LEARNT_FROM[stage, bool(from_both)]}
             marker.write_text(json.dumps(record, indent=1))
         stage_teacher = str(weights)
     return results
+
+
+def chain_summary(root) -> str:
+    """The finished chain under ``root`` as a table: per stage its model, what it learnt from, val mAP and best.pt."""
+    record = json.loads((Path(root) / MARKER).read_text()) if (Path(root) / MARKER).is_file() else {}
+    rows = [f"  {'stage':<10} {'model':<16} {'learnt from':<20} {'mAP50-95':>8} {'mAP50':>7}  best.pt"]
+    for stage in STAGES:
+        r = record.get(stage)
+        if r:
+            m = r.get("metrics") or {}
+            rows.append(f"  {stage:<10} {Path(r['model']).name:<16} {r.get('learnt_from', '?'):<20} "
+                        f"{m.get('mAP50-95', float('nan')):>8.4f} {m.get('mAP50', float('nan')):>7.4f}  {r['best']}")
+    return "\n".join(rows)
