@@ -248,3 +248,21 @@ def test_missing_weights_message_lists_each_folder_once(monkeypatch):
         resolve_model_path("nope.pt", role="teacher")
     looked = str(e.value).split("looked in: ")[1].split(")")[0].split(", ")
     assert len(looked) == len(set(looked)), looked
+
+
+def test_a_refused_teacher_among_several_is_named(tmp_path, shapes_yaml, capsys):
+    """With two teachers, a refusal names which one (its number and path), not just 'the teacher'."""
+    from detkd.cli import main
+
+    good = _teacher(tmp_path, "yolov8s.yaml", shapes_yaml)
+    net_path = tmp_path / "three_classes.pt"
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    net.names = {0: "a", 1: "b", 2: "c"}
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, net_path)
+    argv = ["distill", "--teacher", good, "--teacher", str(net_path), "--data", shapes_yaml, "--epochs", "1",
+            "--imgsz", "64", "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--name", "two"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"teacher 2 ({net_path}): the teacher predicts 3 classes" in err and err.count("error:") == 1

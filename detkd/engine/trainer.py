@@ -43,7 +43,7 @@ from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimiz
                                       reset_adapters, save_adapters, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
-from detkd.errors import ConfigError
+from detkd.errors import ConfigError, DetKDError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
 from detkd.models.ensemble import TeacherEnsemble
@@ -139,7 +139,7 @@ class DistillationTrainer(StudentTrainer):
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}distillation settings\n{kd.summary()}")
         student = unwrap_model(self.model)
-        members = [self._load_one_teacher(path, student) for path in kd.teachers]
+        members = [self._load_one_teacher(path, student, i) for i, path in enumerate(kd.teachers, 1)]
         self.teacher = members[0] if len(members) == 1 else TeacherEnsemble(members, kd.teacher_weights, kd.cls_mode)
         self.adapters = None
         if kd.feat_kd > 0:
@@ -150,14 +150,20 @@ class DistillationTrainer(StudentTrainer):
         return FeatureAdapters(feature_channels(student), self.teacher.channels,
                                with_generators=self.kd.feat_method == "mgd").to(self.device)
 
-    def _load_one_teacher(self, path: str, student) -> FrozenTeacher:
-        """Load one teacher, check it against the student and the data (with the reason when refused), freeze it."""
+    def _load_one_teacher(self, path: str, student, number: int = 1) -> FrozenTeacher:
+        """Load one teacher, check it against the student and the data (with the reason when refused; among several
+        teachers the reason names which one), freeze it."""
         teacher_from_yaml = str(path).lower().endswith(YAML_SUFFIXES)
-        net = load_detection_model(path, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
-        if teacher_from_yaml:
-            net.names = self.data["names"]
-        notes = check_compatibility(net, student, self.data, box_kd=self.kd.box_kd > 0,
-                                    teacher_from_yaml=teacher_from_yaml)
+        try:
+            net = load_detection_model(path, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
+            if teacher_from_yaml:
+                net.names = self.data["names"]
+            notes = check_compatibility(net, student, self.data, box_kd=self.kd.box_kd > 0,
+                                        teacher_from_yaml=teacher_from_yaml)
+        except DetKDError as e:
+            if len(self.kd.teachers) == 1:
+                raise
+            raise type(e)(f"teacher {number} ({path}): {e}") from None
         if RANK in {-1, 0}:
             for n in notes:
                 LOGGER.info(f"{PREFIX}{n}" if len(self.kd.teachers) == 1 else f"{PREFIX}{Path(path).name}: {n}")
