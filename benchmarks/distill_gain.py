@@ -219,8 +219,8 @@ def render(result: dict) -> str:
              + (f" Assistant {s['assistant']}, distilled from the "
                 f"{'second teacher' if s.get('assistant_teacher') == 'teacher2' else 'teacher'}."
                 if s.get("assistant") not in (None, "None") else ""), "",
-             "| run | seeds | mAP50-95 (mean ± spread) | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| run | seeds | mAP50-95 (mean ± spread) | per seed | Δ vs baseline | mAP50 | epoch time vs baseline | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     labels = {**LABELS, "assistant": "assistant (distilled from the "
                                      f"{'second teacher' if s.get('assistant_teacher') == 'teacher2' else 'teacher'})"}
     order = ["teacher", "teacher2", "assistant", "baseline", "ultralytics_kd", "detkd", "detkd_teacher2", "two_teachers",
@@ -233,7 +233,9 @@ def render(result: dict) -> str:
         ratio = f"{a['epoch_ratio']:.2f}x" if a["epoch_ratio"] else ""
         label = labels.get(kind, f"variant `{kind}`: {s.get('variants', {}).get(kind, '')}" if kind in
                            settings_variants(s) else kind)
-        lines.append(f"| {label} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | "
+        per_seed = " / ".join(f"{r['mAP50-95']:.3f}" for r in sorted(
+            (r for r in result["runs"].values() if r["kind"] == kind), key=lambda r: r["seed"]))
+        lines.append(f"| {label} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | {per_seed} | "
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
     if result.get("verdict"):
         lines += ["", f"**Teacher verdict:** {result['verdict']}"]

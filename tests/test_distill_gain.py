@@ -48,6 +48,9 @@ def test_protocol_writes_all_rows_and_reuses_runs(tmp_path, shapes_coco, capsys)
         assert r["wall_s"] > 0 and 0.0 <= r["mAP50-95"] <= 1.0 and r["median_epoch_s"] > 0
     md = (tmp_path / "out" / "distill_gain_tiny.md").read_text()
     assert "| baseline (student alone) | 0,1 |" in md and "Ultralytics built-in distill_model" in md
+    runs = result["runs"]  # each row also lists its seeds' values, in seed order
+    row = next(line for line in md.splitlines() if line.startswith("| baseline (student alone)"))
+    assert f"| {runs['baseline_s0']['mAP50-95']:.3f} / {runs['baseline_s1']['mAP50-95']:.3f} |" in row
     assert "variant `verified`" in md
     assert result["summary"]["ultralytics_kd"]["seeds"] == [0, 1] and result["pending"] == []
     assert "Not run yet" not in md
