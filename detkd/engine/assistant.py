@@ -22,8 +22,6 @@ from detkd.engine.checkpoints import run_state
 
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
-LEARNT_FROM = {("assistant", False): "teacher", ("assistant", True): "teacher",
-               ("student", False): "assistant", ("student", True): "assistant + teacher"}
 
 
 def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,
@@ -61,7 +59,8 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
                               name=stage, exist_ok=True, **train_args)
             results[stage], weights = run, run.best
             record[stage] = {"model": str(model), "teacher": str(stage_teacher), "best": str(weights),
-                             "metrics": run.metrics, "learnt_from": LEARNT_FROM[stage, bool(from_both)]}
+                             "metrics": run.metrics, "learnt_from": "teacher" if stage == "assistant" else
+                             "assistant + teacher" if from_both else "assistant"}
             marker.write_text(json.dumps(record, indent=1))
         stage_teacher = str(weights)
     return results
