@@ -266,3 +266,23 @@ def test_a_refused_teacher_among_several_is_named(tmp_path, shapes_yaml, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"teacher 2 ({net_path}): the teacher predicts 3 classes" in err and err.count("error:") == 1
+
+
+def test_weak_teacher_warning_names_the_teacher_and_the_metric(tmp_path, shapes_yaml, monkeypatch):
+    """'teacher 2 (path) (mAP50-95 0.0000) is not better …', not 'the teacher 2 (path) (0.0000)'."""
+    import detkd.engine.trainer as trainer_module
+    from detkd.engine.trainer import DistillationTrainer
+
+    teachers = [_teacher(tmp_path, "yolov8s.yaml", shapes_yaml), _teacher(tmp_path, "yolov8s.yaml", shapes_yaml, 1)]
+    quick_val, _ = _fake_val({"teacher 1": 0.5, "teacher 2": 0.0, "student (start)": 0.0})
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", quick_val)
+    warnings = []
+    monkeypatch.setattr(trainer_module.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="warn",
+                       **{**TINY_TRAIN, "epochs": 1}),
+        kd=KDConfig(teacher=teachers, min_teacher_map=0.2))
+    with pytest.raises(ConfigError, match=rf"^teacher 2 \({teachers[1]}\) scores mAP50-95 0\.0000"):
+        trainer.train()
+    assert any(f"teacher 2 ({teachers[1]}) (mAP50-95 0.0000) is not better than the student's starting point" in w
+               for w in warnings), warnings
