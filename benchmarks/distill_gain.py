@@ -333,9 +333,8 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
         others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        sources = {"teacher": teacher, **others}
-        needs = next((k for k in teacher_sources(kind, args) if not sources[k]), None) if kind not in PLAIN_KINDS \
-            else None  # a run waits only for the teachers it learns from
+        sources = {"teacher": teacher, **others}  # a run waits only for the teachers it learns from
+        needs = None if kind in PLAIN_KINDS else next((k for k in teacher_sources(kind, args) if not sources[k]), None)
         if needs == "teacher":
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         if needs:

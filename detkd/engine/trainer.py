@@ -333,10 +333,12 @@ class DistillationTrainer(StudentTrainer):
                 "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
 
     def progress_string(self):
-        """The progress bar's header (Ultralytics' layout: 11 characters a column), with the guard's long item names
-        shortened to fit (results.csv keeps the full names)."""
-        names = [HEADER_NAMES.get(n, n) for n in self.loss_names]
-        return ("\n" + "%11s" * (4 + len(names))) % ("Epoch", "GPU_mem", *names, "Instances", "Size")
+        """Ultralytics' progress-bar header (11 characters a column), the guard's longer item names shortened to fit
+        (results.csv keeps the full names)."""
+        header = super().progress_string()
+        for name, short in HEADER_NAMES.items():
+            header = header.replace(name, f"{short:>{len(name) - 1}}")  # a 12-character name overflowed by one
+        return header
 
     def label_loss_items(self, loss_items=None, prefix="train"):
         """Ultralytics' labelled loss items, without the KD terms and diagnostics under ``val/`` (never computed
