@@ -127,3 +127,36 @@ def test_a_pending_prefetch_is_always_waited_for(fake_streams):
     log.clear()
     teacher(b)  # nothing pending: no wait
     assert log == ["forward"]
+
+
+def test_an_end2end_yolo26_teacher_teaches_from_its_one_to_many_branch_after_fusion():
+    """Released YOLO26 weights (and any trained with nms=False) store end2end=True; Ultralytics' fusion then drops the
+    one-to-many branch. The teacher must keep it: the dense targets are the one-to-many outputs, fused or not."""
+    net = _net("yolo26n.yaml")
+    detect_head(net).end2end = True
+    img = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        head = detect_head(net)
+        head.training = True
+        ref = net(img)["one2many"]
+        head.training = False
+    teacher = FrozenTeacher(net, torch.device("cpu")).optimize()
+    assert detect_head(teacher.model).cv2 is not None
+    out = teacher(img)
+    torch.testing.assert_close(out.scores, ref["scores"].permute(0, 2, 1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.boxes, ref["boxes"].permute(0, 2, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_a_teacher_without_its_one_to_many_branch_is_an_error_never_a_fallback():
+    from detkd.errors import IncompatibleModelsError
+    from detkd.models.compat import check_head_supported
+
+    net = _net("yolo26n.yaml")
+    detect_head(net).end2end = True
+    net.fuse(verbose=False)  # Ultralytics' own fusion: only the one-to-one branch is left
+    assert detect_head(net).cv2 is None
+    with pytest.raises(IncompatibleModelsError, match="one-to-many"):
+        check_head_supported(net, "teacher")
+    with pytest.raises(ValueError, match="one-to-many"):
+        split_head_outputs({"one2many": {}, "one2one": {"boxes": torch.zeros(1, 4, 2), "scores": torch.zeros(1, 3, 2),
+                                                        "feats": []}})

@@ -237,3 +237,26 @@ def test_e2e_schedule_weights_each_branch_kd_like_the_detection_loss():
         for k in ("cls_kd", "box_kd"):
             expect = m * per_branch["o2m"][k] + o * 0.5 * per_branch["o2o"][k]
             assert terms[k].item() == pytest.approx(expect.item(), rel=1e-5), (follows, k)
+
+
+def test_describe_names_end_to_end_teachers_after_fusion_alone_and_as_an_ensemble():
+    """The fused teachers keep their one-to-many branch, so the describe() line is true, and an ensemble of
+    end-to-end teachers can be described (it crashed reading the fused heads' channels)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.engine.criterion import DistillationLoss
+    from detkd.models.ensemble import TeacherEnsemble
+    from detkd.models.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    student.args = __import__("ultralytics.cfg", fromlist=["get_cfg"]).get_cfg()
+    members = []
+    for _ in range(2):
+        net = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+        net.model[-1].end2end = True
+        members.append(FrozenTeacher(net, torch.device("cpu")).optimize())
+    for teacher in (members[0], TeacherEnsemble(members)):
+        lines = DistillationLoss(student.init_criterion(), teacher, None,
+                                 KDConfig(teacher="x", feat_kd=0.0)).describe()
+        assert any("end-to-end teacher" in line and "one-to-many" in line for line in lines), lines

@@ -28,7 +28,7 @@ from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_k
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
 from detkd.losses.weighting import anchor_weights, verified_weights
-from detkd.models.teacher import FrozenTeacher, detect_head, split_head_outputs
+from detkd.models.teacher import FrozenTeacher, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
 
@@ -84,7 +84,7 @@ class DistillationLoss:
                 lines.append(f"{len(members)} teachers as one ensemble (weights {w}): mean class probabilities, "
                              + ("mixed DFL bins" if self.teacher.reg_max > 1 else "mean decoded distances")
                              + f", {feats}")
-        if getattr(detect_head(self.teacher.model), "one2one_cv2", None) is not None:
+        if self.teacher.end_to_end:
             lines.append("end-to-end teacher: its one-to-many outputs are the dense targets")
         return lines
 

@@ -6,7 +6,7 @@ Every failure raises :class:`~detkd.errors.IncompatibleModelsError` with the pro
 from __future__ import annotations
 
 from detkd.errors import IncompatibleModelsError
-from detkd.models.teacher import detect_head, feature_channels
+from detkd.models.teacher import MISSING_ONE2MANY, detect_head, feature_channels
 
 
 def _names(d) -> list[str]:
@@ -27,6 +27,8 @@ def check_head_supported(model, role: str) -> None:
             f"the {role}'s last layer is {type(head).__name__}, not a YOLO Detect head with box (cv2) and class (cv3) "
             f"branches. detkd distils YOLOv8/v11-style detection models."
         )
+    if head.cv2 is None:  # an end-to-end head fused by Ultralytics keeps its one-to-one branch only
+        raise IncompatibleModelsError(f"the {role}'s {MISSING_ONE2MANY}")
 
 
 def is_end_to_end(model) -> bool:

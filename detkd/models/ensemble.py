@@ -108,6 +108,11 @@ class TeacherEnsemble:
         return self.members[0].nc
 
     @property
+    def end_to_end(self) -> bool:
+        """Some member has an end-to-end head (its one-to-many outputs are the targets, as for a single teacher)."""
+        return any(m.end_to_end for m in self.members)
+
+    @property
     def reg_max(self) -> int:
         """The members' DFL bins when they all share them, else 1 (the targets are decoded distances)."""
         r = self.members[0].reg_max

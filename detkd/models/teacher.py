@@ -36,11 +36,17 @@ def split_head_outputs(preds) -> HeadOutputs:
     """Normalise Ultralytics head outputs (train dict, (y, dict) eval tuple, end-to-end two-branch dict)."""
     if isinstance(preds, (tuple, list)):
         preds = preds[1]
-    if "one2many" in preds:  # end-to-end heads (YOLOv10/26): the dense one-to-many branch is the one to imitate,
-        preds = preds["one2many"] or preds["one2one"]  # unless fusion kept only the one-to-one branch
+    if "one2many" in preds:  # end-to-end heads (YOLOv10/26): the dense one-to-many branch is the one to imitate
+        if not preds["one2many"]:
+            raise ValueError(MISSING_ONE2MANY)
+        preds = preds["one2many"]
     return HeadOutputs(
         boxes=preds["boxes"].permute(0, 2, 1), scores=preds["scores"].permute(0, 2, 1), feats=list(preds["feats"])
     )
+
+
+MISSING_ONE2MANY = ("the end-to-end head has no one-to-many branch (removed by fusion): its dense outputs, the KD "
+                    "targets, are gone. Use the unfused training checkpoint (weights/best.pt or last.pt).")
 
 
 def detect_head(model):
@@ -88,6 +94,7 @@ class FrozenTeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.device = device
+        self.end_to_end = getattr(detect_head(model), "one2one_cv2", None) is not None  # before fusion drops it
         self.half = False
         self.channels_last = False
         self.use_graphs = False
@@ -98,8 +105,16 @@ class FrozenTeacher:
         self._pending = None  # (img, HeadOutputs) launched by prefetch()
 
     def optimize(self, half: bool = True, cuda_graphs: bool = True) -> "FrozenTeacher":
-        """Fuse Conv+BN; on CUDA also FP16 (if ``half``), channels_last, CUDA graphs and a side stream."""
+        """Fuse Conv+BN; on CUDA also FP16 (if ``half``), channels_last, CUDA graphs and a side stream.
+
+        An end-to-end head (YOLO26/YOLOv10) is switched to its one-to-many outputs first: Ultralytics' fusion keeps
+        only the branch the head infers with, and a head stored with ``end2end=True`` (released YOLO26 weights, any
+        trained with ``nms=False``) would lose the dense one-to-many branch, the one the student imitates.
+        """
         if hasattr(self.model, "fuse") and not self.model.is_fused():
+            head = detect_head(self.model)
+            if getattr(head, "one2one_cv2", None) is not None and head.cv2 is not None:
+                head.end2end = False  # fusion then drops the one-to-one branch, which the teacher never reads
             self.model = self.model.fuse(verbose=False)
         if self.device.type == "cuda":
             self.channels_last = True
