@@ -11,8 +11,9 @@ only the teacher signal differs. Layout under ``<project>/<name>/``::
 
 A training run is reused when its marker holds the same fingerprint (settings, and the SHA-256 of the student,
 teacher and data.yaml files); a run cut off before it finished (Ctrl+C, a lost machine) resumes from its
-``weights/last.pt`` when it was started with the same fingerprint (``compare_started.json``), else it is retrained.
-Evaluations and benchmarks are reused the same way, keyed on the weights' hash.
+``weights/last.pt`` when it was started with the same fingerprint (``compare_started.json``), else it is retrained
+in a fresh folder: the run made with other settings is kept, moved to ``train/<key>.old-<timestamp>``
+(:mod:`detkd.engine.fingerprint`, shared with the teacher-assistant chain). Evaluations and benchmarks are reused the same way, keyed on the weights' hash.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from detkd.engine.fingerprint import diff, holds_a_run, model_id, normal, read_json, set_aside
 from detkd.errors import ConfigError, DetKDError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
@@ -208,33 +210,6 @@ def plan(s: CompareSettings) -> list[RunSpec]:
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
-_HASHES: dict = {}
-
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file (memoised on path, size and mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
-def model_id(model) -> dict:
-    """What identifies a model argument: its file's hash, or a bundled config's name."""
-    p = Path(str(model))
-    return {"file": p.name, "sha256": file_sha256(p)} if p.is_file() else {"name": str(model)}
-
-
-def _normal(obj):
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
 def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict:
     fp = {"kind": spec.kind, "student": model_id(trained_model(spec, s)), "data": model_id(data_yaml),
           "epochs": int(s.epochs), "imgsz": int(s.imgsz), "batch": int(s.batch), "seed": int(spec.seed),
@@ -243,19 +218,7 @@ def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict
         fp["teacher"] = model_id(spec.teacher or s.teacher)
     if spec.kind in {"distilled", "assistant"}:
         fp["kd"] = kd_config(spec, s).to_dict() | {"teacher": None}
-    return _normal(fp)
-
-
-def _diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "?"
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return normal(fp)
 
 
 def trained_model(spec: RunSpec, s: CompareSettings) -> str:
@@ -290,9 +253,17 @@ def interrupted_checkpoint(run_dir: Path, fp: dict) -> Path | None:
     """``last.pt`` of a run cut off before it finished, when it was started with the same settings; else None."""
     from detkd.engine.checkpoints import run_state
 
-    started = _read_json(run_dir / STARTED)
+    started = read_json(run_dir / STARTED)
     state, last = run_state(run_dir)
     return last if state == "interrupted" and started and started.get("fingerprint") == fp else None
+
+
+def changed_settings(run_dir: Path, finished: dict | None, fp: dict) -> str:
+    """What differs between ``fp`` and the settings the run in ``run_dir`` finished (or was started) with."""
+    before = (finished or read_json(run_dir / STARTED) or {}).get("fingerprint")
+    if before is None:
+        return "no record of the settings it was started with"
+    return diff(before, fp) if before != fp else "its weights are missing"
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -301,7 +272,7 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     run_dir = out / "train" / spec.key
     marker = run_dir / MARKER
     fp = train_fingerprint(spec, s, data_yaml)
-    old = _read_json(marker)
+    old = read_json(marker)
     if old:
         old = _rooted(old, run_dir)
     if old and old.get("fingerprint") == fp and Path(old.get("best", "")).is_file():
@@ -309,10 +280,12 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
         spec.train = {**old, "reused": True}
         log(f"      reused {run_dir} (finished {old.get('finished', '?')}, same settings): no retraining")
         return spec
-    if old:
-        log(f"      settings changed since the run in {run_dir} ({_diff(old.get('fingerprint', {}), fp)}): retraining")
-        marker.unlink()
     resume = interrupted_checkpoint(run_dir, fp)
+    if not resume and holds_a_run(run_dir):  # trained (or started) with other settings: kept, never overwritten
+        why = changed_settings(run_dir, old, fp)
+        log(f"      settings changed since the run in {run_dir} ({why}): retraining; the old run is kept in "
+            f"{set_aside(run_dir)}")
+    marker.unlink(missing_ok=True)  # not reused: a marker left beside no weights describes nothing
 
     from detkd.engine.baseline import StudentTrainer  # Ultralytics' DetectionTrainer + detkd's shared options
     from detkd.engine.callbacks import EpochTimer
@@ -408,10 +381,10 @@ def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, 
     """COCO metrics of ``spec.weights`` (COCOeval on the dataset's own JSON, or Ultralytics val for a plain
     data.yaml: AP, AP50, AP75 only); reused when weights and settings are unchanged."""
     eval_dir = out / "eval" / spec.key
-    fp = _normal({"weights": model_id(spec.weights), "data": model_id(data_yaml), "split": s.eval_split,
+    fp = normal({"weights": model_id(spec.weights), "data": model_id(data_yaml), "split": s.eval_split,
                   "imgsz": int(s.imgsz), "conf": s.eval_conf, "iou": s.eval_iou, "batch": int(s.eval_batch),
                   "method": f"coco:{resolve_backend()}" if coco else "ultralytics"})
-    old = _read_json(eval_dir / EVAL_MARKER)
+    old = read_json(eval_dir / EVAL_MARKER)
     if old and old.get("fingerprint") == fp:
         spec.metrics = {**old["metrics"], "reused": True}
         log(f"      {spec.label}: AP {spec.metrics['AP']:.3f} (evaluation reused)")
@@ -468,10 +441,10 @@ def benchmark_run(spec: RunSpec, s: CompareSettings, out: Path, log=print) -> Ru
 
     imgsz = int(s.bench_imgsz or s.imgsz)
     path = out / "bench" / f"{spec.key}.json"
-    fp = _normal({"weights": model_id(spec.weights), "imgsz": imgsz, "device": str(s.bench_device),
+    fp = normal({"weights": model_id(spec.weights), "imgsz": imgsz, "device": str(s.bench_device),
                   "warmup": s.bench_warmup, "iters": s.bench_iters, "time_budget": s.bench_time_budget,
                   "min_iters": s.bench_min_iters, "machine": machine_tag(device=str(s.bench_device))})
-    old = _read_json(path)
+    old = read_json(path)
     if old and old.get("fingerprint") == fp:
         spec.speed = {**old["speed"], "reused": True}
         log(f"      {spec.label}: p50 {spec.speed['latency_p50_ms']:.2f} ms, {spec.speed['fps']:.1f} FPS (reused)")
@@ -579,4 +552,4 @@ def compare(teacher, data, student="yolov8n.yaml", kd_configs: dict | None = Non
 
 
 def settings_dict(s: CompareSettings) -> dict:
-    return _normal(asdict(s))
+    return normal(asdict(s))

@@ -1,0 +1,77 @@
+"""What a training run was made from, and what happens to a run whose settings changed.
+
+Shared by ``detkd compare`` (every run of a comparison) and the teacher-assistant chain (each stage): a run is reused
+(or resumed, when it was cut off) only when its *fingerprint* — the settings it depends on and the SHA-256 of the
+model, teacher and data files — is the one it was started with. A run made with other settings is never overwritten:
+:func:`set_aside` moves its folder to ``<folder>.old-<timestamp>`` and the new run starts in a fresh folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+_HASHES: dict = {}
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file (memoised on path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def model_id(model) -> dict | list:
+    """What identifies a model argument: its file's hash, or a bundled config's name; a list of them for a list."""
+    if isinstance(model, (list, tuple)):
+        return [model_id(m) for m in model]
+    p = Path(str(model))
+    return {"file": p.name, "sha256": file_sha256(p)} if p.is_file() else {"name": str(model)}
+
+
+def normal(obj):
+    """``obj`` as plain, key-sorted JSON data (what a fingerprint is compared and stored as)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def diff(old: dict, new: dict) -> str:
+    """The settings that differ between two fingerprints, as ``key: old -> new`` (``?`` when none is found)."""
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "?"
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds anything worth keeping: a checkpoint (finished or not) of an earlier run."""
+    weights = Path(run_dir) / "weights"
+    return weights.is_dir() and any(weights.iterdir())
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move ``run_dir`` to ``<run_dir>.old-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, ... when taken) and return it there.
+
+    A run trained with other settings is kept, never overwritten: its folder name says when it was set aside."""
+    run_dir = Path(run_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 2
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+        n += 1
+    return run_dir.rename(target)
