@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -101,11 +102,44 @@ def _from_coco_json(p: Path) -> list[Path]:
 
 
 def drop_overlap(files: list[str], *others: list[str]) -> tuple[list[str], int]:
-    """``files`` without those that are also in ``others`` (labelled train or val images: training on a val image,
-    even without its labels, leaks it into the model). Compared by real path (symlinks resolved)."""
-    taken = {os.path.realpath(f) for group in others for f in group}
-    kept = [f for f in files if os.path.realpath(f) not in taken]
+    """``files`` without those whose content is also in ``others`` (labelled train or val images: training on a val
+    image, even without its labels, leaks it into the model), and how many were left out.
+
+    Compared by content: SHA-256 of the file bytes, computed only for files whose size equals the size of an image
+    of ``others`` (a copy, a link or the same path alike). Files that cannot be read are kept here (the loader
+    skips and counts them).
+    """
+    taken_by_size: dict[int, list[str]] = {}
+    for f in (f for group in others for f in group):
+        size = _file_size(f)
+        if size is not None:
+            taken_by_size.setdefault(size, []).append(f)
+    candidates = [f for f in files if _file_size(f) in taken_by_size]
+    same_size = list(dict.fromkeys(t for f in candidates for t in taken_by_size[_file_size(f)]))
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        taken = set(pool.map(_content_key, same_size))
+        leaked = {f for f, key in zip(candidates, pool.map(_content_key, candidates)) if key in taken}
+    kept = [f for f in files if f not in leaked]
     return kept, len(files) - len(kept)
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _content_key(path: str) -> str:
+    """SHA-256 of the file's bytes (its real path when it cannot be read)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return "path:" + os.path.realpath(path)
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ datasets

@@ -390,7 +390,7 @@ class DistillationTrainer(StudentTrainer):
             if pool.skipped:
                 notes.append(f"{len(pool.skipped)} unreadable skipped (first: {pool.skipped[0]})")
             if overlap:
-                notes.append(f"{overlap} left out (also in the train or val split)")
+                notes.append(f"{overlap} left out (same file content as a train or val image)")
             LOGGER.info(f"{PREFIX}{'; '.join(notes)}. Each epoch: {len(labeled)} labelled + {per_epoch} unlabelled "
                         f"images (unlabelled share {self.kd.unlabeled_ratio:g}; the pool is cycled); mosaics stay "
                         f"within one kind.")
