@@ -238,8 +238,10 @@ def test_pseudo_labels_reach_the_detection_loss(tmp_path):
 def test_distill_with_unlabeled_images_end_to_end(tmp_path, shapes_yaml, shapes_coco, teacher_pt):
     from detkd.api import distill
 
-    frames = _write_images(tmp_path / "frames", 6, size=(96, 96))
-    (tmp_path / "frames" / "corrupt.jpg").write_bytes(b"junk")
+    frames = _write_images(tmp_path / "frames", 5, size=(96, 96))
+    (tmp_path / "frames" / "corrupt.jpg").write_bytes(b"junk")  # refused by the start check
+    data = frames[0].read_bytes()
+    (tmp_path / "frames" / "truncated.jpg").write_bytes(data[: len(data) // 2])  # passes it; OpenCV cannot decode it
     run = distill(teacher=teacher_pt, student="yolov8n.yaml", data=shapes_yaml, unlabeled=tmp_path / "frames",
                   kd={"unlabeled_ratio": 0.2, "validate_teacher": False}, project=str(tmp_path), name="unl",
                   **{**TINY_TRAIN, "epochs": 1})
@@ -247,7 +249,8 @@ def test_distill_with_unlabeled_images_end_to_end(tmp_path, shapes_yaml, shapes_
         row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
     assert float(row["train/labeled_imgs"]) == 24 and float(row["train/unlabeled_imgs"]) == 6  # 0.2/0.8 x 24
     assert float(row["train/cls_kd"]) > 0
-    assert len(frames) == 6
+    assert float(row["train/unlabeled_unreadable"]) == 1  # the pool of 6 is drawn whole: the truncated file too
+    assert len(frames) == 5
 
 
 def test_cli_unlabeled_empty_folder_exit_2(tmp_path, shapes_yaml, teacher_pt, capsys):

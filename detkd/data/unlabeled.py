@@ -4,7 +4,9 @@
   file listing images (one per line, relative to the file), or a COCO JSON (its images without annotations).
 * :class:`UnlabeledDataset` — Ultralytics' ``YOLODataset`` (same loading, augmentation, mosaic, letterbox) whose
   labels are empty by construction: no label file is read, no ``.cache`` is written beside the user's images.
-  Images that cannot be read are counted and skipped (never rewritten, unlike Ultralytics' JPEG repair).
+  Images that cannot be read are counted and skipped (never rewritten, unlike Ultralytics' JPEG repair): at the
+  start (PIL header check) and as the loader reads them (OpenCV decode, e.g. a truncated JPEG: the next readable
+  image stands in, the file is flagged in memory shared with the loader workers and counted in the results).
 * :class:`MixedDataset` — labelled dataset, then unlabelled pool, one index space. Each sample carries
   ``labeled`` (True/False); the criterion masks the detection loss on unlabelled images. **Mosaics never mix the
   two kinds**: each dataset builds its mosaics from its own images (Ultralytics' ``Mosaic`` draws the other tiles
@@ -180,9 +182,31 @@ def _unlabeled_dataset_class():
                 raise ConfigError(f"none of the {len(self.im_files)} unlabelled images can be read (first: "
                                   f"{self.im_files[0]}). Check the files behind --unlabeled.")
             self.im_files = [f for f, _ in kept]
+            self.unreadable = torch.zeros(len(kept), dtype=torch.uint8).share_memory_()  # seen by loader workers
             return [{"im_file": f, "shape": s, "cls": np.zeros((0, 1), np.float32),
                      "bboxes": np.zeros((0, 4), np.float32), "segments": [], "keypoints": None,
                      "normalized": True, "bbox_format": "xywh"} for f, s in kept]
+
+        def load_image(self, i: int, rect_mode: bool = True, resize_short: bool = False):
+            """Ultralytics' ``load_image``; an image OpenCV cannot decode (a truncated JPEG passes the start check) is
+            flagged and the next readable one stands in (every unlabelled image has the same, empty, labels)."""
+            for j in self._readable_from(i):
+                try:
+                    return super().load_image(j, rect_mode, resize_short)
+                except FileNotFoundError:  # Ultralytics: imread gave nothing
+                    self.unreadable[j] = 1
+            raise ConfigError(f"none of the {len(self.im_files)} unlabelled images can be decoded (first: "
+                              f"{self.im_files[0]}). Check the files behind --unlabeled.")
+
+        def _readable_from(self, i: int):
+            """Indices ``i, i+1, ...`` (wrapping) not yet flagged unreadable."""
+            for j in (k % len(self.im_files) for k in range(i, i + len(self.im_files))):
+                if not self.unreadable[j]:
+                    yield j
+
+        def unreadable_files(self) -> list[str]:
+            """Images found undecodable while loading (in any loader worker), in pool order."""
+            return [self.im_files[j] for j in torch.nonzero(self.unreadable).view(-1).tolist()]
 
     return UnlabeledDataset
 

@@ -12,7 +12,7 @@ What it changes, each at the narrowest point of the parent class:
 * ``optimizer_step`` — clips the adapters' gradients jointly with the student's (Ultralytics clips the student's).
 * ``_setup_train``  — afterwards: validates the teacher (and the student's starting point) on the val split,
                       optimises the teacher for inference, installs :class:`DistillationLoss` as the student's
-                      criterion.
+                      criterion, wrapping the detection loss the student has (a resume's keeps its E2E schedule).
 * ``save_model``    — ``last.pt``/``best.pt``/``epochN.pt`` are written by Ultralytics and hold the student only;
                       the adapters are saved beside each (``kd_adapters.pt``, ``best_kd_adapters.pt``, ...) with
                       their epoch, and a resume loads those of its checkpoint (see ``engine/checkpoints.py``).
@@ -249,7 +249,8 @@ class DistillationTrainer(StudentTrainer):
                 find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         student = unwrap_model(self.model)
-        student.criterion = DistillationLoss(student.init_criterion(), self.teacher, self._adapters_in_loss, self.kd)
+        student.criterion = DistillationLoss(_detection_criterion(student), self.teacher, self._adapters_in_loss,
+                                             self.kd)
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
@@ -399,11 +400,25 @@ class DistillationTrainer(StudentTrainer):
                                   rank=RANK, world_size=self.world_size)
 
     def save_metrics(self, metrics):
-        """Ultralytics' results.csv row; with unlabelled images, the epoch's labelled/unlabelled image counts."""
+        """Ultralytics' results.csv row; with unlabelled images, the epoch's labelled/unlabelled image counts and
+        how many pool images could not be decoded so far (skipped as they were read; a warning when that grows)."""
         counts = getattr(getattr(self.train_loader, "sampler", None), "counts", None)
         if counts is not None:
-            metrics = {**metrics, "train/labeled_imgs": counts[0], "train/unlabeled_imgs": counts[1]}
+            unreadable = self._unreadable_pool_images()
+            metrics = {**metrics, "train/labeled_imgs": counts[0], "train/unlabeled_imgs": counts[1],
+                       "train/unlabeled_unreadable": len(unreadable)}
         super().save_metrics(metrics)
+
+    def _unreadable_pool_images(self) -> list[str]:
+        """Unlabelled images found undecodable while loading (this rank's workers); warns about new ones."""
+        pool = self.train_loader.dataset.datasets[1]
+        unreadable = pool.unreadable_files()
+        reported = getattr(self, "_unreadable_reported", 0)
+        if len(unreadable) > reported:
+            LOGGER.warning(f"{PREFIX}{len(unreadable)} unlabelled image(s) could not be decoded and were skipped "
+                           f"(first: {unreadable[0]}); counted in results.csv (train/unlabeled_unreadable).")
+            self._unreadable_reported = len(unreadable)
+        return unreadable
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_model(self):
@@ -439,6 +454,16 @@ def rng_preserved():
         torch.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+def _detection_criterion(student):
+    """The student's detection loss to wrap: the one Ultralytics already built when it has (a resumed end-to-end
+    student's ``E2ELoss`` is positioned on its one-to-many/one-to-one schedule by ``resume_training``), else a new one
+    from ``init_criterion``, Ultralytics' extension point."""
+    existing = getattr(student, "criterion", None)
+    if isinstance(existing, DistillationLoss):
+        return existing.det
+    return existing if existing is not None else student.init_criterion()
 
 
 def _one_or_list(paths: list[str]):
