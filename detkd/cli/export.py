@@ -24,8 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-parity", action="store_true", help="skip the torch vs ONNX Runtime parity check")
     p.add_argument("--parity-images", default=None, help="image file/folder for the parity check "
                                                          "(default: Ultralytics' sample images)")
-    p.add_argument("--conf", type=float, default=0.25, help="parity NMS confidence threshold")
-    p.add_argument("--iou", type=float, default=0.7, help="parity NMS IoU threshold")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="parity detection confidence threshold (detections are compared at 0.001 instead when none "
+                        "reaches it; the summary says so)")
+    p.add_argument("--iou", type=float, default=0.7,
+                   help="parity NMS IoU threshold (unused for end-to-end models: NMS-free)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,12 +1,19 @@
 """Torch vs ONNX Runtime parity of an exported student: same images, raw outputs and post-NMS detections compared.
 
-End-to-end students (YOLO26) output final detections ``(N, 300, 6)`` (x1, y1, x2, y2, score, class): those are
-compared column-wise, and their detections are the rows above ``conf`` (NMS-free, as deployed).
+End-to-end students (YOLO26) output a top-K list ``(N, K, 6)`` (x1, y1, x2, y2, score, class; K = min(300, anchors)),
+sorted by score. Rows of tied scores may come out in another order in each runtime, and where rows tie at the list's
+cut (its last score) each runtime may keep other ones: a random-init head ties everywhere, which used to read as
+"max|diff| 56" element-wise. So the rows are compared order-free (each torch row against the ONNX row of its class and
+score), only those scoring above the cut by more than ``score_atol`` (decidable); their detections are the decidable
+rows at or above ``conf`` (NMS-free, as deployed).
 Other raw outputs are the detector's decoded predictions, shape ``(N, 4 + nc, A)``: rows 0-3 are xywh boxes in input pixels,
 the rest class scores in [0, 1], ``A`` anchors (8400 at 640 px). Boxes and scores are compared separately (pixels vs
 probabilities). Detections come from Ultralytics' ``non_max_suppression`` on both outputs and are matched per image by
 class and IoU; a detection missing on one side only counts as a disagreement when it is not borderline (score within
 ``score_margin`` of ``conf``, or a near-tie NMS choice between overlapping boxes of almost equal score).
+
+When no detection reaches ``conf`` on either side, detections are compared at :data:`LOW_CONF` instead (and the report
+says so); a check that compared nothing at all reports "NOTHING COMPARED", never PASS.
 """
 
 from __future__ import annotations
@@ -25,40 +32,65 @@ from detkd.models.compat import is_end_to_end
 # same). Boxes pass when |torch - onnx| <= box_atol + box_rtol * |torch| everywhere (as numpy.allclose).
 TOLERANCES = {"fp32": (0.05, 1e-4, 1e-3, 0.95), "fp16": (1.0, 4e-3, 2e-2, 0.85)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LOW_CONF = 0.001  # Ultralytics' validation threshold: detections are compared there when none reaches ``conf``
 
 
 @dataclass
 class ParityReport:
-    """Outcome of :func:`check_onnx_parity` (``passed`` is False when any tolerance is exceeded)."""
+    """Outcome of :func:`check_onnx_parity`.
+
+    ``passed``: something was compared and no tolerance was exceeded; ``checked`` False means nothing could be compared
+    (no decidable output row, no detection even at :data:`LOW_CONF`): neither PASS nor FAIL.
+    """
 
     n_images: int
     precision: str
     provider: str
-    max_abs_diff: float  # over the whole raw output
+    compared: str  # what the raw comparison covered, in words
+    n_compared: int  # raw values compared: anchors x images (one-to-many), decidable rows (end-to-end)
+    max_abs_diff: float  # over what was compared
     box_max_abs_diff: float  # pixels
     score_max_abs_diff: float
     box_atol: float
     box_rtol: float
     score_atol: float
     boxes_within_tol: bool
+    conf: float  # the asked threshold
+    det_conf: float  # the threshold detections were compared at (LOW_CONF when none reached conf)
     n_det_torch: int
     n_det_onnx: int
     n_matched: int
     n_borderline: int
     n_mismatched: int
     detections_agree: bool
+    checked: bool
     passed: bool
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def state(self) -> str:
+        """'FAIL' (a tolerance exceeded), else 'PASS' or, when nothing could be compared, 'NOTHING COMPARED'."""
+        if not self.within_tolerance:
+            return "FAIL"
+        return "PASS" if self.checked else "NOTHING COMPARED"
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.detections_agree and self.boxes_within_tol and self.score_max_abs_diff <= self.score_atol
+
     def summary(self) -> str:
-        """One line for logs."""
-        state = "PASS" if self.passed else "FAIL"
-        return (f"parity {state} ({self.precision}, {self.provider}, {self.n_images} images): raw max|diff| "
-                f"{self.max_abs_diff:.3g} (boxes {self.box_max_abs_diff:.3g} px, tol {self.box_atol:.3g} px + "
-                f"{self.box_rtol:.0e}*|box| {'ok' if self.boxes_within_tol else 'EXCEEDED'}; scores "
-                f"{self.score_max_abs_diff:.3g} <= {self.score_atol:.3g}); detections torch {self.n_det_torch} / "
+        """One line for logs, naming what was compared."""
+        head = f"parity {self.state} ({self.precision}, {self.provider}, {self.n_images} images): "
+        if self.state == "NOTHING COMPARED":
+            return head + (f"{self.compared}; no detection at conf {self.conf:g} or {self.det_conf:g}. The file was "
+                           f"not verified (an untrained head?): pass --parity-images with images of your classes.")
+        lowered = f" (none reached conf {self.conf:g})" if self.det_conf < self.conf else ""
+        return (head + f"{self.compared}: max|diff| {self.max_abs_diff:.3g} (boxes {self.box_max_abs_diff:.3g} px, "
+                f"tol {self.box_atol:.3g} px + {self.box_rtol:.0e}*|box| "
+                f"{'ok' if self.boxes_within_tol else 'EXCEEDED'}; scores {self.score_max_abs_diff:.3g} <= "
+                f"{self.score_atol:.3g}); detections at conf {self.det_conf:g}{lowered}: torch {self.n_det_torch} / "
                 f"onnx {self.n_det_onnx}: {self.n_matched} matched, {self.n_borderline} borderline, "
                 f"{self.n_mismatched} disagree")
 
@@ -162,14 +194,23 @@ def _row_box_diff(ref: np.ndarray, out: np.ndarray, score_atol: float) -> np.nda
     return diffs
 
 
-def _nms_free(raw: np.ndarray, conf: float) -> list[torch.Tensor]:
-    """Detections of an end-to-end output: the rows scoring at least ``conf`` (same layout as NMS output)."""
-    return [torch.from_numpy(r[r[:, 4] >= conf]) for r in raw]
+def top_k_cut(ref: np.ndarray, out: np.ndarray, score_atol: float) -> np.ndarray:
+    """Per image, the score a row of an end-to-end output (N, K, 6) must exceed to be in the list whatever the
+    tie-breaking: the list's last (lowest) score on either side plus ``score_atol``. Returns (N,)."""
+    return np.maximum(ref[:, -1, 4], out[:, -1, 4]) + score_atol
 
 
-def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float, nms_iou: float, match_iou: float,
+def _nms_free(raw: np.ndarray, thresholds: np.ndarray) -> list[torch.Tensor]:
+    """Detections of an end-to-end output (N, K, 6): per image ``n`` the rows scoring at least ``thresholds[n]``
+    (same layout as NMS output)."""
+    return [torch.from_numpy(r[r[:, 4] >= t]) for r, t in zip(raw, thresholds)]
+
+
+def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf, nms_iou: float, match_iou: float,
                        score_margin: float) -> tuple[int, int, int]:
     """Match two sets of per-image detections (each (n, 6): x1, y1, x2, y2, score, class).
+
+    ``conf`` is the threshold they were cut at: one float, or one per image (end-to-end cuts differ per image).
 
     Returns:
         ``(matched, borderline, mismatched)`` counts over all images (an unmatched detection counts once, from the
@@ -178,7 +219,8 @@ def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float
     from ultralytics.utils.metrics import box_iou
 
     matched = borderline = mismatched = 0
-    for da, db in zip(a, b):
+    confs = np.broadcast_to(np.asarray(conf, dtype=np.float64), (len(a),))
+    for da, db, conf in zip(a, b, confs.tolist()):
         iou = box_iou(da[:, :4], db[:, :4]) if len(da) and len(db) else torch.zeros(len(da), len(db))
         if len(da) and len(db):  # coincident boxes are the same detection, even degenerate ones (IoU undefined)
             iou = torch.where((da[:, None, :4] - db[None, :, :4]).abs().amax(-1) <= 1e-3, torch.ones_like(iou), iou)
@@ -208,6 +250,52 @@ def compare_detections(a: list[torch.Tensor], b: list[torch.Tensor], conf: float
     return matched, borderline, mismatched
 
 
+def compare_raw_dense(ref: np.ndarray, out: np.ndarray, box_atol: float, box_rtol: float) -> dict:
+    """Element-wise comparison of one-to-many outputs (N, 4 + nc, A): rows 0-3 xywh boxes (pixels), then scores.
+
+    Returns:
+        ``compared`` (words), ``n_compared`` (anchors x images), ``max_abs_diff``, ``box_diff`` (px), ``score_diff``,
+        ``boxes_ok`` (|diff| <= box_atol + box_rtol * |box| everywhere).
+    """
+    diff = np.abs(ref - out)
+    return {"compared": f"raw outputs {tuple(ref.shape)} (boxes and class scores of every anchor) element-wise",
+            "n_compared": int(ref.shape[0] * ref.shape[2]), "max_abs_diff": float(diff.max()),
+            "box_diff": float(diff[:, :4].max()), "score_diff": float(diff[:, 4:].max()),
+            "boxes_ok": bool((diff[:, :4] <= box_atol + box_rtol * np.abs(ref[:, :4])).all())}
+
+
+def compare_raw_end_to_end(ref: np.ndarray, out: np.ndarray, box_atol: float, box_rtol: float,
+                           score_atol: float) -> dict:
+    """Order-free comparison of end-to-end top-K lists (N, K, 6): x1, y1, x2, y2, score, class; sorted by score.
+
+    Scores are compared element-wise (a sorted list of values does not depend on how ties were broken); boxes per
+    decidable torch row (score above :func:`top_k_cut`) against the ONNX row of its class and score. Returns the keys
+    of :func:`compare_raw_dense` (``n_compared``: decidable rows) and ``cut`` (N,).
+    """
+    n, k = ref.shape[:2]
+    cut = top_k_cut(ref, out, score_atol)
+    rows = ref[..., 4] > cut[:, None]  # (N, K)
+    n_rows = int(rows.sum())
+    row_diff = np.where(rows[..., None], _row_box_diff(ref, out, score_atol), 0.0)  # (N, K, 4)
+    box_diff = float(row_diff.max()) if n_rows else 0.0
+    score_diff = float(np.abs(ref[..., 4] - out[..., 4]).max())
+    ties = (f" (the other {n * k - n_rows} score within {score_atol:g} of the list's last score: each runtime may keep "
+            f"other rows there)" if n_rows < n * k else "")
+    return {"compared": f"end-to-end top-{k} rows order-free (by class and score): {n_rows} of {n * k}{ties}",
+            "n_compared": n_rows, "max_abs_diff": max(box_diff, score_diff), "box_diff": box_diff,
+            "score_diff": score_diff, "cut": cut,
+            "boxes_ok": bool((row_diff <= box_atol + box_rtol * np.abs(ref[..., :4])).all())}
+
+
+def _detections(ref: np.ndarray, out: np.ndarray, conf: float, iou: float, cut: np.ndarray | None):
+    """(torch detections, ONNX detections, per-image thresholds used): NMS for one-to-many outputs; for end-to-end
+    ones (``cut`` given) the rows at or above both ``conf`` and the decidable cut."""
+    if cut is None:
+        return _nms(ref, conf, iou), _nms(out, conf, iou), conf
+    thresholds = np.maximum(conf, cut)
+    return _nms_free(ref, thresholds), _nms_free(out, thresholds), thresholds
+
+
 def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[np.ndarray] | torch.Tensor | None = None,
                       imgsz: int = 640, half: bool = False, device: str = "cpu", conf: float = 0.25, iou: float = 0.7,
                       box_atol: float | None = None, box_rtol: float | None = None, score_atol: float | None = None,
@@ -222,10 +310,12 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[
             None uses :func:`load_parity_images`.
         half: the file holds FP16 weights (tolerances for fp16; torch runs FP16 too when on CUDA).
         device: 'cpu' or a CUDA index; ORT uses its CUDA provider there when installed, else CPU.
-        conf, iou: NMS thresholds (Ultralytics' ``non_max_suppression``).
+        conf, iou: detection thresholds (NMS for one-to-many outputs; ``iou`` unused end-to-end). When no detection
+            reaches ``conf`` on either side, detections are compared at :data:`LOW_CONF` (``report.det_conf``).
         box_atol (pixels), box_rtol, score_atol: allowed |torch - onnx| (boxes: atol + rtol * |value|); defaults
             from :data:`TOLERANCES`, box_atol scaled by imgsz / 640.
-        raise_on_fail: raise :class:`DetKDError` when parity breaks (default), else only report.
+        raise_on_fail: raise :class:`DetKDError` when parity breaks (default), else only report. A check that
+            compared nothing (``report.state == "NOTHING COMPARED"``) warns and returns ``passed=False``.
     """
     from ultralytics.utils import LOGGER
     from ultralytics.utils.torch_utils import select_device
@@ -243,33 +333,36 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[
     out = onnx_outputs(session, x)
     if ref.shape != out.shape:
         raise DetKDError(f"ONNX output shape {out.shape} differs from torch {ref.shape}: the export is broken.")
-    diff = np.abs(ref - out)
-    if is_end_to_end(net):  # (N, max_det, 6): boxes in the last axis, then score and class; no NMS
-        kept = ref[..., 4] >= conf  # rows under conf are never deployed (and tie among themselves in any order)
-        row_diff = np.where(kept[..., None], _row_box_diff(ref, out, score_atol), 0.0)
-        box_diff, score_diff = float(row_diff.max()), float(diff[..., 4].max())  # scores are sorted: element-wise
-        boxes_ok = bool((row_diff <= box_atol + box_rtol * np.abs(ref[..., :4])).all())
-        det_t, det_o = _nms_free(ref, conf), _nms_free(out, conf)
+    if is_end_to_end(net):  # (N, K, 6) top-K detections, no NMS
+        raw = compare_raw_end_to_end(ref, out, box_atol, box_rtol, score_atol)
     else:  # (N, 4 + nc, A): decoded boxes then class scores, NMS on both
-        box_diff, score_diff = float(diff[:, :4].max()), float(diff[:, 4:].max())
-        boxes_ok = bool((diff[:, :4] <= box_atol + box_rtol * np.abs(ref[:, :4])).all())
-        det_t, det_o = _nms(ref, conf, iou), _nms(out, conf, iou)
-    matched, borderline, mismatched = compare_detections(det_t, det_o, conf, iou, match_iou, score_margin=score_atol)
+        raw = compare_raw_dense(ref, out, box_atol, box_rtol)
+    det_conf = conf
+    det_t, det_o, thresholds = _detections(ref, out, conf, iou, raw.get("cut"))
+    if not any(len(d) for d in det_t + det_o) and conf > LOW_CONF:  # nothing to match at conf: look lower
+        det_conf = LOW_CONF
+        det_t, det_o, thresholds = _detections(ref, out, LOW_CONF, iou, raw.get("cut"))
+    matched, borderline, mismatched = compare_detections(det_t, det_o, thresholds, iou, match_iou,
+                                                         score_margin=score_atol)
+    n_det_t, n_det_o = sum(len(d) for d in det_t), sum(len(d) for d in det_o)
     agree = mismatched == 0
+    checked = raw["n_compared"] > 0 or n_det_t + n_det_o > 0
+    within = agree and raw["boxes_ok"] and raw["score_diff"] <= score_atol
     report = ParityReport(
-        n_images=len(x), precision=precision, provider=provider, max_abs_diff=float(diff.max()),
-        box_max_abs_diff=box_diff, score_max_abs_diff=score_diff, box_atol=box_atol, box_rtol=box_rtol,
-        score_atol=score_atol, boxes_within_tol=boxes_ok,
-        n_det_torch=sum(len(d) for d in det_t), n_det_onnx=sum(len(d) for d in det_o), n_matched=matched,
-        n_borderline=borderline, n_mismatched=mismatched, detections_agree=agree,
-        passed=agree and boxes_ok and score_diff <= score_atol,
+        n_images=len(x), precision=precision, provider=provider, compared=raw["compared"],
+        n_compared=raw["n_compared"], max_abs_diff=raw["max_abs_diff"], box_max_abs_diff=raw["box_diff"],
+        score_max_abs_diff=raw["score_diff"], box_atol=box_atol, box_rtol=box_rtol, score_atol=score_atol,
+        boxes_within_tol=raw["boxes_ok"], conf=conf, det_conf=det_conf, n_det_torch=n_det_t, n_det_onnx=n_det_o,
+        n_matched=matched, n_borderline=borderline, n_mismatched=mismatched, detections_agree=agree,
+        checked=checked, passed=within and checked,
     )
     if verbose:
-        (LOGGER.info if report.passed else LOGGER.error)(report.summary())
-        if report.n_det_torch == 0:
-            LOGGER.warning(f"parity: no detection above conf={conf} on these images, so only raw outputs were compared "
-                           f"(pass --parity-images with images of your classes, or a lower --conf).")
-    if raise_on_fail and not report.passed:
+        {"PASS": LOGGER.info, "FAIL": LOGGER.error}.get(report.state, LOGGER.warning)(report.summary())
+        if checked and det_conf < conf:
+            LOGGER.warning(f"parity: no detection reached conf={conf:g} on these images, so detections were compared "
+                           f"at conf={det_conf:g} (pass --parity-images with images of your classes to compare them "
+                           f"at your threshold).")
+    if raise_on_fail and report.state == "FAIL":
         raise DetKDError(f"ONNX export {onnx_path} does not match the torch model: {report.summary()}. Do not deploy "
                          f"it; try another --opset, drop --half, or report the model.")
     return report
