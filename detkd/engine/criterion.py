@@ -27,7 +27,7 @@ from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_k
                                        localization_kd_loss)
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
-from detkd.losses.weighting import anchor_weights, verified_weights
+from detkd.losses.weighting import anchor_weights, confidence_logits, verified_weights
 from detkd.models.teacher import FrozenTeacher, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
@@ -111,7 +111,7 @@ class DistillationLoss:
         det_batch, keep = batch, labeled
         if labeled is not None and self.kd.pseudo_threshold is not None:  # unlabelled images get the teacher's boxes
             t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor
-            det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, teacher.scores,
+            det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, confidence_logits(teacher),
                                                    self.kd.pseudo_threshold), None
         fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
         if self.balancer is not None:
@@ -197,7 +197,7 @@ class DistillationLoss:
         for end-to-end students, the one-to-one branch (E2E weights when ``e2e_schedule``)."""
         weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg)
         if labeled is not None:
-            weights = teacher_confidence_weights(weights, teacher.scores, labeled)
+            weights = teacher_confidence_weights(weights, confidence_logits(teacher), labeled)
         raw = self.head_terms(student, teacher, weights, anchor_points, w, t_reg)
         if one2one is not None:
             o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)
@@ -237,11 +237,12 @@ class DistillationLoss:
     def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg=None) -> torch.Tensor:
         """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`)."""
         if self.kd.anchor_weighting != "verified":
-            return anchor_weights(teacher.scores, fg_mask, self.kd.anchor_weighting)
-        gt_labels, gt_boxes = self.ground_truth(batch, teacher.scores.shape[0])
+            return anchor_weights(confidence_logits(teacher), fg_mask, self.kd.anchor_weighting)
+        conf = confidence_logits(teacher)
+        gt_labels, gt_boxes = self.ground_truth(batch, conf.shape[0])
         t_reg = self.teacher.reg_max if t_reg is None else t_reg
         t_boxes = decode_boxes(teacher.boxes, anchor_points, t_reg) * stride_tensor  # px, xyxy
-        return verified_weights(teacher.scores, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
+        return verified_weights(conf, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
 
     def ground_truth(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (B, N, 1) and xyxy pixel boxes (B, N, 4) of the batch, padded per image (Ultralytics' format)."""

@@ -25,6 +25,17 @@ import torch
 ANCHOR_WEIGHTINGS = ("union", "teacher", "assigned", "verified")
 
 
+def confidence_logits(teacher) -> torch.Tensor:
+    """The teacher's per-class confidence as sigmoid-space logits (B, A, C): σ of them is its confidence.
+
+    The one way every consumer (anchor weights, ``verified``, unlabelled-image weights, pseudo-labels) reads a
+    teacher's confidence. A single teacher's class logits are that; an ensemble gives its own ``conf_logits`` (the
+    logit of its members' mean σ), since its ``scores`` under ``kl`` are log p̄ of a softmax, not a confidence.
+    """
+    conf = getattr(teacher, "conf_logits", None)
+    return teacher.scores if conf is None else conf
+
+
 def anchor_weights(teacher_logits: torch.Tensor, fg_mask: torch.Tensor | None, mode: str = "union") -> torch.Tensor:
     """Anchor weights (B, A) from teacher logits (B, A, C) and the student's foreground mask (B, A) bool.
 

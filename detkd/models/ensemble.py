@@ -6,6 +6,9 @@ R DFL bins):
 
 * class scores, ``bce`` logit KD (independent sigmoids):   p̄_ac = Σ_k w_k σ(t^k_ac),     t̄ = logit(p̄)
 * class scores, ``kl`` logit KD (one softmax over C):        p̄_a  = Σ_k w_k softmax(t^k_a), t̄ = log p̄
+* confidence (anchor weights, ``verified``, unlabelled-image weights, pseudo-labels), whatever the logit KD:
+  c̄_ac = Σ_k w_k σ(t^k_ac), returned as ``conf_logits`` = logit(c̄). ``log p̄`` is a softmax target only: a sigmoid
+  of it is ≥ 1/(C+1) even where every member sees background, so it is never read as a confidence.
 * boxes, all members with the same DFL bins (reg_max R > 1): per side q̄ = Σ_k w_k softmax(z^k), z̄ = log q̄
 * boxes otherwise (e.g. YOLOv8 + YOLO26): expected distances d̄ = Σ_k w_k d^k in grid units, returned as a
   ``reg_max = 1`` head (the decoded-distance KD path then applies)
@@ -93,9 +96,11 @@ class TeacherEnsemble:
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
         outs = [m(img) for m in self.members]
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
-        scores = combine_scores([o.scores for o in outs], self.weights, self.cls_mode)
+        member_scores = [o.scores for o in outs]
+        conf = combine_scores(member_scores, self.weights, "bce")  # logit of the mean σ: the ensemble's confidence
+        scores = conf if self.cls_mode == "bce" else combine_scores(member_scores, self.weights, self.cls_mode)
         feats = [torch.cat(level, dim=1) for level in zip(*(o.feats for o in outs))]
-        return HeadOutputs(boxes=boxes, scores=scores, feats=feats, members=outs)
+        return HeadOutputs(boxes=boxes, scores=scores, feats=feats, members=outs, conf_logits=conf)
 
     # ---------------------------------------------------------------------------------------------- facts
     @property

@@ -30,6 +30,8 @@ class HeadOutputs:
     scores: torch.Tensor  # (B, A, nc) class logits
     feats: list[torch.Tensor]  # per level (B, C_l, H_l, W_l), the Detect head's inputs
     members: list | None = None  # an ensemble's combined outputs carry each member's (ensemble_rule='losses')
+    conf_logits: torch.Tensor | None = None  # (B, A, nc) sigmoid-space confidence when it is not σ(scores) (a kl
+    # ensemble's scores are log p̄): read through detkd.losses.weighting.confidence_logits
 
 
 def split_head_outputs(preds) -> HeadOutputs:
