@@ -8,6 +8,7 @@ onnxruntime, FP16 torch on CPU) fails at once with one clear message — or, wit
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import torch
@@ -27,6 +28,51 @@ def normalize_precisions(precisions) -> list[str]:
             raise DetKDError(f"precision '{p}' not understood: use fp32, fp16 or both.")
         out += [n for n in names if n not in out]
     return out or ["fp32"]
+
+
+def _run_folders(path: str | Path) -> tuple[str, ...]:
+    """The folders above a model file, innermost last, without Ultralytics' ``weights`` folder:
+    ``runs/a/weights/best.pt`` -> (..., 'runs', 'a')."""
+    parents = Path(os.path.abspath(str(path))).parent.parts
+    return tuple(p for p in parents if p != "weights")
+
+
+def _distinguishing_suffix(paths: list[str]) -> list[str]:
+    """Labels for files of one name: the shortest run-folder suffix that tells them apart (``a`` for
+    ``a/weights/best.pt``, ``x/a`` when ``y/a`` is there too); the same file again gets `` #2``, `` #3``."""
+    folders = [_run_folders(p) for p in paths]
+    distinct = set(folders)
+    if len(distinct) == 1:
+        labels = [Path(p).name for p in paths]
+    else:
+        depth = max(len(f) for f in distinct)
+        k = next(k for k in range(1, depth + 1) if len({f[-k:] for f in distinct}) == len(distinct))
+        labels = ["/".join(f[-k:]) for f in folders]
+    seen: dict[tuple, int] = {}
+    for i, folder in enumerate(folders):
+        seen[folder] = seen.get(folder, 0) + 1
+        if seen[folder] > 1:
+            labels[i] += f" #{seen[folder]}"
+    return labels
+
+
+def model_labels(models) -> list[str]:
+    """One unique, short row label per model, used by bench's table, JSON and Markdown.
+
+    A file name that appears once stays as it is (``yolov8n.yaml``, ``best.pt``); files sharing a name are named by
+    their run (the folder above ``weights/``: ``a`` for ``a/weights/best.pt``), or by the shortest folder suffix
+    that distinguishes them (``x/a``, ``y/a``). A (label, module) pair keeps its label.
+    """
+    names = [m[0] if isinstance(m, tuple) else Path(str(m)).name for m in models]
+    labels = list(names)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name and not isinstance(models[i], tuple)]
+        if len(idx) > 1:
+            for i, label in zip(idx, _distinguishing_suffix([str(models[i]) for i in idx])):
+                labels[i] = label
+    if len(set(labels)) < len(labels):  # a run named like another model's file: the paths as given
+        labels = [m[0] if isinstance(m, tuple) else str(m) for m in models]
+    return labels
 
 
 def _skipped(label: str, backend: str, precision: str, batch: int, imgsz: int, reason: str, profile: dict | None = None) -> dict:
@@ -63,7 +109,8 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
     if int(imgsz) <= 0 or int(imgsz) % 32:
         raise DetKDError(f"--imgsz {imgsz} must be a positive multiple of 32.")
     dev = resolve_device(device)
-    named = [m if isinstance(m, tuple) else (Path(str(m)).name, resolve_model_path(m, "model")) for m in models]
+    named = [m if isinstance(m, tuple) else (label, resolve_model_path(m, "model"))
+             for m, label in zip(models, model_labels(models))]
 
     plans = {}  # (backend, precision) -> (run device, notes) or the reason it cannot run
     for backend, prec in itertools.product(backends, precisions):
