@@ -1,0 +1,280 @@
+"""Render the committed benchmark results into the docs, so the numbers in the docs never drift from the files.
+
+    python tools/render_results.py           # rewrite docs/results.md and README.md's headline table
+    python tools/render_results.py --check   # exit 1, naming what differs, when either is out of date
+
+``docs/results.md``: one section per file in ``benchmarks/results/`` (every ``*.json`` with the ``*.md`` its
+benchmark rendered beside it), grouped by benchmark in a fixed order, each headed by the benchmark, the dataset, the
+machine and the seeds, read from the JSON. ``README.md``: the table between ``<!-- results:headline -->`` and
+``<!-- /results:headline -->`` is built from the JSON files named in :data:`HEADLINE` (nothing in it is typed by
+hand). ``tests/test_docs.py`` fails when either differs from what this script renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+COMMAND = "python tools/render_results.py"
+
+# (file-name prefix, the script that writes those files, what it measures), in the order of the results page
+BENCHMARKS = (
+    ("recipe", "benchmarks/recipe_summary.py", "the default recipe across datasets (acceptance checks)"),
+    ("distill_gain", "benchmarks/distill_gain.py", "distillation gain: baseline vs detkd vs Ultralytics' built-in"),
+    ("unlabeled_gain", "benchmarks/unlabeled_gain.py", "distilling on unlabelled images"),
+    ("demo_seeds", "benchmarks/demo_seeds.py", "the demo's recipe over several seeds"),
+    ("kd_overhead", "benchmarks/kd_overhead.py", "the cost of distillation: epoch time, teacher forward"),
+    ("speed", "benchmarks/speed.py", "inference speed, teacher vs student"),
+    ("coco_eval_speed", "benchmarks/coco_eval_speed.py", "COCO evaluation speed, faster-coco-eval vs pycocotools"),
+)
+IMAGES = {"recipe": "recipe_curves.png"}  # figures shown under a file's section
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One row of the README's headline table: which results file, which runs in it."""
+
+    label: str  # dataset and what is special about the row
+    file: str  # stem of a distill_gain results JSON
+    teacher: str
+    detkd: str  # the run that is detkd's current default in that file
+    note: str = ""
+
+
+HEADLINE = (
+    HeadlineRow("DeepPCB (6 classes, many small objects), 256 px", "distill_gain_deeppcb_recipe", "YOLOv8-s", "combo"),
+    HeadlineRow("raccoon (one object per image), 160 px", "distill_gain_raccoon_recipe", "YOLOv8-s", "combo"),
+    HeadlineRow("aerial cars (~10 small objects per tile), 256 px", "distill_gain_aerial_cars_recipe", "YOLOv8-s",
+                "combo"),
+    HeadlineRow("shapes, the demo's data (teacher saw 6× the labels), 64 px", "distill_gain_demo_v8s_v8n", "YOLOv8-s",
+                "detkd"),
+    HeadlineRow("raccoon, 160 px, a larger teacher the student cannot follow", "distill_gain_raccoon_chain",
+                "YOLOv8-m", "detkd", "no gain: see [teachers](docs/teachers.md#raccoon)"),
+    HeadlineRow("raccoon, 640 px (previous default: `union`, constant)", "distill_gain_raccoon", "YOLOv8-s", "detkd"),
+)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def load(stem: str) -> dict:
+    return json.loads((RESULTS / f"{stem}.json").read_text())
+
+
+def benchmark_of(stem: str) -> tuple[str, str, str]:
+    """(prefix, script, what it measures) of a results file; the longest matching prefix wins."""
+    matches = [b for b in BENCHMARKS if stem == b[0] or stem.startswith(b[0] + "_")]
+    if not matches:
+        return stem.split("_")[0], "", "other results"
+    return max(matches, key=lambda b: len(b[0]))
+
+
+def _as_list(value) -> list:
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return []
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def machine_of(d: dict) -> str | None:
+    """'NVIDIA H100 80GB HBM3' or 'AMD EPYC, 2 cores, no GPU' from a results file's ``machine`` record."""
+    m = d.get("machine")
+    if not isinstance(m, dict):
+        return None
+    gpus = [g["name"] for g in m.get("gpus") or [] if isinstance(g, dict) and g.get("name")]
+    if m.get("gpu"):
+        gpus.append(str(m["gpu"]))
+    if gpus:
+        return ", ".join(sorted(set(gpus)))
+    cpu = m.get("cpu")
+    if isinstance(cpu, dict):
+        cores = cpu.get("logical_cores")
+        return f"{cpu.get('name', 'CPU')}, {cores} cores, no GPU" if cores else f"{cpu.get('name', 'CPU')}, no GPU"
+    return str(cpu) if cpu else None
+
+
+def dataset_name(data: str, stem: str = "") -> str:
+    if "shape" in data or "shape" in stem or stem.startswith("distill_gain_demo"):
+        return "generated shapes (the demo's data)"
+    return Path(data).name or "—"
+
+
+def describe(stem: str, d: dict) -> dict:
+    """Dataset, machine and seeds of one results file, as words."""
+    s = d.get("settings") if isinstance(d.get("settings"), dict) else {}
+    prefix = benchmark_of(stem)[0]
+    if prefix == "recipe":  # a summary over distill_gain files: their datasets, machines and seeds
+        parts = {k: load(f"distill_gain_{k}") for k in d.get("datasets", {}) if (RESULTS / f"distill_gain_{k}.json").exists()}
+        datasets = ", ".join(dataset_name(str(p["settings"].get("data", "")), f"distill_gain_{k}") for k, p in parts.items())
+        machines = sorted({m for m in map(machine_of, parts.values()) if m})
+        seeds = sorted({x for runs in d.get("datasets", {}).values() for r in runs.values() for x in r.get("seeds", [])})
+        return {"dataset": datasets, "machine": "; ".join(machines) or "—", "seeds": seeds}
+    if prefix == "coco_eval_speed":
+        dataset = "synthetic detections with COCO val2017's statistics"
+    elif prefix == "speed":
+        dataset = "none (random-init models, synthetic frames)"
+    elif prefix == "demo_seeds":
+        dataset = "generated shapes (the demo's data)"
+    else:
+        dataset = dataset_name(str(s.get("dataset") or s.get("data") or ""), stem)
+    seeds = _as_list(s.get("seeds")) or sorted(int(k) for k in d.get("per_seed", {}) if str(k).isdigit())
+    if not seeds and isinstance(d.get("per_seed"), list):
+        seeds = [r.get("seed") for r in d["per_seed"] if isinstance(r, dict) and "seed" in r]
+    return {"dataset": dataset, "machine": machine_of(d) or "—", "seeds": seeds}
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def demote_headings(markdown: str) -> list[str]:
+    """The lines of a rendered results file without its title, every other heading one level down."""
+    lines, fenced = markdown.rstrip("\n").splitlines(), False
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    while out and not out[0].strip():
+        out.pop(0)
+    return out
+
+
+def _fallback_body(d: dict) -> list[str]:
+    """A results JSON whose benchmark wrote no .md beside it: its settings, so it is never left out."""
+    s = d.get("settings") if isinstance(d.get("settings"), dict) else {}
+    return ["No rendered table was committed with this file; its settings:", ""] + \
+        [f"- `{k}`: {v}" for k, v in s.items()]
+
+
+def results_stems() -> list[str]:
+    """Every results file (a .json, or a .md without one), in the page's order: by benchmark, then by name."""
+    stems = {p.stem for p in RESULTS.glob("*.json")} | {p.stem for p in RESULTS.glob("*.md")}
+    order = {b[0]: i for i, b in enumerate(BENCHMARKS)}
+    return sorted(stems, key=lambda s: (order.get(benchmark_of(s)[0], len(order)), s))
+
+
+def section(stem: str) -> list[str]:
+    prefix, script, what = benchmark_of(stem)
+    d = load(stem) if (RESULTS / f"{stem}.json").exists() else {}
+    info = describe(stem, d)
+    seeds = ", ".join(str(x) for x in info["seeds"]) or "— (timings, no training seeds)"
+    files = [f"[{stem}.{ext}](../benchmarks/results/{stem}.{ext})" for ext in ("json", "md")
+             if (RESULTS / f"{stem}.{ext}").exists()]
+    lines = [f"## {stem}", "",
+             f"Benchmark: `{script or prefix}` — {what}. Dataset: {info['dataset']}. Machine: {info['machine']}. "
+             f"Seeds: {seeds}. Files: {' · '.join(files)}.", ""]
+    md = RESULTS / f"{stem}.md"
+    lines += demote_headings(md.read_text()) if md.exists() else _fallback_body(d)
+    if prefix in IMAGES and (RESULTS / IMAGES[prefix]).exists():
+        lines += ["", f"![{IMAGES[prefix]}](../benchmarks/results/{IMAGES[prefix]})"]
+    return lines + [""]
+
+
+def render_results_page() -> str:
+    stems = results_stems()
+    lines = [
+        "# Results: every committed benchmark file",
+        "",
+        f"<!-- Generated by `{COMMAND}` from benchmarks/results/; do not edit by hand. -->",
+        "",
+        "Each section is one file of `benchmarks/results/`, as its benchmark wrote it (the `.md` beside the `.json`), "
+        "under a line naming the benchmark, the dataset, the machine and the seeds. What the numbers mean, and "
+        "which caveats apply, is on the topic pages: [recipe](recipe.md), [models](models.md), "
+        "[teachers](teachers.md), [unlabelled images](unlabeled.md), [speed](speed.md), [demo](demo.md), "
+        "[data and evaluation](data.md).",
+        "",
+        "| file | benchmark | dataset | machine | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for stem in stems:
+        d = load(stem) if (RESULTS / f"{stem}.json").exists() else {}
+        info = describe(stem, d)
+        lines.append(f"| [{stem}](#{stem.lower()}) | {benchmark_of(stem)[0]} | {info['dataset']} | "
+                     f"{info['machine']} | {', '.join(map(str, info['seeds'])) or '—'} |")
+    lines.append("")
+    for stem in stems:
+        lines += section(stem)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ------------------------------------------------------------------------------------- the README headline
+def _score(run: dict | None) -> str:
+    if not run:
+        return "—"
+    mean, seeds = run["mAP50-95"], run.get("seeds", [])
+    if run.get("spread") is not None and len(seeds) > 1:
+        return f"{mean:.3f} ± {run['spread']:.3f}"
+    return f"{mean:.3f} (seed {', '.join(map(str, seeds))})" if seeds else f"{mean:.3f}"
+
+
+def headline_row(row: HeadlineRow) -> str:
+    d = load(row.file)
+    runs = d["summary"]
+    base, ours, builtin = runs.get("baseline"), runs.get(row.detkd), runs.get("ultralytics_kd")
+    delta = f"{ours['mAP50-95'] - base['mAP50-95']:+.3f}" if ours and base else "—"
+    beyond = ours and base and len(ours.get("mAP50-95_runs", [])) and len(base.get("mAP50-95_runs", [])) and \
+        min(ours["mAP50-95_runs"]) > max(base["mAP50-95_runs"])
+    delta = f"**{delta}**" if beyond else delta
+    seeds = sorted({x for r in (base, ours) if r for x in r.get("seeds", [])})
+    s = d["settings"]
+    student = Path(str(s.get("student", ""))).stem.replace("yolov8", "YOLOv8-").replace("yolo26", "YOLO26-")
+    link = f"[{row.file}](docs/results.md#{row.file})"
+    note = f"; {row.note}" if row.note else ""
+    return (f"| {row.label} | {row.teacher} → {student} | {_score(base)} | {_score(builtin)} | {_score(ours)} | {delta} "
+            f"| {', '.join(map(str, seeds))} | {machine_of(d)} | {link}{note} |")
+
+
+def render_headline() -> str:
+    lines = ["| data | teacher → student | baseline | Ultralytics built-in | **detkd** | Δ detkd − baseline | seeds "
+             "| machine | details |",
+             "|---|---|---:|---:|---:|---:|---|---|---|"]
+    lines += [headline_row(r) for r in HEADLINE]
+    return "\n".join(lines)
+
+
+def fill_markers(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` replaced by ``body``."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{README.name}: marker {start} ... {end} not found")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def rendered() -> dict[Path, str]:
+    """What each generated file should hold."""
+    return {RESULTS_PAGE: render_results_page(),
+            README: fill_markers(README.read_text(), "headline", render_headline())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is out of date")
+    args = ap.parse_args(argv)
+    stale = []
+    for path, text in rendered().items():
+        current = path.read_text() if path.exists() else ""
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print(f"out of date: {', '.join(map(str, stale))}. Regenerate with: {COMMAND}", file=sys.stderr)
+        return 1
+    print("written: " + ", ".join(map(str, stale)) if stale else "up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
