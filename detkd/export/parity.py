@@ -84,8 +84,9 @@ class ParityReport:
         """One line for logs, naming what was compared."""
         head = f"parity {self.state} ({self.precision}, {self.provider}, {self.n_images} images): "
         if self.state == "NOTHING COMPARED":
-            return head + (f"{self.compared}; no detection at conf {self.conf:g} or {self.det_conf:g}. The file was "
-                           f"not verified (an untrained head?): pass --parity-images with images of your classes.")
+            return head + (f"{self.compared}; no decidable detection at conf {self.conf:g} or {self.det_conf:g}. "
+                           f"The file was not verified (an untrained head?): pass --parity-images with images of "
+                           f"your classes.")
         lowered = f" (none reached conf {self.conf:g})" if self.det_conf < self.conf else ""
         return (head + f"{self.compared}: max|diff| {self.max_abs_diff:.3g} (boxes {self.box_max_abs_diff:.3g} px, "
                 f"tol {self.box_atol:.3g} px + {self.box_rtol:.0e}*|box| "
