@@ -260,3 +260,38 @@ def test_describe_names_end_to_end_teachers_after_fusion_alone_and_as_an_ensembl
         lines = DistillationLoss(student.init_criterion(), teacher, None,
                                  KDConfig(teacher="x", feat_kd=0.0)).describe()
         assert any("end-to-end teacher" in line and "one-to-many" in line for line in lines), lines
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_yolo26_student_continues_the_one2many_one2one_schedule(tmp_path, shapes_yaml, teacher_pt):
+    """E2ELoss moves its weight from the one-to-many to the one-to-one loss each epoch (0.8 → 0.1); a resume must
+    continue that schedule, not restart it (detkd's criterion wraps the one Ultralytics' resume positioned)."""
+    from detkd.engine.criterion import DistillationLoss
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    run = dict(model="yolo26n.yaml", data=shapes_yaml, project=str(tmp_path), name="e2e", val=False,
+               **{**TINY_TRAIN, "epochs": 3})
+    seen = {}
+
+    def record(trainer):
+        crit = unwrap_model(trainer.model).criterion
+        assert isinstance(crit, DistillationLoss)
+        seen[trainer.epoch] = crit.det.o2m
+
+    def stop(trainer):
+        raise _Interrupt
+
+    first = DistillationTrainer(overrides=run, kd=KDConfig(teacher=teacher_pt, validate_teacher=False))
+    first.add_callback("on_train_epoch_start", record)
+    first.add_callback("on_model_save", stop)
+    with pytest.raises(_Interrupt):
+        first.train()
+    resumed = DistillationTrainer(overrides=dict(model=str(first.last), resume=str(first.last)),
+                                  kd=KDConfig(teacher=teacher_pt, validate_teacher=False))
+    resumed.add_callback("on_train_epoch_start", record)
+    resumed.train()
+    assert seen == pytest.approx({0: 0.8, 1: 0.45, 2: 0.1})

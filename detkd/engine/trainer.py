@@ -97,6 +97,8 @@ class DistillationTrainer(StudentTrainer):
         self.add_callback("on_train_epoch_start", _update_kd_progress)
         self.guard = KDGuard()
         self.add_callback("on_train_epoch_end", _watch_kd_alignment)
+        self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
+        self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
 
     # ---------------------------------------------------------------------------------------- resume
     def check_resume(self, overrides):
@@ -190,6 +192,8 @@ class DistillationTrainer(StudentTrainer):
         (``kd_adapters.pt``, written in the same ``save_model``) come back too, matching their optimizer state (the
         ``kd_adapters`` group is part of the optimizer Ultralytics reloads). Without that file they are reset."""
         recovered = super()._handle_nan_recovery(epoch)
+        if recovered and self.kd.unlabeled:
+            self.train_loader.reset()  # the redone epoch draws its own pool slice, not the one drawn ahead
         if recovered and self.adapters is not None:
             why_not = load_adapters(self.adapters, self.last, self.device)
             if why_not:
@@ -397,7 +401,12 @@ class DistillationTrainer(StudentTrainer):
                         f"within one kind.")
         return build_mixed_loader(labeled, pool, self.kd.unlabeled_ratio, batch_size, self.args.workers,
                                   seed=int(self.args.seed or 0), start_epoch=getattr(self, "_first_epoch", 0),
-                                  rank=RANK, world_size=self.world_size)
+                                  rank=RANK, world_size=self.world_size, epoch_source=self._loader_epoch)
+
+    def _loader_epoch(self) -> int:
+        """The epoch a fresh training-loader iterator serves: the trainer's (set before each epoch iterates), or the
+        first epoch of this run before the loop starts."""
+        return getattr(self, "epoch", getattr(self, "_first_epoch", 0))
 
     def save_metrics(self, metrics):
         """Ultralytics' results.csv row; with unlabelled images, the epoch's labelled/unlabelled image counts and
@@ -500,6 +509,21 @@ def _update_kd_progress(trainer: DistillationTrainer) -> None:
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if isinstance(criterion, DistillationLoss):
         criterion.progress = trainer.epoch / max(trainer.epochs, 1)
+    if trainer.labeled_means is not None:
+        trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
+
+
+def _average_label_items_over_labeled_batches(trainer: DistillationTrainer) -> None:
+    """on_train_batch_end, with unlabelled images: the detection items of ``tloss`` (results.csv's train/box_loss...)
+    become their mean over the batches that had labelled images (see :class:`detkd.engine.unlabeled.LabeledBatchMean`)."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if not isinstance(criterion, DistillationLoss) or not trainer.kd.unlabeled or trainer.tloss is None:
+        return
+    if trainer.labeled_means is None:
+        from detkd.engine.unlabeled import LabeledBatchMean
+
+        trainer.labeled_means = LabeledBatchMean(criterion.label_items())
+    trainer.tloss = trainer.labeled_means.update(trainer.loss_items, criterion.last_batch_labeled, trainer.tloss)
 
 
 _BUILTIN_DISTILL_MSG = (
