@@ -108,10 +108,12 @@ def test_pool_slice_follows_the_trainers_epoch_after_a_reset_and_a_resume(tmp_pa
     kd = KDConfig(teacher=teacher_pt, validate_teacher=False, unlabeled=str(tmp_path / "frames"),
                   unlabeled_ratio=0.2)  # 6 of the 30 frames per epoch
     trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
-                                                 name="slice", **{**TINY_TRAIN, "workers": 1}), kd=kd)
+                                                 name="slice", **TINY_TRAIN), kd=kd)
+    trainer.args.workers = 1  # Ultralytics sets 0 on CPU; the draw-ahead needs a worker
     trainer.setup_model()
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=8, rank=-1, mode="train")
     pool = loader.dataset.datasets[1]
+    assert loader.num_workers == 1
     trainer.epoch = 0
     assert _pool_slice(loader, pool) == _expected_slice(loader, pool, 0)
     trainer.epoch = 1

@@ -15,7 +15,8 @@
 * :class:`MixSampler` — what an epoch is: every labelled image once, plus ``round(r / (1 - r) · n_labelled)``
   unlabelled images (``r`` = ``unlabeled_ratio``, the unlabelled share of the epoch) taken in turn from a shuffled
   pool that is cycled (reshuffled each pass) — so a large pool is covered over several epochs, a small one repeats.
-  Deterministic from the seed and the epoch; under DDP each rank takes its shard of the same epoch order.
+  Deterministic from the seed and the trainer's epoch (whatever was drawn before: resets, resumes, rebuilds); under
+  DDP each rank takes its shard of the same epoch order.
 """
 
 from __future__ import annotations
@@ -260,7 +261,8 @@ def unlabeled_per_epoch(n_labeled: int, ratio: float) -> int:
 class MixSampler(torch.utils.data.Sampler):
     """Indices of :class:`MixedDataset` for one epoch per ``iter()`` (see module docstring).
 
-    Epoch ``e`` (counted from ``start_epoch``, one per ``iter()``): every labelled index plus unlabelled pool
+    Epoch ``e`` (``start_epoch``, then one more per ``iter()``; :class:`MixedLoader` re-bases it on the trainer's
+    epoch whenever it starts its workers, see :meth:`restart_at`): every labelled index plus unlabelled pool
     positions ``e·k .. e·k + k - 1`` of the cycled pool (k per epoch; pass ``c`` of the pool is a permutation drawn
     from ``(seed, c)``), all shuffled together with ``(seed, e)``. DDP: padded to a multiple of ``world_size``,
     rank ``r`` takes every ``world_size``-th index from ``r``.
@@ -283,6 +285,10 @@ class MixSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         """Ultralytics calls this under DDP; the sampler counts its own epochs (one per ``iter()``): the loader
         draws the next epoch's indices before the trainer announces it, so following this call would repeat one."""
+
+    def restart_at(self, epoch: int) -> None:
+        """The next ``iter()`` draws ``epoch`` (a loader starting afresh: first epoch, resume, after a reset)."""
+        self.epoch = int(epoch)
 
     def pool_positions(self, epoch: int) -> np.ndarray:
         """Unlabelled pool indices (0-based in the pool) used in ``epoch``."""
@@ -308,11 +314,36 @@ class MixSampler(torch.utils.data.Sampler):
         return iter(self.epoch_indices(epoch).tolist())
 
 
+def _mixed_loader_class():
+    from ultralytics.data.build import InfiniteDataLoader
+
+    class MixedLoader(InfiniteDataLoader):
+        """Ultralytics' ``InfiniteDataLoader`` whose :class:`MixSampler` starts each new iterator at the trainer's
+        epoch (``epoch_source()``).
+
+        The persistent iterator draws epoch ``e + 1``'s indices while epoch ``e`` still runs, so the sampler counts
+        its own epochs; a new iterator (first epoch, resume, ``reset()`` at close_mosaic or NaN recovery, an OOM
+        rebuild) discards what was drawn ahead and is re-based here: epoch ``e`` always sees pool slice ``e``.
+        """
+
+        def __init__(self, *args, epoch_source=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.epoch_source = epoch_source
+
+        def _get_iterator(self):
+            if self.epoch_source is not None:
+                self.sampler.restart_at(self.epoch_source())
+            return super()._get_iterator()
+
+    return MixedLoader
+
+
 def build_mixed_loader(labeled, unlabeled, ratio: float, batch: int, workers: int, seed: int, start_epoch: int,
-                       rank: int = -1, world_size: int = 1):
+                       rank: int = -1, world_size: int = 1, epoch_source=None):
     """Ultralytics' ``InfiniteDataLoader`` (persistent workers, its worker seeding and collate) over labelled +
-    unlabelled images, with :class:`MixSampler` deciding each epoch's images."""
-    from ultralytics.data.build import InfiniteDataLoader, seed_worker
+    unlabelled images, with :class:`MixSampler` deciding each epoch's images. ``epoch_source``: a callable giving
+    the trainer's current epoch, which each new iterator of the loader starts at (see ``MixedLoader``)."""
+    from ultralytics.data.build import seed_worker
 
     dataset = MixedDataset(labeled, unlabeled)
     sampler = MixSampler(len(labeled), len(unlabeled), unlabeled_per_epoch(len(labeled), ratio), seed=seed,
@@ -322,6 +353,7 @@ def build_mixed_loader(labeled, unlabeled, ratio: float, batch: int, workers: in
     nw = min(os.cpu_count() or 1, workers, 0 if batches <= 1 else batches)
     generator = torch.Generator()
     generator.manual_seed((6148914691236517205 + max(rank, 0) + seed) % (1 << 64))
-    return InfiniteDataLoader(dataset=dataset, batch_size=batch, sampler=sampler, num_workers=nw,
-                              prefetch_factor=4 if nw > 0 else None, pin_memory=torch.cuda.is_available(),
-                              collate_fn=MixedDataset.collate_fn, worker_init_fn=seed_worker, generator=generator)
+    return _mixed_loader_class()(dataset=dataset, batch_size=batch, sampler=sampler, num_workers=nw,
+                                 prefetch_factor=4 if nw > 0 else None, pin_memory=torch.cuda.is_available(),
+                                 collate_fn=MixedDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
+                                 epoch_source=epoch_source)
