@@ -81,3 +81,50 @@ def test_kl_ensemble_keeps_log_mean_softmax_for_the_kl_target():
     assert torch.allclose(out.scores.exp().sum(-1), torch.ones(1, out.scores.shape[1]), atol=1e-5)
     expect = 0.25 * members[0].sigmoid() + 0.75 * members[1].sigmoid()
     assert torch.allclose(out.conf_logits.sigmoid(), expect, atol=1e-6)
+
+
+# ---------------------------------------------------------- 8: the logged detection loss, unlabelled-only batches
+def test_labeled_batch_mean_skips_unlabelled_only_batches():
+    """The detection items' epoch mean counts the batches that had labelled images only; other items keep
+    Ultralytics' mean over every batch."""
+    from detkd.engine.unlabeled import LabeledBatchMean
+
+    mean = LabeledBatchMean(("box_loss",))
+    tloss = None
+    for i, (box, kd, labeled) in enumerate([(6.0, 1.0, True), (0.0, 3.0, False), (4.0, 2.0, True)]):
+        items = {"box_loss": torch.tensor(box), "cls_kd": torch.tensor(kd)}
+        tloss = items if tloss is None else {k: (tloss[k] * i + v) / (i + 1) for k, v in items.items()}  # Ultralytics
+        tloss = mean.update(items, labeled, tloss)
+    assert float(tloss["box_loss"]) == pytest.approx(5.0) and float(tloss["cls_kd"]) == pytest.approx(2.0)
+    mean.reset()
+    assert float(mean.update({"box_loss": torch.tensor(0.0)}, False, {"box_loss": torch.tensor(0.0)})["box_loss"]) == 0
+
+
+@pytest.mark.slow
+def test_logged_detection_loss_is_not_diluted_by_unlabelled_only_batches(tmp_path, shapes_yaml, teacher_pt):
+    """--unlabeled-ratio 0.75, --pseudo-conf off, batch 4: some batches hold unlabelled images only (detection loss 0).
+    results.csv's train/box_loss etc. are the mean over the batches with labelled images, not over every batch."""
+    import csv
+
+    from conftest import TINY_TRAIN
+    from detkd.engine.trainer import DistillationTrainer
+    from test_unlabeled import _write_images
+
+    _write_images(tmp_path / "frames", 6, size=(96, 96))
+    kd = KDConfig(teacher=teacher_pt, validate_teacher=False, unlabeled=str(tmp_path / "frames"), unlabeled_ratio=0.75,
+                  pseudo_conf="off", feat_kd=0.0)
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="dil", **{**TINY_TRAIN, "epochs": 1, "batch": 4}), kd=kd)
+    seen = []  # (this batch's loss items, whether it had labelled images: its detection cls loss is then > 0)
+    trainer.add_callback("on_train_batch_end", lambda t: seen.append(
+        ({k: float(v) for k, v in t.loss_items.items()}, float(t.loss_items["cls_loss"]) > 0)))
+    trainer.train()
+    labeled = [items for items, flag in seen if flag]
+    assert 0 < len(labeled) < len(seen), "the run must mix labelled and unlabelled-only batches"
+    with open(trainer.csv) as f:
+        row = {k.strip(): float(v) for k, v in next(csv.DictReader(f)).items()}
+    for name in ("box_loss", "cls_loss", "dfl_loss"):
+        expect = sum(items[name] for items in labeled) / len(labeled)
+        assert row[f"train/{name}"] == pytest.approx(expect, abs=2e-5), name
+    expect_kd = sum(items["cls_kd"] for items, _ in seen) / len(seen)  # KD covers every batch: mean over all
+    assert row["train/cls_kd"] == pytest.approx(expect_kd, abs=2e-5)

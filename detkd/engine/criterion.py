@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from detkd.config import KDConfig
-from detkd.engine.guard import gradient_alignment
+from detkd.engine.guard import ALIGN_ITEMS, gradient_alignment
 from detkd.engine.unlabeled import (labeled_flags, pseudo_label_targets, scatter_rows, select_images, select_targets,
                                     teacher_confidence_weights)
 from detkd.losses.balance import LossBalancer
@@ -56,6 +56,7 @@ class DistillationLoss:
         self.kd = kd
         self.progress = 0.0  # epoch / epochs, set by the trainer each epoch
         self.balancer = LossBalancer() if kd.balance == "detection" else None
+        self.last_batch_labeled = True  # the last batch had a detection loss (labelled images or pseudo-labels)
         self.student_reg_max = int(self.dense.reg_max)
         self.box_path = box_kd_path(self.student_reg_max, teacher.reg_max)
 
@@ -114,6 +115,7 @@ class DistillationLoss:
             det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, confidence_logits(teacher),
                                                    self.kd.pseudo_threshold), None
         fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
+        self.last_batch_labeled = keep is None or bool(keep.any())  # (detection_loss synced on keep.any() already)
         if self.balancer is not None:
             self.balancer.observe_detection(det_loss.sum())
         student = split_head_outputs(dense_raw)
@@ -250,6 +252,11 @@ class DistillationLoss:
         targets = torch.cat((batch["batch_idx"].view(-1, 1), batch["cls"].view(-1, 1), batch["bboxes"]), 1)
         targets = self.dense.preprocess(targets.to(self.dense.device), batch_size, scale_tensor=img_hw[[1, 0, 1, 0]])
         return targets.split((1, 4), 2)
+
+    def label_items(self) -> tuple[str, ...]:
+        """The logged items that need labelled images (0 on a batch of unlabelled images only): the detection loss
+        and the KD/label gradient alignment."""
+        return (*self.dense.loss_names, *ALIGN_ITEMS)
 
     # ------------------------------------------------------------------------- Ultralytics compatibility
     def update(self) -> None:

@@ -10,6 +10,10 @@ detection loss would do with its empty label list. On a batch with ``labeled`` (
   semi-supervised detectors Efficient Teacher / Dense Teacher add to their soft targets).
 * KD (logit and box): every image; on unlabelled images each anchor is weighted by the teacher's confidence
   w_a = max_c σ(t_ac) (no assigned anchors and no labels to verify exist there). Feature KD needs no labels.
+* logging: a batch of unlabelled images only (soft KD, no pseudo-labels) has no detection loss and logs 0 for it;
+  Ultralytics averages every loss item over all of the epoch's batches, so :class:`LabeledBatchMean` gives the
+  items that need labels (detection loss, KD/label gradient alignment) their mean over the batches that had
+  labelled images: ``train/box_loss`` etc. in results.csv read as without unlabelled images, whatever the ratio.
 """
 
 from __future__ import annotations
@@ -101,3 +105,32 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
     idx, cls, boxes = torch.cat(idx), torch.cat(cls), torch.cat(boxes)
     order = torch.sort(idx, stable=True).indices  # each image's targets together, in image order (Ultralytics' loss)
     return {**batch, "batch_idx": idx[order], "cls": cls[order], "bboxes": boxes[order]}
+
+
+class LabeledBatchMean:
+    """Epoch means of the loss items that need labelled images, over the batches that had some.
+
+    Ultralytics keeps ``tloss``, the running mean of every loss item over the epoch's batches; a batch of unlabelled
+    images only logs 0 for the detection loss (and the gradient alignment with it), which would dilute that mean by
+    the share of such batches. After Ultralytics' update of each batch, :meth:`update` replaces those items of
+    ``tloss`` by their mean over the labelled batches so far (0 until the first); every other item keeps
+    Ultralytics' mean over all batches. :meth:`reset` at each epoch start, as Ultralytics resets ``tloss``.
+    """
+
+    def __init__(self, names):
+        self.names = tuple(names)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, items: dict, labeled: bool, tloss: dict) -> dict:
+        """Record this batch's ``items`` (name → scalar tensor) if ``labeled``; return ``tloss`` corrected."""
+        names = [k for k in self.names if k in items]
+        if labeled:
+            self.count += 1
+            for k in names:
+                self.sums[k] = self.sums.get(k, 0.0) + items[k].detach()
+        return {**tloss, **{k: self.sums[k] / self.count if self.count else torch.zeros_like(items[k])
+                            for k in names}}
