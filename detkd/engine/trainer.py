@@ -28,6 +28,7 @@ resume, plots — is Ultralytics' own.
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import contextmanager
 from copy import copy, deepcopy
@@ -206,7 +207,7 @@ class DistillationTrainer(StudentTrainer):
     # ------------------------------------------------------------------------------------- optimizer
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer for the student, plus one parameter group for the adapters (no weight decay)."""
-        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, self._epoch_sized(iterations))
         if self.adapters is not None:
             base = min((g for g in optimizer.param_groups if g.get("param_group") == "bn"), key=lambda g: g["lr"])
             group = {k: v for k, v in base.items() if k != "params"}
@@ -214,6 +215,15 @@ class DistillationTrainer(StudentTrainer):
             group.pop("use_muon", None)
             optimizer.add_param_group(group)
         return optimizer
+
+    def _epoch_sized(self, iterations):
+        """The optimizer's iteration count (``optimizer=auto`` picks optimizer and lr by it) from the images of an
+        epoch: Ultralytics counts ``len(train_loader.dataset)``, which with unlabelled images is the whole pool,
+        though an epoch draws only its share. Same formula: ceil(images / max(batch, nbs)) x epochs."""
+        counts = getattr(getattr(self.train_loader, "sampler", None), "counts", None)
+        if counts is None:
+            return iterations
+        return math.ceil(sum(counts) / max(self.batch_size, self.args.nbs)) * self.epochs
 
     def optimizer_step(self):
         """Ultralytics' step (unscale, clip the student, step, EMA), the adapters' gradients clipped with the student's.
