@@ -63,6 +63,8 @@ class KDConfig:
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in FP16 on CUDA (fused, channels_last). False keeps FP32.
         teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
+        teacher_overlap: on CPU, run the teacher one batch ahead in a worker thread while the student steps (see
+            :mod:`detkd.engine.teacher_overlap`). False runs it inline.
         unlabeled: unlabelled images added to training (a folder, a .txt list of images, or a COCO JSON whose images
             have no annotations): no detection loss there, KD weighted by the teacher's confidence (see
             :mod:`detkd.data.unlabeled` and :mod:`detkd.engine.unlabeled`). None: labelled images only.
@@ -100,6 +102,7 @@ class KDConfig:
     validate_teacher: bool = True
     teacher_half: bool = True
     teacher_graphs: bool = True
+    teacher_overlap: bool = True
     unlabeled: str | None = None
     unlabeled_ratio: float = 0.5
     pseudo_conf: float | str | None = "auto"

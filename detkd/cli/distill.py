@@ -23,7 +23,7 @@ KD_FLAGS = {
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
-    "teacher_graphs": "teacher_graphs", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
+    "teacher_graphs": "teacher_graphs", "teacher_overlap": "teacher_overlap", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
     "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
@@ -99,6 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="FP16 teacher on CUDA [true]")
     k.add_argument("--teacher-graphs", type=_bool, metavar="BOOL",
                    help="CUDA graphs + side stream for the teacher on CUDA [true]")
+    k.add_argument("--teacher-overlap", type=_bool, metavar="BOOL",
+                   help="on CPU, the teacher runs one batch ahead in a worker thread, beside the student [true]")
 
     t = p.add_argument_group("training (Ultralytics arguments)")
     t.add_argument("--epochs", type=int)

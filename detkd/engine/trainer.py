@@ -44,6 +44,7 @@ from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimiz
                                       reset_adapters, save_adapters, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
+from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
 from detkd.errors import ConfigError, DetKDError
 from detkd.models.adapters import FeatureAdapters
 from detkd.models.compat import check_compatibility
@@ -262,6 +263,8 @@ class DistillationTrainer(StudentTrainer):
                 self.adapters, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
+        if self._overlaps_teacher():
+            self.teacher = TeacherOverlap(self.teacher)  # the training loader starts it one batch ahead
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(_detection_criterion(student), self.teacher, self._adapters_in_loss,
                                              self.kd)
@@ -366,19 +369,41 @@ class DistillationTrainer(StudentTrainer):
             {k: v for k, v in items.items() if k not in dropped}
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Ultralytics' preprocessing, then start the teacher on the batch (CUDA: side stream, overlaps the student)."""
+        """Ultralytics' preprocessing, then the teacher on the batch: on CPU its outputs started one batch ahead are
+        handed to the criterion (:mod:`detkd.engine.teacher_overlap`); on CUDA it starts on a side stream, overlapping
+        the student."""
+        ahead = batch.pop(AHEAD_KEY, None)
         batch = super().preprocess_batch(batch)
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        if isinstance(criterion, DistillationLoss) and criterion.needs_teacher() and self.model.training:
+        if ahead is not None:
+            self.teacher.expect(batch["img"], *ahead)
+        elif self._teacher_runs_on_this_step():
             self.teacher.prefetch(batch["img"])
         return batch
 
+    def _teacher_runs_on_this_step(self) -> bool:
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        return isinstance(criterion, DistillationLoss) and criterion.needs_teacher() and self.model.training
+
+    def _overlaps_teacher(self) -> bool:
+        """The teacher runs one batch ahead in a worker thread: CPU training, ``teacher_overlap`` on, and no
+        multi-scale (its random resize happens in ``preprocess_batch``, after the lookahead)."""
+        return self.device.type == "cpu" and self.kd.teacher_overlap and not self.args.multi_scale
+
+    def _start_teacher_ahead(self, batch: dict) -> None:
+        """Training loader hook: start the teacher on a batch drawn one step early (see ``preprocess_batch``)."""
+        if isinstance(self.teacher, TeacherOverlap) and self._teacher_runs_on_this_step():
+            img = teacher_input(batch["img"]).to(self.device)
+            batch[AHEAD_KEY] = (img, self.teacher.start(img))
+
     # ------------------------------------------------------------------------------------------- data
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
-        """Ultralytics' loaders; with ``kd.unlabeled`` the training one mixes the unlabelled images in."""
-        if mode != "train" or not self.kd.unlabeled:
+        """Ultralytics' loaders; with ``kd.unlabeled`` the training one mixes the unlabelled images in; on CPU the
+        training one draws one batch ahead for the teacher (:mod:`detkd.engine.teacher_overlap`)."""
+        if mode != "train":
             return super().get_dataloader(dataset_path, batch_size, rank, mode)
-        return self._mixed_loader(dataset_path, batch_size, rank)
+        loader = (self._mixed_loader(dataset_path, batch_size, rank) if self.kd.unlabeled else
+                  super().get_dataloader(dataset_path, batch_size, rank, mode))
+        return TeacherLookahead(loader, self._start_teacher_ahead) if self._overlaps_teacher() else loader
 
     def _mixed_loader(self, dataset_path: str, batch_size: int, rank: int):
         """Labelled training set + the unlabelled pool (minus images of the train or val split), one loader."""
