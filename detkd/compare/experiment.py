@@ -347,13 +347,10 @@ def check_models(s: CompareSettings, data_yaml: str) -> None:
     from_yaml = str(s.teacher).lower().endswith((".yaml", ".yml"))
     check_compatibility(teacher, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd, teacher_from_yaml=from_yaml)
     if s.assistant:  # teacher → assistant → student: both links must be distillable
-        assistant = DetectionModel(load_detection_model(str(s.assistant), role="assistant", nc=nc).yaml, nc=nc,
-                                   verbose=False)
-        assistant.names = data["names"] if isinstance(data["names"], dict) else dict(enumerate(data["names"]))
-        check_compatibility(teacher, assistant, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
-                            teacher_from_yaml=from_yaml)
-        check_compatibility(assistant, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
-                            teacher_from_yaml=True)
+        from detkd.engine.assistant import check_chain_links
+
+        check_chain_links(teacher, s.assistant, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
+                          teacher_from_yaml=from_yaml)
 
 
 def _first_device(device) -> str:

@@ -44,9 +44,21 @@ def normal(obj):
 
 
 def diff(old: dict, new: dict) -> str:
-    """The settings that differ between two fingerprints, as ``key: old -> new`` (``?`` when none is found)."""
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "?"
+    """The settings that differ between two fingerprints, as ``key: old -> new`` (nested settings as
+    ``train_args.epochs: 3 -> 4``; ``?`` when none is found)."""
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _changes(old, new)) or "?"
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list[tuple]:
+    """(dotted key, old value, new value) of every leaf setting that differs."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((f"{prefix}{k}", a, b))
+    return out
 
 
 def read_json(path: Path) -> dict | None:

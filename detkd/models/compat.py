@@ -56,7 +56,8 @@ def teacher_head_notes(head) -> list[str]:
             f"features); its {unused} are not used."] if unused else []
 
 
-def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False) -> list[str]:
+def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False,
+                        roles: tuple[str, str] = ("teacher", "student")) -> list[str]:
     """Validate teacher/student/data agreement; returns informational notes. Raises on any mismatch.
 
     Args:
@@ -64,46 +65,49 @@ def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teach
         data: Ultralytics dataset dict (``nc``, ``names``).
         box_kd: localization distillation is enabled (then reg_max must match).
         teacher_from_yaml: the teacher was built from a YAML (random init), so it has no class names to check.
+        roles: what the messages call the two models, e.g. ``("teacher", "assistant")`` or ``("assistant",
+            "student")`` for the links of a teacher-assistant chain.
     """
-    check_head_supported(teacher, "teacher")
-    check_student_head(student)
+    t, s = roles
+    check_head_supported(teacher, t)
+    check_head_supported(student, s)
     notes = []
     t_head, s_head = detect_head(teacher), detect_head(student)
     nc, data_names = int(data["nc"]), _names(data["names"])
 
     if int(t_head.nc) != nc:
         raise IncompatibleModelsError(
-            f"the teacher predicts {t_head.nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
-            f"{', ...' if nc > 8 else ''}). Train (or fine-tune) the teacher on this dataset first."
+            f"the {t} predicts {t_head.nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
+            f"{', ...' if nc > 8 else ''}). Train (or fine-tune) the {t} on this dataset first."
         )
     t_names = _names(getattr(teacher, "names", None))
     if not teacher_from_yaml and t_names and not _is_placeholder(t_names) and t_names != data_names:
-        diff = [f"{i}: teacher '{a}' vs data '{b}'" for i, (a, b) in enumerate(zip(t_names, data_names)) if a != b]
+        diff = [f"{i}: {t} '{a}' vs data '{b}'" for i, (a, b) in enumerate(zip(t_names, data_names)) if a != b]
         raise IncompatibleModelsError(
-            "the teacher's class names differ from the data's, so its scores would teach the wrong classes ("
-            + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "") + "). Use a teacher trained on this dataset, "
+            f"the {t}'s class names differ from the data's, so its scores would teach the wrong classes ("
+            + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "") + f"). Use a {t} trained on this dataset, "
             "or fix the class order in the data description."
         )
     if int(s_head.nc) != nc:
         raise IncompatibleModelsError(
-            f"the student predicts {s_head.nc} classes but the data has {nc}: build the student for this data "
+            f"the {s} predicts {s_head.nc} classes but the data has {nc}: build the {s} for this data "
             f"(pass a model YAML or a checkpoint; detkd sets nc from the data)."
         )
     t_strides, s_strides = [float(x) for x in t_head.stride], [float(x) for x in s_head.stride]
     if len(t_strides) != len(s_strides):
         raise IncompatibleModelsError(
-            f"the teacher has {len(t_strides)} feature levels (strides {t_strides}) and the student "
+            f"the {t} has {len(t_strides)} feature levels (strides {t_strides}) and the {s} "
             f"{len(s_strides)} ({s_strides}): pick models with the same head levels (e.g. both P3-P5)."
         )
     if t_strides != s_strides:
         raise IncompatibleModelsError(
-            f"teacher strides {t_strides} differ from student strides {s_strides}: anchors would not line up. "
-            f"Use models with the same strides (e.g. a P6 teacher needs a P6 student)."
+            f"{t} strides {t_strides} differ from {s} strides {s_strides}: anchors would not line up. "
+            f"Use models with the same strides (e.g. a P6 {t} needs a P6 {s})."
         )
     if int(t_head.reg_max) != int(s_head.reg_max) or int(s_head.reg_max) <= 1:
-        notes.append(f"teacher reg_max={t_head.reg_max}, student reg_max={s_head.reg_max}: no shared DFL bins, so box "
+        notes.append(f"{t} reg_max={t_head.reg_max}, {s} reg_max={s_head.reg_max}: no shared DFL bins, so box "
                      f"KD compares decoded box distances (L1 in grid units + 1-IoU) instead of bin distributions.")
     notes += teacher_head_notes(t_head)
-    notes.append(f"feature levels: strides {s_strides}, student channels {feature_channels(student)} -> "
-                 f"teacher channels {feature_channels(teacher)}")
+    notes.append(f"feature levels: strides {s_strides}, {s} channels {feature_channels(student)} -> "
+                 f"{t} channels {feature_channels(teacher)}")
     return notes
