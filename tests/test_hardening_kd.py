@@ -128,3 +128,98 @@ def test_logged_detection_loss_is_not_diluted_by_unlabelled_only_batches(tmp_pat
         assert row[f"train/{name}"] == pytest.approx(expect, abs=2e-5), name
     expect_kd = sum(items["cls_kd"] for items, _ in seen) / len(seen)  # KD covers every batch: mean over all
     assert row["train/cls_kd"] == pytest.approx(expect_kd, abs=2e-5)
+
+
+# ----------------------------------------------------------------- 21: the loss balancer under DDP and on resume
+def _feed(bal, steps):
+    """Balanced values of (detection, raw cls_kd) steps through ``bal``."""
+    out = []
+    for det, kd in steps:
+        bal.observe_detection(torch.tensor(det))
+        out.append(bal("cls_kd", torch.tensor(kd)).item())
+    return out
+
+
+def test_balancer_state_round_trip_continues_the_running_scale():
+    from detkd.losses.balance import LossBalancer
+
+    steps = [(4.0, 1.0), (2.0, 3.0), (5.0, 2.0), (3.0, 4.0)]
+    straight = _feed(LossBalancer(momentum=0.5), steps)
+    first = LossBalancer(momentum=0.5)
+    _feed(first, steps[:2])
+    resumed = LossBalancer(momentum=0.5)
+    resumed.load_state_dict(first.state_dict())
+    assert _feed(resumed, steps[2:]) == pytest.approx(straight[2:])
+
+
+def test_unlabelled_only_batches_leave_the_detection_scale_alone():
+    """A batch with no labelled image has no detection loss (0): it must not pull D̄ toward 0."""
+    from detkd.losses.balance import LossBalancer
+
+    bal = LossBalancer(momentum=0.5)
+    bal.observe_detection(torch.tensor(4.0))
+    bal.observe_detection(torch.tensor(0.0), labeled=False)
+    assert bal("cls_kd", torch.tensor(2.0)).item() == pytest.approx(4.0)
+    early = LossBalancer()  # no labelled batch yet: KD waits (0), in the graph
+    early.observe_detection(torch.tensor(0.0), labeled=False)
+    theta = torch.tensor(1.0, requires_grad=True)
+    assert early("cls_kd", 3.0 * theta).item() == 0.0
+
+
+def _two_rank_balancer(rank: int, init: str, queue) -> None:
+    import torch.distributed as dist
+
+    from detkd.losses.balance import LossBalancer
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        bal = LossBalancer(momentum=0.5)
+        bal.observe_detection(torch.tensor(4.0 + 4.0 * rank))  # ranks see 4 and 8
+        first = bal("cls_kd", torch.tensor(1.0 + 2.0 * rank)).item()  # raw 1 and 3
+        bal.observe_detection(torch.tensor(0.0 if rank else 10.0), labeled=rank == 0)  # rank 1: unlabelled only
+        bal("cls_kd", torch.tensor(2.0))
+        queue.put((rank, first, {k: float(v) for k, v in bal.running.items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available")
+def test_balancer_statistics_are_reduced_across_ranks(tmp_path):
+    """Two gloo ranks: D̄ and K̄ are the ranks' means (6 and 2 after step 1) and the same on both; a rank with no
+    labelled image does not count in D̄ (step 2: D = 10 from rank 0 alone)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_two_rank_balancer, args=(f"file://{tmp_path / 'pg'}", queue), nprocs=2, start_method="spawn")
+    results = sorted(queue.get() for _ in range(2))
+    (_, first0, run0), (_, first1, run1) = results
+    assert first0 == pytest.approx(1.0 * 6.0 / 2.0) and first1 == pytest.approx(3.0 * 6.0 / 2.0)
+    assert run0 == pytest.approx(run1)
+    assert run0["detection"] == pytest.approx(0.5 * 6.0 + 0.5 * 10.0) and run0["cls_kd"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_balancer_scale(tmp_path, shapes_yaml, teacher_pt):
+    """--kd-balance detection: the running scale is saved with each checkpoint and a resume starts from it."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from conftest import TINY_TRAIN
+    from detkd.engine.trainer import DistillationTrainer
+    from test_resume import _cut_off_run
+
+    kd = KDConfig(teacher=teacher_pt, validate_teacher=False, balance="detection", feat_kd=0.0)
+    first = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                               name="bal", val=False, **TINY_TRAIN), kd=kd)
+    saved = {}
+    first.add_callback("on_train_epoch_end", lambda t: saved.update(
+        {k: float(v) for k, v in unwrap_model(t.model).criterion.balancer.running.items()}))
+    run_dir = _cut_off_run(first)
+    resumed = DistillationTrainer(overrides=dict(resume=str(run_dir / "weights" / "last.pt")))
+    started = {}
+    resumed.add_callback("on_train_batch_start", lambda t: started or started.update(
+        {k: float(v) for k, v in unwrap_model(t.model).criterion.balancer.running.items()}))
+    resumed.train()
+    assert set(saved) == {"detection", "cls_kd", "box_kd"}
+    assert started == pytest.approx(saved)

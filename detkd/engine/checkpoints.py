@@ -1,8 +1,9 @@
-"""Where a checkpoint's run lives and where its feature adapters are saved.
+"""Where a checkpoint's run lives and where its KD training state (feature adapters, loss balancer) is saved.
 
 Ultralytics writes ``weights/last.pt`` (every epoch), ``weights/best.pt`` (best fitness) and, with ``save_period``,
 ``weights/epochN.pt``. They hold the student only; detkd saves the feature adapters trained with it (and MGD
-generators) beside each of them, in a file named after the checkpoint:
+generators) and, with ``--kd-balance detection``, the loss balancer's running scale beside each of them, in a file
+named after the checkpoint:
 
     weights/last.pt     -> weights/kd_adapters.pt          (the name older runs used, so they still resume)
     weights/best.pt     -> weights/best_kd_adapters.pt
@@ -11,7 +12,8 @@ generators) beside each of them, in a file named after the checkpoint:
 Each adapter file stores the epoch it was saved at. A resume (or NaN recovery) loads the adapters of the very
 checkpoint it continues from, and only when their epochs agree; otherwise the adapters restart from a fresh
 initialisation, with a warning saying why (training stays correct: adapters are re-learnt in a few hundred steps,
-whereas adapters from another epoch would silently mismatch the student).
+whereas adapters from another epoch would silently mismatch the student). The balancer's scale follows the same
+rule (a fresh one re-learns its running averages within a few dozen batches).
 """
 
 from __future__ import annotations
@@ -66,16 +68,44 @@ def written_checkpoints(trainer) -> list[Path]:
     return paths
 
 
-def save_adapters(adapters, checkpoints: list[Path], epoch: int, kd: dict) -> None:
-    """Save ``adapters`` beside each checkpoint in ``checkpoints``, with the epoch they were trained to."""
+def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, balancer=None) -> None:
+    """Save the KD training state beside each checkpoint in ``checkpoints``, with the epoch it was trained to: the
+    ``adapters`` (feature KD) and the ``balancer``'s running scale (``--kd-balance detection``), those given."""
     import io
 
     import torch
 
+    state = {"epoch": epoch, "kd": kd}
+    if adapters is not None:
+        state["adapters"] = adapters.state_dict()
+    if balancer is not None:
+        state["balancer"] = balancer.state_dict()
     buffer = io.BytesIO()
-    torch.save({"epoch": epoch, "adapters": adapters.state_dict(), "kd": kd}, buffer)
+    torch.save(state, buffer)
     for ckpt in checkpoints:
         adapters_path(ckpt).write_bytes(buffer.getvalue())
+
+
+def save_adapters(adapters, checkpoints: list[Path], epoch: int, kd: dict) -> None:
+    """Save ``adapters`` beside each checkpoint in ``checkpoints``, with the epoch they were trained to."""
+    save_kd_state(checkpoints, epoch, kd, adapters=adapters)
+
+
+def _saved_state(checkpoint: str | Path, device, epoch: int | None, part: str) -> tuple[dict | None, str | None]:
+    """(the KD state saved with ``checkpoint``, None) when it holds ``part`` saved at ``epoch`` (any when None), else
+    (None, why not)."""
+    import torch
+
+    path = adapters_path(checkpoint)
+    if not path.is_file():
+        return None, f"{path} not found"
+    state = torch.load(path, map_location=device, weights_only=True)
+    if epoch is not None and state.get("epoch") != epoch:
+        return None, (f"{path} holds the {part} of epoch {state.get('epoch')}, but {Path(checkpoint).name} is a "
+                      f"checkpoint of epoch {epoch} ({part} of another checkpoint)")
+    if part not in state:
+        return None, f"{path} holds no {part}"
+    return state, None
 
 
 def load_adapters(adapters, checkpoint: str | Path, device, epoch: int | None = None) -> str | None:
@@ -84,17 +114,21 @@ def load_adapters(adapters, checkpoint: str | Path, device, epoch: int | None = 
     ``epoch``: the checkpoint's epoch; adapters saved at another epoch are not loaded. Returns None when loaded,
     else why they were not (the caller warns, and keeps fresh adapters or resets them).
     """
-    import torch
-
-    path = adapters_path(checkpoint)
-    if not path.is_file():
-        return f"{path} not found"
-    state = torch.load(path, map_location=device, weights_only=True)
-    if epoch is not None and state.get("epoch") != epoch:
-        return (f"{path} holds adapters of epoch {state.get('epoch')}, but {Path(checkpoint).name} is a checkpoint "
-                f"of epoch {epoch} (adapters of another checkpoint)")
-    _check_widths(adapters.state_dict(), state["adapters"], path)
+    state, why_not = _saved_state(checkpoint, device, epoch, "adapters")
+    if why_not:
+        return why_not
+    _check_widths(adapters.state_dict(), state["adapters"], adapters_path(checkpoint))
     adapters.load_state_dict(state["adapters"])
+    return None
+
+
+def load_balancer(balancer, checkpoint: str | Path, epoch: int | None = None) -> str | None:
+    """Load the loss balancer's running scale saved with ``checkpoint`` into ``balancer`` (same rules as
+    :func:`load_adapters`). Returns None when loaded, else why not."""
+    state, why_not = _saved_state(checkpoint, "cpu", epoch, "balancer")
+    if why_not:
+        return why_not
+    balancer.load_state_dict(state["balancer"])
     return None
 
 

@@ -117,7 +117,7 @@ class DistillationLoss:
         fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
         self.last_batch_labeled = keep is None or bool(keep.any())  # (detection_loss synced on keep.any() already)
         if self.balancer is not None:
-            self.balancer.observe_detection(det_loss.sum())
+            self.balancer.observe_detection(det_loss.sum(), self.last_batch_labeled)
         student = split_head_outputs(dense_raw)
         kd_terms = self.distillation_terms(student, batch, fg_mask, anchor_points, stride_tensor,
                                            one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg),

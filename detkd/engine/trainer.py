@@ -14,8 +14,9 @@ What it changes, each at the narrowest point of the parent class:
                       optimises the teacher for inference, installs :class:`DistillationLoss` as the student's
                       criterion, wrapping the detection loss the student has (a resume's keeps its E2E schedule).
 * ``save_model``    — ``last.pt``/``best.pt``/``epochN.pt`` are written by Ultralytics and hold the student only;
-                      the adapters are saved beside each (``kd_adapters.pt``, ``best_kd_adapters.pt``, ...) with
-                      their epoch, and a resume loads those of its checkpoint (see ``engine/checkpoints.py``).
+                      the adapters (and the ``--kd-balance`` running scale) are saved beside each
+                      (``kd_adapters.pt``, ``best_kd_adapters.pt``, ...) with their epoch, and a resume loads those
+                      of its checkpoint (see ``engine/checkpoints.py``).
 * ``resume_training`` — adapters that restart fresh on resume lose the stale optimizer moments.
 * ``_handle_nan_recovery`` — Ultralytics reloads student, EMA and optimizer from ``last.pt``; the adapters saved
                       with it are restored too.
@@ -41,7 +42,8 @@ from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
-                                      reset_adapters, save_adapters, written_checkpoints)
+                                      load_balancer, reset_adapters, save_adapters, save_kd_state,
+                                      written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
@@ -101,6 +103,7 @@ class DistillationTrainer(StudentTrainer):
         self.add_callback("on_train_epoch_end", _watch_kd_alignment)
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
         self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
+        self.add_callback("on_train_start", _restore_balancer_on_resume)
 
     # ---------------------------------------------------------------------------------------- resume
     def check_resume(self, overrides):
@@ -203,6 +206,9 @@ class DistillationTrainer(StudentTrainer):
                 LOGGER.warning(f"{PREFIX}{why_not}: feature adapters reset to a fresh initialisation.")
             else:
                 LOGGER.info(f"{PREFIX}feature adapters restored from {adapters_path(self.last)}")
+        balancer = self._balancer()
+        if recovered and balancer is not None and load_balancer(balancer, self.last):
+            balancer.load_state_dict({**balancer.state_dict(), "running": {}})  # NaN in it: re-learn the scale
         return recovered
 
     # ------------------------------------------------------------------------------------- optimizer
@@ -469,9 +475,14 @@ class DistillationTrainer(StudentTrainer):
         """Student checkpoints by Ultralytics (teacher-free); the adapters beside each checkpoint just written, with
         their epoch (see :mod:`detkd.engine.checkpoints`)."""
         saved = super().save_model()
-        if self.adapters is not None:
-            save_adapters(self.adapters, written_checkpoints(self), self.epoch, self.kd.to_dict())
+        balancer = self._balancer()
+        if self.adapters is not None or balancer is not None:
+            save_kd_state(written_checkpoints(self), self.epoch, self.kd.to_dict(), self.adapters, balancer)
         return saved
+
+    def _balancer(self):
+        """The criterion's loss balancer (``--kd-balance detection``), or None."""
+        return getattr(getattr(unwrap_model(self.model), "criterion", None), "balancer", None)
 
 
 class DetectionOutputValidator(DetectionValidator):
@@ -548,9 +559,22 @@ def _update_kd_progress(trainer: DistillationTrainer) -> None:
         trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
 
 
+def _restore_balancer_on_resume(trainer: DistillationTrainer) -> None:
+    """on_train_start (the criterion is installed): a resume continues the loss balancer's running scale saved with
+    its checkpoint; without it (older runs) the scale restarts, with a warning."""
+    balancer = trainer._balancer()
+    if not trainer.resume or balancer is None:
+        return
+    why_not = load_balancer(balancer, trainer.args.model, epoch=trainer.start_epoch - 1)
+    if why_not:
+        LOGGER.warning(f"{PREFIX}{why_not}: the --kd-balance running scale restarts.")
+    else:
+        LOGGER.info(f"{PREFIX}resumed the --kd-balance running scale from {adapters_path(trainer.args.model)}")
+
+
 def _average_label_items_over_labeled_batches(trainer: DistillationTrainer) -> None:
-    """on_train_batch_end, with unlabelled images: the detection items of ``tloss`` (results.csv's train/box_loss...)
-    become their mean over the batches that had labelled images (see :class:`detkd.engine.unlabeled.LabeledBatchMean`)."""
+    """on_train_batch_end, with unlabelled images: the detection items of ``tloss`` (results.csv's train/box_loss
+    ...) become their mean over the batches with labelled images (:class:`detkd.engine.unlabeled.LabeledBatchMean`)."""
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if not isinstance(criterion, DistillationLoss) or not trainer.kd.unlabeled or trainer.tloss is None:
         return
