@@ -135,8 +135,9 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
         student: student .pt or model .yaml (``yolov8n.yaml`` trains from scratch).
         data: Ultralytics data.yaml or a COCO dataset (folder or detkd COCO YAML).
         kd: :class:`KDConfig`, a dict of its fields, or a YAML path. Defaults: detkd's recipe.
-        unlabeled: unlabelled images to distil on as well (folder, .txt list or COCO JSON); overrides
-            ``kd.unlabeled`` (share of each epoch: ``kd.unlabeled_ratio``; hard pseudo-labels: ``kd.pseudo_conf``).
+        unlabeled: unlabelled images to distil on as well (folder, .txt list, COCO JSON, or a YAML with an
+            ``unlabeled:`` entry); overrides ``kd.unlabeled``, which overrides an ``unlabeled:`` entry of the ``data``
+            YAML (share of each epoch: ``kd.unlabeled_ratio``; hard pseudo-labels: ``kd.pseudo_conf``).
         **train_args: any Ultralytics training argument (epochs, imgsz, batch, device, project, name, seed, ...),
             or ``resume="path/to/last.pt"`` to continue an interrupted run (teacher and adapters re-attached, KD
             settings from the checkpoint; ``teacher`` given with it re-points a moved teacher).
@@ -153,11 +154,13 @@ def distill(teacher=None, student="yolov8n.yaml", data=None, kd: KDConfig | dict
         if teacher is not None:  # one teacher, or a list: several distilled as one ensemble
             cfg.teacher = _teacher_value(teacher)
             cfg.validate()
-        if unlabeled is not None:
-            cfg.unlabeled = str(unlabeled)
+        from detkd.data.unlabeled import resolve_unlabeled, unlabeled_source
+
+        pool = unlabeled_source(unlabeled if unlabeled is not None else cfg.unlabeled, data)  # or the data YAML's
+        if pool and pool != cfg.unlabeled:
+            cfg.unlabeled = pool
             cfg.validate()
         if cfg.unlabeled:  # a missing or empty source fails before any work
-            from detkd.data.unlabeled import resolve_unlabeled
 
             resolve_unlabeled(cfg.unlabeled)
         if not cfg.teacher:

@@ -151,7 +151,7 @@ def test_coco_json_whose_images_are_elsewhere_suggests_a_yaml_that_works(tmp_pat
         resolve_unlabeled(spec)
 
 
-def test_an_unlabeled_key_in_the_data_yaml_is_used(tmp_path, shapes_yaml, teacher_pt, monkeypatch, caplog):
+def test_an_unlabeled_key_in_the_data_yaml_is_used(tmp_path, shapes_yaml, teacher_pt, monkeypatch):
     """An 'unlabeled:' entry in the --data YAML is the pool when --unlabeled is not given (logged); --unlabeled wins
     over it, which is said too."""
     import detkd.api as api
@@ -198,3 +198,25 @@ def test_optimizer_auto_is_sized_by_the_images_of_an_epoch_not_the_whole_pool(tm
     trainer._setup_train()
     per_epoch = 24 + 24  # every labelled image + as many unlabelled (ratio 0.5), not 24 + 300
     assert seen == [math.ceil(per_epoch / max(TINY_TRAIN["batch"], nbs)) * epochs]
+
+
+def test_compare_takes_the_unlabeled_key_of_the_data_yaml_too(tmp_path, shapes_yaml, teacher_pt):
+    from detkd.compare.experiment import CompareSettings, plan
+
+    _write_images(tmp_path / "frames", 2)
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({**yaml.safe_load(open(shapes_yaml)), "unlabeled": str(tmp_path / "frames")}))
+    s = CompareSettings(teacher=teacher_pt, data=str(data_yaml), epochs=1).validate()
+    assert s.unlabeled == str(data_yaml.resolve())
+    assert "distilled-detkd-unlabeled" in [r.key for r in plan(s)]
+
+
+# ------------------------------------------------------------------------------------------- item 18 (help)
+def test_unlabeled_help_says_pseudo_labels_are_on_by_default(capsys):
+    from detkd.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "no detection loss there" not in text
+    assert "detection targets (--pseudo-conf, on by default" in text

@@ -90,6 +90,9 @@ class CompareSettings:
             raise ConfigError(f"benchmark imgsz {bench_imgsz} must be a multiple of 32 (set --imgsz or --bench-imgsz).")
         if not self.kd_configs and not self.with_ultralytics_kd:
             raise ConfigError("nothing to compare: give at least one KD configuration or --with-ultralytics-kd.")
+        from detkd.data.unlabeled import unlabeled_source
+
+        self.unlabeled = unlabeled_source(self.unlabeled, self.data)  # --unlabeled, or the data YAML's entry
         for name, cfg in self.kd_configs.items():
             if not _NAME_RE.match(str(name)):
                 raise ConfigError(f"KD configuration name '{name}' must be letters, digits, '_', '.', '-'.")

@@ -1,7 +1,9 @@
 """Unlabelled images in training: where they come from, how they are loaded, how an epoch mixes them in.
 
 * :func:`resolve_unlabeled` — the image files behind ``--unlabeled PATH``: a folder (searched recursively), a text
-  file listing images (one per line, relative to the file), or a COCO JSON (its images without annotations).
+  file listing images (one per line, relative to the file), a COCO JSON (its images without annotations), or a
+  YAML with an ``unlabeled:`` entry (one of those, or ``{json: <COCO JSON>, images: <folder>}``). The ``--data``
+  YAML may carry that entry: :func:`unlabeled_source` uses it when ``--unlabeled`` is not given.
 * :class:`UnlabeledDataset` — Ultralytics' ``YOLODataset`` (same loading, augmentation, mosaic, letterbox) whose
   labels are empty by construction: no label file is read, no ``.cache`` is written beside the user's images.
   Images that cannot be read are counted and skipped (never rewritten, unlike Ultralytics' JPEG repair): at the
@@ -33,27 +35,115 @@ import torch
 
 from detkd.errors import ConfigError
 
+YAML_SUFFIXES = (".yaml", ".yml")
 IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic")
 
 
 # ------------------------------------------------------------------------------------------- sources
 def resolve_unlabeled(path: str | Path) -> list[str]:
-    """Absolute image paths behind ``path`` (folder, .txt list, or COCO .json), sorted, duplicates removed.
+    """Absolute image paths behind ``path`` (folder, .txt list, COCO .json, or a YAML with an ``unlabeled:`` entry),
+    sorted, duplicates removed.
 
     Raises:
         ConfigError: the path does not exist, or holds no image.
     """
     p = Path(str(path)).expanduser()
     if not p.exists():
-        raise ConfigError(f"--unlabeled '{path}' not found: give a folder of images, a .txt listing images, or a "
-                          f"COCO .json.")
-    what = "folder" if p.is_dir() else "COCO JSON" if p.suffix.lower() == ".json" else "list"
-    files = sorted(dict.fromkeys(str(f.resolve()) for f in
-                                 (_from_coco_json(p) if what == "COCO JSON" else _listed(p))))
+        raise ConfigError(f"--unlabeled '{path}' not found: give a folder of images, a .txt listing images, a "
+                          f"COCO .json, or a YAML with an 'unlabeled:' entry.")
+    what = _kind(p)
+    found = _from_coco_json(p) if what == "COCO JSON" else _from_yaml(p) if what == "YAML" else _listed(p)
+    files = sorted(dict.fromkeys(str(f.resolve()) for f in found))
     if not files:
         raise ConfigError(f"--unlabeled {what} '{path}' holds no image ({', '.join(IMAGE_SUFFIXES[:6])}, ...). "
                           f"Point it at the unlabelled frames.")
     return files
+
+
+def _kind(p: Path) -> str:
+    suffix = p.suffix.lower()
+    return "folder" if p.is_dir() else "COCO JSON" if suffix == ".json" else "YAML" if suffix in YAML_SUFFIXES \
+        else "list"
+
+
+def _from_yaml(p: Path) -> list[Path]:
+    """The images named by the ``unlabeled:`` entry of YAML ``p`` (a data YAML, or one written for --unlabeled):
+    a folder, a .txt list or a COCO JSON, or ``{json: <COCO JSON>, images: <image folder>}``; relative paths are
+    below the YAML's ``path:`` (itself relative to the YAML's folder), else the YAML's folder."""
+    entry = _yaml_mapping(p).get("unlabeled")
+    if not entry:
+        raise ConfigError(f"--unlabeled '{p}' is a YAML without an 'unlabeled:' entry. Add one: 'unlabeled: "
+                          f"<folder, .txt list or COCO JSON>' or 'unlabeled: {{json: <COCO JSON>, images: <folder>}}'.")
+    if isinstance(entry, dict):
+        js, images = entry.get("json") or entry.get("annotations"), entry.get("images")
+        if not js and not images:
+            raise ConfigError(f"'{p}': 'unlabeled:' must name 'json' (a COCO JSON) and/or 'images' (a folder), got "
+                              f"{entry!r}.")
+        folder = _yaml_relative(p, images) if images else None
+        if not js:
+            return _listed(folder) if folder.is_dir() else []
+        return _from_coco_json(_yaml_relative(p, js), folder)
+    target = _yaml_relative(p, entry)
+    if not target.exists():
+        raise ConfigError(f"'{p}': 'unlabeled: {entry}' not found (looked for {target}).")
+    if _kind(target) == "YAML":
+        raise ConfigError(f"'{p}': 'unlabeled:' names another YAML ({target}); name the images instead.")
+    return _from_coco_json(target) if _kind(target) == "COCO JSON" else _listed(target)
+
+
+def _yaml_mapping(p: Path) -> dict:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"'{p}' cannot be read as YAML ({type(e).__name__}).") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _yaml_relative(p: Path, value) -> Path:
+    """``value`` (a path in YAML ``p``) as a path: absolute as is, else below ``path:`` when that holds it, else
+    below the YAML's folder."""
+    v = Path(str(value)).expanduser()
+    if v.is_absolute():
+        return v
+    root = _yaml_mapping(p).get("path")
+    if root:
+        base = Path(str(root)).expanduser()
+        base = base if base.is_absolute() else p.parent / base
+        if (base / v).exists():
+            return base / v
+    return p.parent / v
+
+
+def unlabeled_in_data(data) -> Path | None:
+    """The ``--data`` YAML (given, or the one YAML of a given folder) when it has an ``unlabeled:`` entry, else
+    None. :func:`resolve_unlabeled` reads that entry when this path is given as the unlabelled source."""
+    if not data:
+        return None
+    p = Path(str(data)).expanduser()
+    if p.is_dir():
+        yamls = [f for f in sorted(p.iterdir()) if f.suffix.lower() in YAML_SUFFIXES and f.is_file()]
+        p = yamls[0] if len(yamls) == 1 else p
+    if not (p.is_file() and p.suffix.lower() in YAML_SUFFIXES):
+        return None
+    return p.resolve() if _yaml_mapping(p).get("unlabeled") else None
+
+
+def unlabeled_source(given, data) -> str | None:
+    """The unlabelled source of a run: ``given`` (--unlabeled), else the ``unlabeled:`` entry of the --data YAML.
+    Either way a data YAML's entry is never ignored silently: using it, or not using it, is logged."""
+    from ultralytics.utils import LOGGER
+
+    in_data = unlabeled_in_data(data)
+    if in_data is None:
+        return str(given) if given else None
+    if given:
+        if Path(str(given)).expanduser().resolve() != in_data:
+            LOGGER.info(f"detkd: --unlabeled {given} is used; the 'unlabeled:' entry of {in_data.name} is not.")
+        return str(given)
+    LOGGER.info(f"detkd: unlabelled images from the 'unlabeled:' entry of {in_data} (as --unlabeled {in_data}).")
+    return str(in_data)
 
 
 def image_files(paths) -> list[str]:
@@ -86,9 +176,11 @@ def _from_list(p: Path) -> list[Path]:
     return out
 
 
-def _from_coco_json(p: Path) -> list[Path]:
-    """The images of a COCO JSON that have no annotation (labelled ones belong in the training split)."""
+def _from_coco_json(p: Path, image_dir: Path | None = None) -> list[Path]:
+    """The images of a COCO JSON that have no annotation (labelled ones belong in the training split), below
+    ``image_dir`` (None: the folder where they are found, as for a ``--data`` COCO dataset)."""
     from detkd.data.coco import guess_image_dir
+    from detkd.errors import DatasetError
 
     try:
         coco = json.loads(p.read_text())
@@ -100,7 +192,16 @@ def _from_coco_json(p: Path) -> list[Path]:
     if not names:
         raise ConfigError(f"--unlabeled '{p}': every image in it has annotations. Unlabelled images are those "
                           f"without; add labelled ones to the training split instead.")
-    folder = guess_image_dir(p, p.parent.parent if p.parent.name == "annotations" else p.parent, "unlabeled", names)
+    if image_dir is not None:
+        return [image_dir / n for n in names]
+    root = p.parent.parent if p.parent.name == "annotations" else p.parent
+    try:
+        folder = guess_image_dir(p, root, "unlabeled", names)
+    except DatasetError:
+        raise ConfigError(f"images of --unlabeled '{p}' not found: none of {names[:3]} is below {root}/unlabeled, "
+                          f"{root}/images or {p.parent}. Name their folder in a YAML and give that to --unlabeled: "
+                          f"'unlabeled: {{json: {p}, images: <image folder>}}' (or add that entry to the --data "
+                          f"YAML).") from None
     return [folder / n for n in names]
 
 
