@@ -65,8 +65,9 @@ class KDConfig:
         teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
         teacher_overlap: on CPU, run the teacher one batch ahead in a worker thread while the student steps (see
             :mod:`detkd.engine.teacher_overlap`). False runs it inline.
-        unlabeled: unlabelled images added to training (a folder, a .txt list of images, or a COCO JSON whose images
-            have no annotations): no detection loss there, KD weighted by the teacher's confidence (see
+        unlabeled: unlabelled images added to training (a folder, a .txt list of images, a COCO JSON whose images
+            have no annotations, or a YAML with an ``unlabeled:`` entry): KD weighted by the teacher's confidence
+            there, plus hard pseudo-labels (``pseudo_conf``, on by default) as their detection targets (see
             :mod:`detkd.data.unlabeled` and :mod:`detkd.engine.unlabeled`). None: labelled images only.
         unlabeled_ratio: the unlabelled share of each epoch, in (0, 1): an epoch is every labelled image plus
             round(r / (1 - r) x n_labelled) unlabelled ones (0.5: as many unlabelled as labelled).

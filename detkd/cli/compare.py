@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add teacher-assistant rows: MODEL (e.g. yolov8s.yaml) distilled from the teacher, and the "
                         "student distilled from it ('via assistant', beside the direct distilled row)")
     g.add_argument("--unlabeled", metavar="PATH",
-                   help="unlabelled images (folder, .txt list or COCO JSON): adds each KD configuration trained with "
+                   help="unlabelled images (folder, .txt list, COCO JSON, or a YAML with an 'unlabeled:' entry; "
+                        "default: that entry of the --data YAML): adds each KD configuration trained with "
                         "them too, and the pseudo-label baseline (teacher detections as labels, no KD)")
     g.add_argument("--pseudo-conf", type=float, default=0.25,
                    help="with --unlabeled: the teacher confidence at which its detections become hard labels on "

@@ -61,8 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
     g.add_argument("--data", help="Ultralytics data.yaml or COCO dataset (folder with annotations/instances_*.json)")
     g.add_argument("--unlabeled", metavar="PATH",
-                   help="unlabelled images to distil on too: a folder, a .txt list of images, or a COCO JSON whose "
-                        "images have no annotations (no detection loss there; KD weighted by teacher confidence)")
+                   help="unlabelled images to distil on too: a folder, a .txt list of images, a COCO JSON whose "
+                        "images have no annotations, or a YAML with an 'unlabeled:' entry (default: that entry of "
+                        "the --data YAML). There: KD weighted by teacher confidence, and the teacher's detections "
+                        "as detection targets (--pseudo-conf, on by default; 'off': KD only)")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
     g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt (its KD settings; with "
                                     "--teacher: the run's teacher, moved to that path)")
