@@ -223,3 +223,55 @@ def test_resume_continues_the_balancer_scale(tmp_path, shapes_yaml, teacher_pt):
     resumed.train()
     assert set(saved) == {"detection", "cls_kd", "box_kd"}
     assert started == pytest.approx(saved)
+
+
+# ------------------------------------------------------------------ 19: verified weights' (B, A, N) temporaries
+def _verified_reference(teacher_logits, teacher_boxes, gt_labels, gt_boxes, gt_mask):
+    """The implementation before chunking (every ground-truth box at once), kept here as the reference."""
+    from ultralytics.utils.metrics import bbox_iou
+
+    b, a, _ = teacher_logits.shape
+    n = gt_boxes.shape[1]
+    probs = teacher_logits.float().sigmoid()
+    cls_prob = probs.gather(2, gt_labels.long().view(b, 1, n).expand(b, a, n))
+    iou = bbox_iou(teacher_boxes.float().unsqueeze(2), gt_boxes.float().unsqueeze(1), xywh=False)
+    return (cls_prob * iou.squeeze(-1).clamp(min=0.0) * gt_mask.view(b, 1, n).float()).amax(-1)
+
+
+def _random_verified_case(b=3, a=50, n=37, nc=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(b, a, 2, generator=g) * 60
+    t_boxes = torch.cat([xy, xy + torch.rand(b, a, 2, generator=g) * 30], -1)
+    gxy = torch.rand(b, n, 2, generator=g) * 60
+    gt_boxes = torch.cat([gxy, gxy + torch.rand(b, n, 2, generator=g) * 30], -1)
+    gt_mask = torch.rand(b, n, 1, generator=g) > 0.3  # padding slots
+    gt_boxes = gt_boxes * gt_mask
+    labels = torch.randint(0, nc, (b, n, 1), generator=g).float()
+    return torch.randn(b, a, nc, generator=g) * 3, t_boxes, labels, gt_boxes, gt_mask
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 16, 100])
+def test_chunked_verified_weights_equal_the_all_at_once_ones(chunk):
+    from detkd.losses.weighting import verified_weights
+
+    case = _random_verified_case()
+    expect = _verified_reference(*case)
+    assert torch.allclose(verified_weights(*case, gt_chunk=chunk), expect, atol=1e-6, rtol=0)
+    assert torch.allclose(verified_weights(*case), expect, atol=1e-6, rtol=0)
+
+
+def test_verified_weights_never_build_all_boxes_at_once(monkeypatch):
+    """The IoU temporaries cover at most one chunk of ground-truth boxes: (B, A, chunk), not (B, A, N)."""
+    import ultralytics.utils.metrics as metrics
+
+    from detkd.losses.weighting import verified_weights
+
+    widths, iou = [], metrics.bbox_iou
+
+    def spy(box1, box2, **kw):
+        widths.append(max(box1.shape[2], box2.shape[2]))
+        return iou(box1, box2, **kw)
+
+    monkeypatch.setattr(metrics, "bbox_iou", spy)
+    verified_weights(*_random_verified_case(n=100))
+    assert widths and max(widths) < 100

@@ -52,32 +52,54 @@ def anchor_weights(teacher_logits: torch.Tensor, fg_mask: torch.Tensor | None, m
     raise ValueError(f"unknown anchor weighting '{mode}' (expected one of {ANCHOR_WEIGHTINGS})")
 
 
+VERIFIED_GT_CHUNK = 32  # ground-truth boxes per IoU pass: (B, A, 32) temporaries instead of (B, A, N)
+
+
 def verified_weights(
     teacher_logits: torch.Tensor,
     teacher_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_mask: torch.Tensor,
+    gt_chunk: int | None = VERIFIED_GT_CHUNK,
 ) -> torch.Tensor:
     """w_a = max_g σ(t_{a,c_g}) · IoU(b^t_a, g): how right the teacher is at each anchor (B, A), in [0, 1].
 
+    The max over ground-truth boxes runs over chunks of ``gt_chunk`` boxes (None: all at once), so the IoU
+    temporaries are (B, A, gt_chunk), not (B, A, N): ~110 MB each at 640 px, batch 16 and 200 boxes in a mosaic, about
+    a dozen of them (``benchmarks/kd_memory.py``). The result is the same to the last bit.
+
     Args:
-        teacher_logits: (B, A, C) class logits.
+        teacher_logits: (B, A, C) class logits (sigmoid-space: see :func:`confidence_logits`).
         teacher_boxes: (B, A, 4) decoded xyxy boxes, in the same units as ``gt_boxes``.
         gt_labels: (B, N, 1) class index of each ground-truth slot (Ultralytics' padded targets).
         gt_boxes: (B, N, 4) xyxy ground-truth boxes.
         gt_mask: (B, N, 1) which slots hold a real box (padding is 0).
     """
-    from ultralytics.utils.metrics import bbox_iou
-
     b, a, _ = teacher_logits.shape
     n = gt_boxes.shape[1]
+    weights = teacher_logits.new_zeros(b, a).float()
     if n == 0:
-        return teacher_logits.new_zeros(b, a).float()
+        return weights
     probs = teacher_logits.detach().float().sigmoid()
-    labels = gt_labels.long().view(b, 1, n).expand(b, a, n)
-    cls_prob = probs.gather(2, labels)  # (B, A, N): teacher score for each box's class
-    iou = bbox_iou(teacher_boxes.detach().float().unsqueeze(2), gt_boxes.float().unsqueeze(1), xywh=False)
-    iou = iou.squeeze(-1).clamp(min=0.0)  # (B, A, N)
-    score = cls_prob * iou * gt_mask.view(b, 1, n).float()
-    return score.amax(-1)
+    boxes = teacher_boxes.detach().float().unsqueeze(2)  # (B, A, 1, 4)
+    step = n if gt_chunk is None else max(int(gt_chunk), 1)
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        part = _verified_scores(probs, boxes, gt_labels[:, start:end], gt_boxes[:, start:end], gt_mask[:, start:end])
+        weights = torch.maximum(weights, part.amax(-1))
+    return weights
+
+
+def _verified_scores(probs, boxes, gt_labels, gt_boxes, gt_mask) -> torch.Tensor:
+    """σ(t_{a,c_g}) · IoU(b^t_a, g) for k ground-truth boxes (B, A, k), padding slots 0.
+
+    Shapes: probs (B, A, C) probabilities, boxes (B, A, 1, 4) teacher xyxy, gt_labels (B, k, 1), gt_boxes (B, k, 4),
+    gt_mask (B, k, 1)."""
+    from ultralytics.utils import metrics
+
+    b, a, _ = probs.shape
+    k = gt_boxes.shape[1]
+    cls_prob = probs.gather(2, gt_labels.long().view(b, 1, k).expand(b, a, k))  # teacher score for each box's class
+    iou = metrics.bbox_iou(boxes, gt_boxes.float().unsqueeze(1), xywh=False).squeeze(-1).clamp(min=0.0)  # (B, A, k)
+    return cls_prob * iou * gt_mask.view(b, 1, k).float()
