@@ -125,8 +125,9 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     if isinstance(old_args, dict) and "data" not in old_args:  # the exporter reads args["data"] for its metadata
         model.args = {**old_args, "data": None}
     overrides = {"format": fmt, "imgsz": imgsz, "batch": batch, "quantize": 16 if half else None, "dynamic": dynamic,
-                 "device": device, "simplify": simplify, "opset": opset, "mode": "export", "verbose": verbose,
-                 "data": None}
+                 "device": device, "mode": "export", "verbose": verbose, "data": None}
+    if fmt == "onnx":  # Ultralytics rejects ONNX-only arguments for other formats (OpenVINO: 'simplify' not supported)
+        overrides.update(simplify=simplify, opset=opset)
     if is_end_to_end(net):
         overrides["nms"] = False  # end-to-end students export their NMS-free one-to-one head: (N, 300, 6) detections
     try:
