@@ -58,7 +58,7 @@ def machine_info(device: str | None = None) -> dict:
     Returns:
         dict with keys ``platform``, ``python``, ``cpu`` (name, logical/physical cores, torch threads), ``gpus``
         (name, memory in MiB, compute capability per visible GPU; empty on CPU-only machines), ``versions``
-        (torch, torch CUDA, cuDNN, ultralytics, onnx, onnxruntime, numpy, detkd) and ``onnxruntime_providers``.
+        (torch, torch CUDA, cuDNN, ultralytics, onnx, onnxruntime, openvino, numpy, detkd) and ``onnxruntime_providers``.
     """
     import torch
 
@@ -86,6 +86,7 @@ def machine_info(device: str | None = None) -> dict:
             "ultralytics": _version("ultralytics"),
             "onnx": _version("onnx"),
             "onnxruntime": ort["version"],
+            "openvino": _version("openvino"),
             "numpy": _version("numpy"),
             "detkd": _version("detkd"),
         },

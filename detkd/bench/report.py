@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-COLUMNS = ("model", "params (M)", "GFLOPs", "backend", "provider", "device", "prec", "batch", "threads",
+COLUMNS = ("model", "params (M)", "GFLOPs", "backend", "provider", "device", "prec", "ran", "batch", "threads",
            "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "e2e mean ms", "e2e p50 ms", "e2e p99 ms", "e2e img/s")
 
 
@@ -21,7 +21,7 @@ def _f(v, nd: int = 2) -> str:
 def row_cells(r: dict) -> list[str]:
     """Table cells of one row (skipped rows carry their reason in the timing columns)."""
     head = [r["model"], _f(r.get("params_m")), _f(r.get("gflops"), 1), r["backend"], r.get("provider") or "-",
-            r.get("device") or "-", r["precision"], str(r["batch"]), _f(r.get("threads"))]
+            r.get("device") or "-", r["precision"], r.get("executed") or "-", str(r["batch"]), _f(r.get("threads"))]
     if r.get("status") != "ok":
         return head + ["skipped (see notes)"] + [""] * (len(COLUMNS) - len(head) - 1)
     lat, e2e = r["latency_ms"], r.get("e2e_ms") or {}
@@ -38,6 +38,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fastest_lines(rows: list[dict]) -> list[str]:
+    """One line per (model, batch) with several measured settings: the backend x precision with the lowest p50
+    model-only latency, the precision that really ran, and its speed-up over torch FP32 when that row is there.
+
+    ``"fastest for best.pt b1: openvino bf16 (ran bf16), p50 3.1 ms = 2.4x torch fp32 (7.4 ms)"``
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault((r["model"], r["batch"]), []).append(r)
+    lines = []
+    for (model, batch), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        best = min(rs, key=lambda r: r["latency_ms"]["p50"])
+        line = (f"fastest for {model} b{batch}: {best['backend']} {best['precision']} (ran "
+                f"{best.get('executed') or best['precision']}), p50 {best['latency_ms']['p50']:.2f} ms")
+        base = next((r for r in rs if r["backend"] == "torch" and r["precision"] == "fp32"), None)
+        if base is not None and base is not best:
+            line += (f" = {base['latency_ms']['p50'] / best['latency_ms']['p50']:.1f}x torch fp32 "
+                     f"({base['latency_ms']['p50']:.2f} ms)")
+        lines.append(line)
+    return lines
+
+
 def machine_line(machine: dict) -> str:
     """One sentence naming the hardware and software the numbers come from."""
     gpus = ", ".join(f"{g['name']} ({g['memory_mib']} MiB)" for g in machine.get("gpus", [])) or "no GPU"
@@ -46,6 +71,7 @@ def machine_line(machine: dict) -> str:
     return (f"{cpu['name']} ({cpu['logical_cores']} logical / {cpu['physical_cores']} physical cores), {gpus}; "
             f"torch {v['torch']} (CUDA {v['cuda']}, cuDNN {v['cudnn']}), ultralytics {v['ultralytics']}, "
             f"onnxruntime {v['onnxruntime']} [{', '.join(machine.get('onnxruntime_providers', []))}], "
+            f"openvino {v.get('openvino')}, "
             f"Python {machine['python']}, {machine['platform']}")
 
 
@@ -69,6 +95,9 @@ def summarize(rows: list[dict], machine: dict, settings: dict | None = None, tit
                   f"normalise, inference, NMS conf={s.get('conf')} iou={s.get('iou')}, Results). Latencies are per "
                   f"call (one batch). GFLOPs per image at the bench imgsz.", ""]
     lines += [format_table(rows), ""]
+    fastest = fastest_lines(rows)
+    if fastest:
+        lines += [f"- {f}" for f in fastest] + [""]
     notes = format_notes(rows)
     if notes:
         lines += ["Notes:", "", notes, ""]

@@ -13,19 +13,25 @@ from pathlib import Path
 
 import torch
 
-from detkd.bench.speed import PRECISIONS, model_profile, normalize_backend, plan_setting, resolve_device
+from detkd.bench.speed import BACKENDS, model_profile, normalize_backend, plan_setting, resolve_device
 from detkd.errors import DetKDError
 
 
+# Precisions each backend can be asked for (whether this machine runs them is plan_setting's job). INT8 comes from a
+# calibrated export passed as a model (bench never calibrates).
+BACKEND_PRECISIONS = {"torch": ("fp32", "fp16"), "onnxruntime": ("fp32", "fp16"), "openvino": ("fp32", "bf16", "fp16")}
+
+
 def normalize_precisions(precisions) -> list[str]:
-    """['fp32'], ['fp16'] or both, from names such as 'fp16', 'half', '16', 'both'."""
+    """Precision names (fp32, fp16, bf16, int8) from names such as 'fp16', 'half', '16', 'bfloat16', 'both'."""
     out = []
     for p in precisions:
         key = str(p).strip().lower()
         names = {"fp32": ["fp32"], "32": ["fp32"], "float": ["fp32"], "full": ["fp32"], "fp16": ["fp16"],
-                 "16": ["fp16"], "half": ["fp16"], "both": ["fp32", "fp16"]}.get(key)
+                 "16": ["fp16"], "half": ["fp16"], "both": ["fp32", "fp16"], "bf16": ["bf16"],
+                 "bfloat16": ["bf16"], "int8": ["int8"], "8": ["int8"]}.get(key)
         if names is None:
-            raise DetKDError(f"precision '{p}' not understood: use fp32, fp16 or both.")
+            raise DetKDError(f"precision '{p}' not understood: use fp32, fp16, bf16, int8 or both.")
         out += [n for n in names if n not in out]
     return out or ["fp32"]
 
@@ -81,16 +87,84 @@ def _skipped(label: str, backend: str, precision: str, batch: int, imgsz: int, r
             "reason": reason, "notes": []}
 
 
+def normalize_backends(backends) -> list[str]:
+    """Backend names, deduplicated; 'all' = torch, onnxruntime and openvino."""
+    out = []
+    for b in backends:
+        names = list(BACKENDS) if str(b).strip().lower() == "all" else [normalize_backend(b)]
+        out += [n for n in names if n not in out]
+    return out
+
+
+def _model_source(m):
+    """(source, artefact or None): a (label, module) pair's module, an exported .onnx/OpenVINO folder as an
+    :class:`~detkd.deploy.backends.Artefact`, or the resolved .pt/YAML path."""
+    from detkd.bench.speed import exported_artefact
+    from detkd.models.loading import resolve_model_path
+
+    if isinstance(m, tuple):
+        return m[1], None
+    art = exported_artefact(m)
+    return (art.path, art) if art is not None else (resolve_model_path(m, "model"), None)
+
+
+def _plan(backends, precisions, dev, ort_cpu_fallback: bool, strict: bool) -> dict:
+    """(backend, precision) -> (run device, notes), or the reason it is not measured (a str).
+
+    A precision a backend never runs (bf16 outside OpenVINO, int8 without an INT8 export) is a skipped row when another
+    requested backend runs it, else an error. Missing OpenVINO skips its rows (one warning naming the deploy extra).
+    Other impossible settings raise when ``strict``.
+    """
+    from ultralytics.utils import LOGGER
+
+    from detkd.deploy.backends import openvino_available, openvino_missing_message
+
+    plans = {}
+    for backend, prec in itertools.product(backends, precisions):
+        if prec not in BACKEND_PRECISIONS[backend]:
+            runs_it = [b for b in backends if prec in BACKEND_PRECISIONS[b]]
+            try:
+                plan_setting(backend, dev, prec == "fp16", ort_cpu_fallback, precision=prec)
+            except DetKDError as e:
+                if strict and not runs_it:
+                    raise
+                plans[(backend, prec)] = str(e)
+            continue
+        if backend == "openvino" and not openvino_available():
+            plans[(backend, prec)] = openvino_missing_message("the openvino backend")
+            continue
+        try:
+            plans[(backend, prec)] = plan_setting(backend, dev, prec == "fp16", ort_cpu_fallback, precision=prec)
+        except DetKDError as e:
+            if strict:
+                raise
+            plans[(backend, prec)] = str(e)
+            LOGGER.warning(f"detkd bench: skipping {backend} {prec}: {e}")
+    if "openvino" in backends and not openvino_available():
+        LOGGER.warning(f"detkd bench: OpenVINO rows skipped: {openvino_missing_message('the openvino backend')}")
+    return plans
+
+
+def _artefact_settings(art, precisions) -> list[str]:
+    """Precisions an exported artefact is timed in: its stored one (ONNX, INT8 OpenVINO), else the requested
+    OpenVINO inference precisions (fp32 when none was requested)."""
+    if art.kind == "onnx" or art.weights == "int8":
+        return [art.weights]
+    return [p for p in precisions if p in BACKEND_PRECISIONS["openvino"]] or ["fp32"]
+
+
 def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", precisions=("fp32",),
                    backends=("torch",), skip_unavailable: bool = False, fallback_max_batch: int | None = None,
                    progress: bool = True, **bench_kwargs) -> list[dict]:
     """Benchmark every (model, backend, precision, batch); return the rows in that order.
 
     Args:
-        models: ``.pt`` / model YAML names (or (label, module) pairs).
-        batches, precisions ('fp32'/'fp16'/'both'), backends ('torch'/'onnxruntime'): the grid.
+        models: ``.pt`` / model YAML names (or (label, module) pairs), or exported ``.onnx`` / ``*_openvino_model/``
+            artefacts (timed on their own backend, in their stored precision or the requested OpenVINO ones).
+        batches, precisions ('fp32', 'fp16', 'bf16', 'int8', 'both'), backends ('torch', 'onnxruntime', 'openvino',
+            'all'): the grid. OpenVINO without the deploy extra: its rows are skipped with the install line.
         skip_unavailable: record impossible or failing settings (and CUDA out-of-memory) as skipped rows instead of
-            raising.
+            raising ('all' backends implies it for settings the machine cannot run).
         fallback_max_batch: with ``ort_cpu_fallback``, skip ORT-on-CPU rows of a GPU run above this batch (they
             would take minutes).
         bench_kwargs: passed to :func:`~detkd.bench.speed.benchmark_model` (warmup, iters, time_budget, ...).
@@ -98,10 +172,11 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
     from ultralytics.utils import LOGGER, TQDM
 
     from detkd.bench.speed import benchmark_model
+    from detkd.deploy.backends import openvino_available, openvino_missing_message
     from detkd.export.student import load_student
-    from detkd.models.loading import resolve_model_path
 
-    backends = list(dict.fromkeys(normalize_backend(b) for b in backends))
+    strict = not skip_unavailable and not any(str(b).strip().lower() == "all" for b in backends)
+    backends = normalize_backends(backends)
     precisions = normalize_precisions(precisions)
     batches = [int(b) for b in batches]
     if any(b < 1 for b in batches):
@@ -109,48 +184,63 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
     if int(imgsz) <= 0 or int(imgsz) % 32:
         raise DetKDError(f"--imgsz {imgsz} must be a positive multiple of 32.")
     dev = resolve_device(device)
-    named = [m if isinstance(m, tuple) else (label, resolve_model_path(m, "model"))
-             for m, label in zip(models, model_labels(models))]
-
-    plans = {}  # (backend, precision) -> (run device, notes) or the reason it cannot run
-    for backend, prec in itertools.product(backends, precisions):
+    named, unreadable = [], {}
+    for m, label in zip(models, model_labels(models)):
         try:
-            plans[(backend, prec)] = plan_setting(backend, dev, prec == "fp16", bench_kwargs.get("ort_cpu_fallback", False))
+            named.append((label, *_model_source(m)))
         except DetKDError as e:
-            if not skip_unavailable:
+            if openvino_available() or "openvino" not in str(e).lower():
                 raise
-            plans[(backend, prec)] = str(e)
-            LOGGER.warning(f"detkd bench: skipping {backend} {prec}: {e}")
+            unreadable[len(named)] = str(e)  # an OpenVINO folder without the deploy extra: skipped, said once
+            named.append((label, str(m), None))
+    if unreadable:
+        LOGGER.warning(f"detkd bench: OpenVINO rows skipped: {openvino_missing_message('the openvino backend')}")
+    fallback = bench_kwargs.get("ort_cpu_fallback", False)
+    plans = _plan(backends, precisions, dev, fallback, strict) if any(
+        a is None and i not in unreadable for i, (_, _, a) in enumerate(named)) else {}
 
-    grid = list(itertools.product(range(len(named)), backends, precisions, batches))
+    grid = []
+    for mi, (label, src, art) in enumerate(named):
+        if mi in unreadable:
+            grid += [(mi, "openvino", p, n) for p, n in itertools.product(precisions, batches)]
+        elif art is None:
+            grid += [(mi, b, p, n) for b, p, n in itertools.product(backends, precisions, batches)]
+        else:
+            grid += [(mi, art.label, p, n) for p, n in itertools.product(_artefact_settings(art, precisions), batches)]
     rows, loaded = [], {}
     bar = TQDM(grid, desc="bench", disable=not progress)
     for mi, backend, prec, batch in bar:
-        label, src = named[mi]
+        label, src, art = named[mi]
         bar.set_description(f"bench {label} {backend} {prec} b{batch}")
-        if mi not in loaded:
-            loaded.clear()  # one model in memory at a time
-            net = src if isinstance(src, torch.nn.Module) else load_student(src, role="model")[0]
-            loaded[mi] = (net, model_profile(net, imgsz))
-        net, profile = loaded[mi]
-        plan = plans[(backend, prec)]
-        if isinstance(plan, str):
-            rows.append(_skipped(label, backend, prec, batch, imgsz, plan, profile))
+        if mi in unreadable:
+            rows.append(_skipped(label, backend, prec, batch, imgsz, unreadable[mi]))
             continue
-        run_dev, _ = plan
-        if fallback_max_batch is not None and backend == "onnxruntime" and run_dev.type == "cpu" \
-                and dev.type == "cuda" and batch > fallback_max_batch:
-            rows.append(_skipped(label, backend, prec, batch, imgsz,
-                                 f"ORT CPU fallback limited to batch <= {fallback_max_batch}", profile))
-            continue
+        if art is not None:
+            profile, net = {"params_m": None, "gflops": None}, str(src)
+        else:
+            if mi not in loaded:
+                loaded.clear()  # one model in memory at a time
+                net = src if isinstance(src, torch.nn.Module) else load_student(src, role="model")[0]
+                loaded[mi] = (net, model_profile(net, imgsz))
+            net, profile = loaded[mi]
+            plan = plans[(backend, prec)]
+            if isinstance(plan, str):
+                rows.append(_skipped(label, backend, prec, batch, imgsz, plan, profile))
+                continue
+            run_dev, _ = plan
+            if fallback_max_batch is not None and backend == "onnxruntime" and run_dev.type == "cpu" \
+                    and dev.type == "cuda" and batch > fallback_max_batch:
+                rows.append(_skipped(label, backend, prec, batch, imgsz,
+                                     f"ORT CPU fallback limited to batch <= {fallback_max_batch}", profile))
+                continue
         try:
-            rows.append(benchmark_model(net, imgsz=imgsz, batch=batch, device=device, half=prec == "fp16",
+            rows.append(benchmark_model(net, imgsz=imgsz, batch=batch, device=device, precision=prec,
                                         backend=backend, name=label, profile=profile, **bench_kwargs))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             rows.append(_skipped(label, backend, prec, batch, imgsz, "CUDA out of memory", profile))
         except DetKDError as e:
-            if not skip_unavailable:
+            if strict and art is None:
                 raise
             rows.append(_skipped(label, backend, prec, batch, imgsz, str(e), profile))
         if torch.cuda.is_available():
@@ -158,5 +248,5 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
         r = rows[-1]
         if r["status"] == "ok":
             LOGGER.info(f"  {label:<16} {backend:<11} {prec} b{batch:<3} {r['latency_ms']['mean']:9.2f} ms "
-                        f"{r['throughput_img_s']:9.1f} img/s  ({r['provider']})")
+                        f"{r['throughput_img_s']:9.1f} img/s  ({r['provider']}, ran {r['executed']})")
     return rows

@@ -8,7 +8,10 @@
   predictor's own profilers.
 
 Every row carries params (M) and GFLOPs at the bench imgsz (Ultralytics' ``get_flops``, per image), the device, the
-execution provider that ran and the CPU threads. ONNX files are exported on the fly through Ultralytics' exporter.
+execution provider that ran, the CPU threads and the precision that really ran (``executed``, read back from the
+backend: OpenVINO runs FP32 models in BF16 by default on CPUs with BF16 units). ONNX files and OpenVINO folders are
+exported on the fly through Ultralytics' exporter; an already exported ``.onnx`` or ``*_openvino_model/`` (e.g. an
+INT8 export) is timed as it is, on its own backend.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import torch
 from detkd.bench.timing import latency_stats, pipelined_seconds, timed_calls, warm_up
 from detkd.errors import DetKDError
 
-BACKENDS = ("torch", "onnxruntime")
-BACKEND_ALIASES = {"pt": "torch", "pytorch": "torch", "ort": "onnxruntime", "onnx": "onnxruntime"}
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKEND_ALIASES = {"pt": "torch", "pytorch": "torch", "ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+INT8_HINT = ("INT8 needs a calibrated export: detkd export --int8 --data DATA (ONNX or OpenVINO), then pass the "
+             "exported .onnx or *_openvino_model/ to --models")
 
 
 def normalize_backend(name: str) -> str:
-    """'torch' or 'onnxruntime' (aliases pt/pytorch, ort/onnx); :class:`DetKDError` otherwise."""
+    """'torch', 'onnxruntime' or 'openvino' (aliases pt/pytorch, ort/onnx, ov); :class:`DetKDError` otherwise."""
     key = str(name).strip().lower()
     key = BACKEND_ALIASES.get(key, key)
     if key not in BACKENDS:
@@ -66,14 +71,48 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def plan_setting(backend: str, device: torch.device, half: bool, ort_cpu_fallback: bool = False) -> tuple[torch.device, list[str]]:
+def plan_openvino(precision: str) -> tuple[torch.device, list[str]]:
+    """OpenVINO runs on the CPU: check the precision against what its CPU plugin executes (read from OpenVINO).
+
+    FP32 is forced with ``INFERENCE_PRECISION_HINT f32`` (noted when the plugin's default would be BF16); BF16/FP16
+    need the CPU's BF16/FP16 units; INT8 needs a calibrated export. :class:`DetKDError` otherwise (also when the
+    deploy extra is missing).
+    """
+    from detkd.deploy.backends import openvino_precisions
+
+    supported = openvino_precisions("CPU")
+    if precision == "int8":
+        raise DetKDError(INT8_HINT + ".")
+    if precision not in supported:
+        raise DetKDError(f"OpenVINO {precision} is not executed by this CPU (OpenVINO CPU runs: {', '.join(supported)});"
+                         f" it would fall back silently, so the row is not measured.")
+    notes = []
+    if precision == "fp32" and "bf16" in supported:
+        notes.append("OpenVINO forced to FP32 (INFERENCE_PRECISION_HINT f32): its default on this CPU is BF16, "
+                     "see the bf16 row")
+    return torch.device("cpu"), notes
+
+
+def plan_setting(backend: str, device: torch.device, half: bool, ort_cpu_fallback: bool = False,
+                 precision: str | None = None) -> tuple[torch.device, list[str]]:
     """Check one (backend, device, precision) before any work; return the device it will really run on and notes.
 
-    Raises :class:`DetKDError` for combinations that cannot be measured honestly: FP16 torch on CPU (Ultralytics runs
-    FP32 there), ONNX Runtime without its CUDA provider on a GPU run (unless ``ort_cpu_fallback``, which moves the
-    ORT rows to the CPU and says so in their notes).
+    ``precision`` ('fp32', 'fp16', 'bf16', 'int8'; default from ``half``). Raises :class:`DetKDError` for combinations
+    that cannot be measured honestly: FP16 torch on CPU (Ultralytics runs FP32 there), BF16 outside OpenVINO, INT8
+    without a calibrated export, ONNX Runtime without its CUDA provider on a GPU run (unless ``ort_cpu_fallback``,
+    which moves the ORT rows to the CPU and says so in their notes), OpenVINO precisions its CPU plugin lacks.
     """
+    precision = precision or ("fp16" if half else "fp32")
     notes: list[str] = []
+    if backend == "openvino":
+        dev, notes = plan_openvino(precision)
+        if device.type == "cuda":
+            notes.insert(0, "OpenVINO on CPU (Ultralytics runs OpenVINO on Intel devices, not CUDA)")
+        return dev, notes
+    if precision == "int8":
+        raise DetKDError(INT8_HINT + ".")
+    if precision == "bf16":
+        raise DetKDError(f"bf16 is measured with the openvino backend only (not {backend}): add --backend openvino.")
     if backend == "torch":
         if half and device.type == "cpu":
             raise DetKDError("fp16 with the torch backend needs a CUDA device (Ultralytics runs torch FP32 on CPU): "
@@ -144,10 +183,17 @@ def quiet_ultralytics():
 
 
 def _execution(predictor, backend: str) -> dict:
-    """Which provider/device/threads actually ran (read back from the built backend, never assumed)."""
+    """Which provider/device/threads/precision actually ran (read back from the built backend, never assumed)."""
+    from detkd.deploy.backends import executed_precision
+
     dev = torch.device(predictor.device)
-    info = {"device": str(dev)}
-    if backend == "onnxruntime":
+    ran = executed_precision(predictor.model)
+    info = {"device": str(dev), "executed": ran["precision"], "executed_detail": ran["detail"]}
+    if backend == "openvino":
+        compiled = predictor.model.backend.ov_compiled_model
+        info["provider"] = "OpenVINO " + ",".join(compiled.get_property("EXECUTION_DEVICES"))
+        info["threads"] = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    elif backend == "onnxruntime":
         session = predictor.model.backend.session
         info["provider"] = session.get_providers()[0]
         n = session.get_session_options().intra_op_num_threads
@@ -162,20 +208,63 @@ def _execution(predictor, backend: str) -> dict:
     return info
 
 
+def exported_artefact(model):
+    """The :class:`~detkd.deploy.backends.Artefact` of an exported ``.onnx`` / OpenVINO folder, else None (a
+    module, a ``.pt`` or a YAML, which detkd exports itself per backend)."""
+    if isinstance(model, torch.nn.Module):
+        return None
+    name = str(model)
+    if not (name.lower().endswith((".onnx", ".xml")) or Path(name).is_dir()):
+        return None
+    from detkd.deploy.backends import inspect_artefact
+
+    return inspect_artefact(name)
+
+
+def check_artefact_shape(art, imgsz: int, batch: int) -> None:
+    """:class:`DetKDError` when a static export cannot take (batch, 3, imgsz, imgsz) inputs."""
+    meta = art.metadata
+    if (meta.get("args") or {}).get("dynamic"):
+        return
+    size = meta.get("imgsz")
+    size = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    if size[0] and (list(size) != [imgsz, imgsz] or int(meta.get("batch", 1)) != int(batch)):
+        raise DetKDError(f"{art.path.name} was exported for batch {meta.get('batch', 1)} at {size[0]}x{size[1]} px, "
+                         f"not batch {batch} at {imgsz} px: bench it with --imgsz {size[0]} --batch "
+                         f"{meta.get('batch', 1)}, or export it with --dynamic.")
+
+
+def export_for_backend(net: torch.nn.Module, backend: str, export_dir: str | Path, label: str, imgsz: int,
+                       batch: int, half: bool, run_dev: torch.device) -> str:
+    """Export ``net`` with Ultralytics' exporter for ``backend`` ('onnxruntime': .onnx, 'openvino': an OpenVINO
+    folder, FP16-compressed when ``half``); return the artefact path."""
+    from detkd.export.exporter import export_loaded
+
+    fmt = {"onnxruntime": "onnx", "openvino": "openvino"}[backend]
+    stem = f"{Path(label).stem}_{imgsz}_b{batch}_{'fp16' if half else 'fp32'}_{run_dev.type}"
+    with quiet_ultralytics():
+        path = export_loaded(net, fmt, export_dir, stem, imgsz=imgsz, batch=batch, half=half,
+                             device="cpu" if run_dev.type == "cpu" else str(run_dev.index))
+    return str(path)
+
+
 def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch: int = 1, device: str = "cpu",
                     half: bool = False, backend: str = "torch", warmup: int = 10, iters: int = 100,
                     time_budget: float = 10.0, min_iters: int = 5, e2e: bool = True, conf: float = 0.25,
                     iou: float = 0.7, source_shape: tuple[int, int] = (720, 1280), ort_cpu_fallback: bool = False,
                     export_dir: str | Path | None = None, name: str | None = None, profile: dict | None = None,
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None, precision: str | None = None) -> dict:
     """Measure one setting.
 
     Args:
-        model: ``.pt`` checkpoint, model YAML (random init is fine for speed) or a loaded ``DetectionModel``.
+        model: ``.pt`` checkpoint, model YAML (random init is fine for speed), a loaded ``DetectionModel``, or an
+            exported ``.onnx`` / ``*_openvino_model/`` (timed as it is on its own backend; ``backend`` is ignored,
+            ``imgsz``/``batch`` must match a static export).
         imgsz: square input side (pixels, multiple of 32); batch: images per call.
         device: 'cpu' or a CUDA index; half: FP16 weights/activations.
-        backend: 'torch' or 'onnxruntime' (the ONNX file is exported with Ultralytics' exporter into ``export_dir``,
-            a temporary folder by default).
+        precision: 'fp32', 'fp16', 'bf16' (OpenVINO) or 'int8' (exported INT8 artefacts); default from ``half``.
+        backend: 'torch', 'onnxruntime' or 'openvino' (the ONNX file / OpenVINO folder is exported with Ultralytics'
+            exporter into ``export_dir``, a temporary folder by default).
         warmup: warm-up calls (capped at half the time budget); iters: timed calls, or fewer once ``time_budget``
             seconds are spent (but at least ``min_iters``). The same rule applies to the end-to-end loop.
         e2e: also time the end-to-end pipeline; conf/iou: its NMS thresholds; source_shape: frame (H, W).
@@ -185,46 +274,59 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
             (physical cores). The row reports what ran.
 
     Returns:
-        A row dict: ``model, params_m, gflops, backend, provider, device, precision, imgsz, batch, threads,
-        latency_ms`` (:func:`~detkd.bench.timing.latency_stats` of one call), ``throughput_img_s`` (pipelined),
+        A row dict: ``model, params_m, gflops, backend, provider, device, precision, executed`` (the precision that
+        really ran, read back), ``executed_detail, weights`` (stored precision), ``imgsz, batch, threads, latency_ms`` (:func:`~detkd.bench.timing.latency_stats` of one call), ``throughput_img_s`` (pipelined),
         ``e2e_ms`` (same stats, end-to-end, or None), ``e2e_throughput_img_s`` (batch / mean e2e latency),
         ``e2e_stages_ms`` (preprocess/inference/postprocess mean per call), ``notes`` and ``status: "ok"``.
     """
     from detkd.export.student import load_student
     from detkd.models.compat import is_end_to_end
 
-    backend = normalize_backend(backend)
     if int(imgsz) <= 0 or int(imgsz) % 32:
         raise DetKDError(f"imgsz {imgsz} must be a positive multiple of 32.")
     if int(batch) < 1:
         raise DetKDError(f"batch {batch} must be >= 1.")
+    art = exported_artefact(model)
+    if art is not None:
+        backend = art.label
+        precision = art.weights if art.kind == "onnx" or art.weights == "int8" else (precision or "fp32")
+    backend = normalize_backend(backend)
+    precision = precision or ("fp16" if half else "fp32")
+    half = precision == "fp16"
     dev = resolve_device(device)
-    run_dev, notes = plan_setting(backend, dev, half, ort_cpu_fallback)
+    if art is not None and precision == "int8":  # a quantized export runs as it was calibrated, no precision hint
+        run_dev, notes = ((torch.device("cpu"), []) if backend == "openvino"
+                          else plan_setting(backend, dev, False, ort_cpu_fallback))
+    else:
+        run_dev, notes = plan_setting(backend, dev, half, ort_cpu_fallback, precision=precision)
     label = name or (Path(str(model)).name if not isinstance(model, torch.nn.Module) else "model")
-    net = model if isinstance(model, torch.nn.Module) else load_student(model, role="model")[0]
-    if not getattr(net, "task", None):
-        net.task = "detect"
-    profile = profile or model_profile(net, imgsz)
-    nms_free = is_end_to_end(net)
+    tmp = None
+    if art is not None:
+        check_artefact_shape(art, imgsz, batch)
+        source, net, nms_free = str(art.path), None, bool(art.metadata.get("end2end"))
+        profile = profile or {"params_m": None, "gflops": None}
+    else:
+        net = model if isinstance(model, torch.nn.Module) else load_student(model, role="model")[0]
+        if not getattr(net, "task", None):
+            net.task = "detect"
+        profile = profile or model_profile(net, imgsz)
+        nms_free = is_end_to_end(net)
+        source = net
     if nms_free:
         notes.append("end-to-end model: NMS-free one-to-one head timed (no NMS in the end-to-end pipeline)")
-
-    tmp = None
-    if backend == "onnxruntime":
-        from detkd.export.exporter import export_loaded
-
+    if art is None and backend in {"onnxruntime", "openvino"}:
         if export_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="detkd-bench-")
             export_dir = tmp.name
-        stem = f"{Path(label).stem}_{imgsz}_b{batch}_{'fp16' if half else 'fp32'}_{run_dev.type}"
-        with quiet_ultralytics():
-            source = export_loaded(net, "onnx", export_dir, stem, imgsz=imgsz, batch=batch, half=half,
-                                   device="cpu" if run_dev.type == "cpu" else str(run_dev.index))
-    else:
-        source = net
+        source = export_for_backend(net, backend, export_dir, label, imgsz, batch, half, run_dev)
     try:
         with quiet_ultralytics():
-            predictor = make_predictor(source, run_dev, half, imgsz, batch, conf, iou, nms_free=nms_free)
+            predictor = make_predictor(source, run_dev, half and backend != "openvino", imgsz, batch, conf, iou,
+                                       nms_free=nms_free)
+            if backend == "openvino" and precision != "int8":
+                from detkd.deploy.backends import set_openvino_precision
+
+                set_openvino_precision(predictor.model, precision, source)
         if threads:
             torch.set_num_threads(int(threads))
         frames = synthetic_frames(batch, source_shape)
@@ -239,9 +341,13 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
             warm_up(model_only, run_dev, warmup, time_budget / 2)
             times = timed_calls(model_only, run_dev, iters, time_budget, min_iters)
             pipe_s = pipelined_seconds(model_only, run_dev, len(times))
+        if used["executed"] != precision:
+            notes.append(f"ran in {used['executed']}: {used['executed_detail']}")
         row = {
-            "model": label, **{k: round(v, 3) for k, v in profile.items()}, "backend": backend,
-            "provider": used["provider"], "device": used["device"], "precision": "fp16" if half else "fp32",
+            "model": label, **{k: (round(v, 3) if v is not None else None) for k, v in profile.items()},
+            "backend": backend, "provider": used["provider"], "device": used["device"], "precision": precision,
+            "executed": used["executed"], "executed_detail": used["executed_detail"],
+            "weights": art.weights if art is not None else ("fp16" if half else "fp32"),
             "imgsz": int(imgsz), "batch": int(batch), "threads": used.get("threads"),
             "latency_ms": latency_stats(times), "throughput_img_s": batch * len(times) / pipe_s,
             "e2e_ms": None, "e2e_throughput_img_s": None, "e2e_stages_ms": None,

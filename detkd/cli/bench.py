@@ -6,19 +6,23 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-HELP = "Benchmark detector speed (model-only and end-to-end latency, throughput) with torch and ONNX Runtime."
+HELP = ("Benchmark detector speed (model-only and end-to-end latency, throughput) with torch, ONNX Runtime and "
+        "OpenVINO, and name the fastest backend x precision per model.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                   help="checkpoints (.pt) or model YAMLs (yolov8n.yaml: random init, fine for speed)")
+                   help="checkpoints (.pt) or model YAMLs (yolov8n.yaml: random init, fine for speed); exported .onnx "
+                        "or *_openvino_model/ folders (e.g. INT8 exports) are timed as they are on their own backend")
     p.add_argument("--imgsz", type=int, default=640, help="square input size in pixels (multiple of 32)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
     p.add_argument("--device", default="cpu", help="'cpu' or a CUDA index such as 0")
     p.add_argument("--half", action="store_true", help="FP16 only (shortcut for --precision fp16)")
     p.add_argument("--precision", nargs="+", default=None, metavar="P",
-                   help="fp32, fp16 or both (default fp32; --half means fp16)")
-    p.add_argument("--backend", nargs="+", default=["torch"], metavar="B", help="torch and/or onnxruntime")
+                   help="fp32, fp16, bf16 (OpenVINO), int8 (exported INT8 models) or both (= fp32 fp16) (default "
+                        "fp32; --half means fp16). The precision that really ran is the 'ran' column")
+    p.add_argument("--backend", nargs="+", default=["torch"], metavar="B",
+                   help="torch, onnxruntime, openvino (needs pip install -e '.[deploy]') or all")
     p.add_argument("--warmup", type=int, default=10, help="warm-up calls per loop (capped at half the time budget)")
     p.add_argument("--iters", type=int, default=100, help="timed calls per loop (fewer when the budget runs out)")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds per timed loop")
@@ -36,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detkd.bench import format_table, machine_info, machine_tag, run_benchmarks, write_results
-    from detkd.bench.report import format_notes, machine_line
+    from detkd.bench.report import fastest_lines, format_notes, machine_line
 
     precisions = args.precision or (["fp16"] if args.half else ["fp32"])
     settings = {"imgsz": args.imgsz, "batches": args.batch, "device": str(args.device), "precisions": precisions,
@@ -57,5 +61,8 @@ def run(args: argparse.Namespace) -> int:
     notes = format_notes(rows)
     if notes:
         print(f"\n{notes}")
+    fastest = fastest_lines(rows)
+    if fastest:
+        print("\n" + "\n".join(fastest))
     print(f"\nResults: {json_path} (table: {md_path})")
     return 0
