@@ -7,6 +7,13 @@ baseline) and ``<out>_curves.png`` (val mAP50-95 per epoch, mean over seeds, one
     python benchmarks/recipe_summary.py benchmarks/results/distill_gain_{shapes,raccoon,deeppcb,aerial_cars}.json \
         --candidate combo detkd --out benchmarks/results/recipe   # the first of the kinds each dataset has
 
+With ``--protocol benchmarks/recipe_protocol.json`` the results of every dataset and teacher the protocol names are
+read from ``--results-dir`` (``distill_gain_<tag>.json``, the tags under each dataset's ``results``), and the
+tuning and confirmation sets are reported separately: per dataset and teacher, Δ = candidate − baseline next to the
+gap closure Δ / (teacher − baseline), and the mean gap closure per set (what has not run yet is listed)::
+
+    python benchmarks/recipe_summary.py --protocol benchmarks/recipe_protocol.json --candidate combo detkd
+
 Acceptance (issue 15) for a candidate recipe: never below the baseline's mean on any dataset; above the baseline
 beyond the seed spread on most; above Ultralytics' built-in on average.
 """
@@ -62,6 +69,156 @@ def acceptance(results: dict[str, dict], candidates: str | list[str]) -> dict:
         "above_builtin_on_average": bool(deltas_builtin) and statistics.mean(deltas_builtin) > 0,
         "mean_delta_vs_builtin": statistics.mean(deltas_builtin) if deltas_builtin else None,
     }
+
+
+SETS = ("tuning", "confirmation")
+MAX_TUNING, MIN_CONFIRMATION = 3, 3
+
+
+class ProtocolError(ValueError):
+    """The protocol file is unusable (the message names the problem and the fix)."""
+
+
+def load_protocol(path: Path) -> dict:
+    """The protocol file, checked: tuning ≤ 3 datasets, confirmation ≥ 3, no dataset in both, each naming the
+    result tags of its teachers."""
+    try:
+        protocol = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProtocolError(f"no protocol file {path}; give the committed one: benchmarks/recipe_protocol.json")
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"{path} is not valid JSON ({e}); fix the file")
+    check_protocol(protocol, str(path))
+    return protocol
+
+
+def check_protocol(protocol: dict, where: str = "the protocol") -> None:
+    sets = protocol.get("sets") or {}
+    missing = [name for name in SETS if not isinstance(sets.get(name), dict)]
+    if missing:
+        raise ProtocolError(f"{where} has no {' / '.join(missing)} set under 'sets'; name its datasets there")
+    tuning, confirmation = sets["tuning"], sets["confirmation"]
+    if len(tuning) > MAX_TUNING:
+        raise ProtocolError(f"{where}: {len(tuning)} tuning datasets; at most {MAX_TUNING} may tune the recipe, "
+                            "move the others to the confirmation set")
+    if len(confirmation) < MIN_CONFIRMATION:
+        raise ProtocolError(f"{where}: {len(confirmation)} confirmation datasets; at least {MIN_CONFIRMATION} "
+                            "must confirm the candidate, add datasets nobody tuned on")
+    both = sorted(set(tuning) & set(confirmation))
+    if both:
+        raise ProtocolError(f"{where}: {', '.join(both)} in both sets; a dataset either tunes or confirms")
+    for name, entry in {**tuning, **confirmation}.items():
+        if not isinstance(entry.get("results"), dict) or not entry["results"]:
+            raise ProtocolError(f"{where}: dataset '{name}' names no results; add "
+                                "'results': {teacher: distill_gain tag}")
+
+
+def gap_row(summary: dict, candidates: str | list[str]) -> dict | None:
+    """Δ = candidate − baseline (means over seeds) and the gap closure Δ / (teacher − baseline) of one
+    ``distill_gain`` summary; the closure is None where the teacher did not beat the baseline (no gap to close)
+    or was not trained in this protocol. None when the candidate or the baseline has not run."""
+    candidate = pick_candidate(summary, candidates)
+    if candidate is None or "baseline" not in summary:
+        return None
+    cand, base = summary[candidate]["mAP50-95"], summary["baseline"]["mAP50-95"]
+    teacher = summary.get("teacher", {}).get("mAP50-95")
+    gap = teacher - base if teacher is not None else None
+    return {"candidate": candidate, "candidate_map": cand, "baseline": base, "teacher": teacher,
+            "delta": cand - base, "gap": gap, "closure": (cand - base) / gap if gap is not None and gap > 0 else None,
+            "not_below_baseline": cand >= base}
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def protocol_report(protocol: dict, results: dict[str, dict], candidates: str | list[str]) -> dict:
+    """Per set (tuning, confirmation): one row per dataset and teacher with Δ and gap closure, the mean gap closure
+    and mean Δ over the rows that ran (overall and per teacher), and what has not run yet. Results whose tag the
+    protocol does not name are listed under ``outside``."""
+    report, named = {}, set()
+    for set_name in SETS:
+        rows, pending = [], []
+        for dataset, entry in protocol["sets"][set_name].items():
+            for teacher, tag in entry["results"].items():
+                named.add(tag)
+                row = gap_row(results[tag]["summary"], candidates) if tag in results else None
+                if row is None:
+                    pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
+                else:
+                    rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, **row})
+        closures = [r["closure"] for r in rows if r["closure"] is not None]
+        per_teacher = {}
+        for teacher in dict.fromkeys(r["teacher_size"] for r in rows):
+            mine = [r for r in rows if r["teacher_size"] == teacher]
+            per_teacher[teacher] = {
+                "mean_closure": mean_or_none([r["closure"] for r in mine if r["closure"] is not None]),
+                "mean_delta": mean_or_none([r["delta"] for r in mine]), "n": len(mine)}
+        report[set_name] = {"rows": rows, "pending": pending, "mean_closure": mean_or_none(closures),
+                            "mean_delta": mean_or_none([r["delta"] for r in rows]),
+                            "never_below_baseline": bool(rows) and all(r["not_below_baseline"] for r in rows),
+                            "no_gap": [f"{r['dataset']} ({r['teacher_size']})" for r in rows if r["closure"] is None],
+                            "per_teacher": per_teacher}
+    report["outside"] = sorted(set(results) - named)
+    return report
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.0f} %"
+
+
+def render_protocol(report: dict) -> str:
+    """The tuning and confirmation sets as separate tables: Δ next to the gap closure, means per set."""
+    lines = ["## The protocol: tuning and confirmation sets, reported separately", "",
+             "Gap closure = Δ / (teacher − baseline): the share of the teacher's lead over the student trained "
+             "alone that distillation recovers (val mAP50-95, means over seeds). — where the teacher is not above "
+             "the baseline (no gap to close) or was not trained in the protocol.", ""]
+    for set_name in SETS:
+        part = report[set_name]
+        lines += [f"### {set_name.capitalize()} set", ""]
+        if part["rows"]:
+            lines += ["| dataset | teacher | candidate run | teacher mAP | baseline | candidate | Δ | gap closure |",
+                      "|---|---|---|---:|---:|---:|---:|---:|"]
+        else:
+            lines.append("No results yet.")
+        for r in part["rows"]:
+            teacher = "—" if r["teacher"] is None else f"{r['teacher']:.3f}"
+            lines.append(f"| {r['dataset']} | {r['teacher_size']} | {r['candidate']} | {teacher} | "
+                         f"{r['baseline']:.3f} | {r['candidate_map']:.3f} | {r['delta']:+.3f} | "
+                         f"{_pct(r['closure'])} |")
+        mean_delta = "—" if part["mean_delta"] is None else f"{part['mean_delta']:+.3f}"
+        lines += ["", f"- mean gap closure: **{_pct(part['mean_closure'])}**, mean Δ {mean_delta} "
+                      f"(n = {len(part['rows'])} dataset × teacher rows)"]
+        for teacher, t in part["per_teacher"].items():
+            td = "—" if t["mean_delta"] is None else f"{t['mean_delta']:+.3f}"
+            lines.append(f"- {teacher} teachers: mean gap closure {_pct(t['mean_closure'])}, mean Δ {td} "
+                         f"(n = {t['n']})")
+        if part["rows"]:
+            lines.append(f"- never below the baseline mean: {'yes' if part['never_below_baseline'] else '**no**'}")
+        if part["no_gap"]:
+            lines.append(f"- no gap to close (teacher not above the baseline): {', '.join(part['no_gap'])}")
+        if part["pending"]:
+            lines.append(f"- **not run yet:** {'; '.join(part['pending'])}")
+        lines.append("")
+    if report["outside"]:
+        lines += [f"Results outside the protocol (in neither set): {', '.join(report['outside'])}.", ""]
+    return "\n".join(lines)
+
+
+def load_results(files: list[Path]) -> dict[str, dict]:
+    """{tag: distill_gain result} of the given files."""
+    results = {}
+    for f in files:
+        r = json.loads(Path(f).read_text())
+        results[r["settings"]["tag"]] = r
+    return results
+
+
+def protocol_result_files(protocol: dict, results_dir: Path) -> list[Path]:
+    """The ``distill_gain_<tag>.json`` files the protocol names that exist in ``results_dir``."""
+    tags = [tag for name in SETS for entry in protocol["sets"][name].values() for tag in entry["results"].values()]
+    return [results_dir / f"distill_gain_{t}.json" for t in dict.fromkeys(tags)
+            if (results_dir / f"distill_gain_{t}.json").exists()]
 
 
 def render(results: dict[str, dict], candidates: str | list[str], checks: dict) -> str:
@@ -138,23 +295,38 @@ def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidat
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("results", nargs="+", type=Path, help="distill_gain_<tag>.json files")
+    p.add_argument("results", nargs="*", type=Path,
+                   help="distill_gain_<tag>.json files (with --protocol: added to the ones it names)")
+    p.add_argument("--protocol", type=Path,
+                   help="recipe_protocol.json: report its tuning and confirmation sets separately, with gap closure")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="where the protocol's distill_gain_<tag>.json files are")
     p.add_argument("--candidate", nargs="+", default=["detkd"],
                    help="the run kind whose acceptance is checked; several: the first each dataset has")
     p.add_argument("--curves", nargs="+", default=["baseline", "ultralytics_kd", "candidate"],
                    help="kinds to plot ('candidate': the candidate of each dataset)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recipe")
     a = p.parse_args(argv)
-    results = {}
-    for f in a.results:
-        r = json.loads(f.read_text())
-        results[r["settings"]["tag"]] = r
+    try:
+        protocol = load_protocol(a.protocol) if a.protocol else None
+    except ProtocolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    files = [*(protocol_result_files(protocol, a.results_dir) if protocol else []), *a.results]
+    if not files:
+        print("error: no results to summarise; give distill_gain_<tag>.json files, or --protocol with results "
+              f"in {a.results_dir}", file=sys.stderr)
+        return 2
+    results = load_results(files)
     checks = acceptance(results, a.candidate)
+    report = protocol_report(protocol, results, a.candidate) if protocol else None
     from detkd.bench.report import write_json_and_markdown
 
-    write_json_and_markdown(a.out, {"candidate": a.candidate, "checks": checks,
-                                    "datasets": {t: r["summary"] for t, r in results.items()}},
-                            render(results, a.candidate, checks))
+    md = render(results, a.candidate, checks)
+    if report is not None:
+        md += "\n" + render_protocol(report)
+    write_json_and_markdown(a.out, {"candidate": a.candidate, "checks": checks, "protocol": report,
+                                    "datasets": {t: r["summary"] for t, r in results.items()}}, md)
     png = plot_curves(results, a.curves, a.out.with_name(a.out.name + "_curves.png"), a.candidate)
     print(f"wrote {a.out}.md, {a.out}.json, {png}")
     return 0

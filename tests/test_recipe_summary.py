@@ -1,0 +1,141 @@
+"""recipe_summary reports the protocol's tuning and confirmation sets separately, with Δ next to the gap closure
+Δ / (teacher − baseline) (hand-computed on fabricated results), and refuses an unusable protocol."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+PROTOCOL_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_protocol.json"
+
+
+@pytest.fixture()
+def recipe_summary():
+    sys.path.insert(0, str(BENCH))
+    import recipe_summary
+
+    return recipe_summary
+
+
+def kind(runs: list[float]) -> dict:
+    return {"mAP50-95": sum(runs) / len(runs), "mAP50-95_runs": runs, "spread": (max(runs) - min(runs)) / 2,
+            "seeds": list(range(len(runs))), "mAP50": 0.5}
+
+
+def result(tag: str, **kinds: list[float]) -> dict:
+    from detkd.bench.machine import machine_info
+
+    runs = {f"{k}_s{i}": {"kind": k, "seed": i, "curve": {"metrics/mAP50-95(B)": [0.1, v]}}
+            for k, vals in kinds.items() for i, v in enumerate(vals)}
+    return {"settings": {"tag": tag, "student": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 8,
+                         "seeds": "[0, 1]", "data": tag}, "machine": machine_info("cpu"), "runs": runs,
+            "summary": {k: kind(v) for k, v in kinds.items()}}
+
+
+def entry(**results: str) -> dict:
+    return {"imgsz": 64, "epochs": 2, "results": results}
+
+
+PROTOCOL = {"sets": {
+    "tuning": {"a": entry(yolov8s="a_s")},
+    "confirmation": {"b": entry(yolov8s="b_s", yolov8m="b_m"), "c": entry(yolov8s="c_s"), "d": entry(yolov8s="d_s")},
+}}
+
+# hand-computed: Δ = candidate − baseline, gap closure = Δ / (teacher − baseline), means over seeds
+RESULTS = {
+    # baseline 0.31, teacher 0.51, detkd 0.36: Δ +0.05, closure 0.05 / 0.20 = 25 %
+    "a_s": result("a_s", baseline=[0.30, 0.32], teacher=[0.51], detkd=[0.35, 0.37]),
+    # baseline 0.20, teacher 0.40, detkd 0.26: Δ +0.06, closure 0.06 / 0.20 = 30 %
+    "b_s": result("b_s", baseline=[0.19, 0.21], teacher=[0.40], detkd=[0.25, 0.27]),
+    # baseline 0.20, teacher 0.38, detkd 0.182: Δ −0.018, closure −0.018 / 0.18 = −10 % (below the baseline)
+    "b_m": result("b_m", baseline=[0.19, 0.21], teacher=[0.38], detkd=[0.18, 0.184]),
+    # teacher 0.48 below the baseline 0.50: no gap to close, Δ +0.02 still counts in the mean Δ
+    "c_s": result("c_s", baseline=[0.50, 0.50], teacher=[0.48], detkd=[0.51, 0.53]),
+    # d_s never ran; 'extra' is a result the protocol does not name
+    "extra": result("extra", baseline=[0.1, 0.1], teacher=[0.2], detkd=[0.15, 0.15]),
+}
+
+
+def test_gap_closure_and_means_per_set_are_the_hand_computed_ones(recipe_summary):
+    report = recipe_summary.protocol_report(PROTOCOL, RESULTS, "detkd")
+    tuning, confirmation = report["tuning"], report["confirmation"]
+    assert [r["closure"] for r in tuning["rows"]] == [pytest.approx(0.25)]
+    assert tuning["mean_closure"] == pytest.approx(0.25) and tuning["never_below_baseline"]
+
+    rows = {(r["dataset"], r["teacher_size"]): r for r in confirmation["rows"]}
+    assert rows["b", "yolov8s"]["delta"] == pytest.approx(0.06)
+    assert rows["b", "yolov8s"]["closure"] == pytest.approx(0.30)
+    assert rows["b", "yolov8m"]["delta"] == pytest.approx(-0.018)
+    assert rows["b", "yolov8m"]["closure"] == pytest.approx(-0.10)
+    assert rows["c", "yolov8s"]["closure"] is None and rows["c", "yolov8s"]["delta"] == pytest.approx(0.02)
+    assert confirmation["mean_closure"] == pytest.approx((0.30 - 0.10) / 2)  # c has no gap: left out
+    assert confirmation["mean_delta"] == pytest.approx((0.06 - 0.018 + 0.02) / 3)
+    assert confirmation["per_teacher"]["yolov8s"]["mean_closure"] == pytest.approx(0.30)
+    assert confirmation["per_teacher"]["yolov8s"]["mean_delta"] == pytest.approx((0.06 + 0.02) / 2)
+    assert confirmation["per_teacher"]["yolov8m"]["mean_closure"] == pytest.approx(-0.10)
+    assert not confirmation["never_below_baseline"]
+    assert confirmation["no_gap"] == ["c (yolov8s)"]
+    assert confirmation["pending"] == ["d (yolov8s): distill_gain_d_s"]
+    assert report["outside"] == ["extra"]
+
+    md = recipe_summary.render_protocol(report)
+    assert md.index("### Tuning set") < md.index("### Confirmation set")
+    assert "| b | yolov8m | detkd | 0.380 | 0.200 | 0.182 | -0.018 | -10 % |" in md
+    assert "| a | yolov8s | detkd | 0.510 | 0.310 | 0.360 | +0.050 | 25 % |" in md
+    assert "mean gap closure: **10 %**" in md and "mean gap closure: **25 %**" in md
+    assert "**not run yet:** d (yolov8s): distill_gain_d_s" in md and "never below the baseline mean: **no**" in md
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["sets"]["tuning"].update(e=entry(s="e"), f=entry(s="f"), g=entry(s="g")), "at most 3"),
+    (lambda p: p["sets"]["confirmation"].pop("d"), "at least 3"),
+    (lambda p: p["sets"]["tuning"].update(b=entry(s="b2")), "b in both sets"),
+    (lambda p: p["sets"]["confirmation"]["c"].pop("results"), "'c' names no results"),
+    (lambda p: p["sets"].pop("confirmation"), "no confirmation set"),
+])
+def test_an_unusable_protocol_is_refused_with_the_fix(recipe_summary, change, message):
+    protocol = json.loads(json.dumps(PROTOCOL))
+    change(protocol)
+    with pytest.raises(recipe_summary.ProtocolError, match=message):
+        recipe_summary.check_protocol(protocol)
+
+
+def test_cli_reads_the_protocols_results_and_reports_both_sets(recipe_summary, tmp_path, capsys):
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    for tag, r in RESULTS.items():
+        (results_dir / f"distill_gain_{tag}.json").write_text(json.dumps(r))
+    protocol = tmp_path / "protocol.json"
+    protocol.write_text(json.dumps(PROTOCOL))
+    out = tmp_path / "recipe"
+    assert recipe_summary.main(["--protocol", str(protocol), "--results-dir", str(results_dir),
+                                "--out", str(out)]) == 0
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert written["protocol"]["confirmation"]["mean_closure"] == pytest.approx(0.10)
+    assert set(written["datasets"]) == {"a_s", "b_s", "b_m", "c_s"}  # only what the protocol names
+    assert "### Confirmation set" in out.with_suffix(".md").read_text()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sets": {"tuning": {}, "confirmation": {"b": entry(s="b_s")}}}))
+    capsys.readouterr()
+    assert recipe_summary.main(["--protocol", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "at least 3" in err
+
+
+def test_the_committed_protocol_is_valid_and_keeps_tuning_data_out_of_confirmation(recipe_summary):
+    protocol = recipe_summary.load_protocol(PROTOCOL_FILE)
+    tuning, confirmation = protocol["sets"]["tuning"], protocol["sets"]["confirmation"]
+    assert len(tuning) + len(confirmation) >= 6
+    # the datasets that chose the current default (DeepPCB's screen, raccoon, aerial cars) can only tune
+    assert {"raccoon", "deeppcb", "aerial_cars"} <= set(tuning)
+    for name, e in {**tuning, **confirmation}.items():
+        assert e["licence"] and e["source"] and e["why"] and e["data"], name
+        assert 160 <= e["imgsz"] <= 320 and e["epochs"] > 0, name
+        assert {"yolov8s", "yolov8m"} <= set(e["teachers"]), name  # issue 27 item 2: both teacher sizes
+        assert set(e["results"]) == set(e["teachers"]), name  # one results file per teacher size
+    assert not any("bccd" in n.lower() for n in {**tuning, **confirmation})
