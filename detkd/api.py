@@ -58,8 +58,10 @@ def _train_overrides(student, data, train_args: dict) -> dict:
     from detkd.models.loading import resolve_model_path
 
     check_train_args(train_args)  # Ultralytics' name/type/range checks, as one ConfigError before any work
-    overrides = {"project": DEFAULT_PROJECT, **train_args}
-    if not overrides.get("resume"):
+    resume = train_args.get("resume")
+    # a resume keeps its run's project: a default given here would only be reported as "Resume ignores ['project']"
+    overrides = dict(train_args) if resume else {"project": DEFAULT_PROJECT, **train_args}
+    if not resume:
         overrides["model"] = resolve_model_path(student, role="student")
         overrides["data"] = resolve_data(data)
     else:

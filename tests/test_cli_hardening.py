@@ -131,3 +131,64 @@ def test_device_check_accepts_cpu_and_refuses_nonsense():
         check_device(ok)
     with pytest.raises(ConfigError, match="not understood"):
         check_device("gpu0")
+
+
+# ------------------------------------------------------------------------------- item 13: re-point one of two teachers
+class Interrupt(Exception):
+    """Raised by a callback to cut a run off after its first checkpoint."""
+
+
+def _stop(trainer):
+    raise Interrupt
+
+
+def _resumed_teachers(last: Path, given) -> list[str]:
+    """The teachers a resume from ``last`` with ``--teacher given`` re-attaches (the trainer is only built)."""
+    from detkd.engine.trainer import DistillationTrainer
+
+    trainer = DistillationTrainer(overrides={"resume": str(last), "model": str(last)}, kd=KDConfig(teacher=given))
+    return trainer.kd.teachers
+
+
+@pytest.mark.slow
+def test_resume_repoints_one_or_every_teacher_of_a_two_teacher_run(tmp_path, shapes_yaml, teacher_pt, capsys,
+                                                                   ultralytics_log):
+    from detkd.cli import main
+    from detkd.engine.trainer import DistillationTrainer
+
+    first, second = tmp_path / "a" / "t1.pt", tmp_path / "b" / "t2.pt"
+    for t in (first, second):
+        t.parent.mkdir()
+        shutil.copy(teacher_pt, t)
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="two", val=False,
+                       **TINY_TRAIN),
+        kd=KDConfig(teacher=[str(first), str(second)], teacher_weights=[0.7, 0.3], validate_teacher=False))
+    trainer.add_callback("on_model_save", _stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    last = Path(trainer.last).resolve()
+    moved = tmp_path / "moved" / "t2.pt"
+    moved.parent.mkdir()
+    second.rename(moved)
+
+    # the advised form: --teacher NEW for the teacher that moved (the other stays), or once per teacher
+    assert _resumed_teachers(last, str(moved)) == [str(first), str(moved)]
+    assert _resumed_teachers(last, [str(first), str(moved)]) == [str(first), str(moved)]
+    with pytest.raises(ConfigError, match=r"2 teachers .*1 not found \(.*t2\.pt\).*3 given"):
+        _resumed_teachers(last, [str(first), str(moved), str(tmp_path / "c.pt")])
+
+    ultralytics_log.clear()
+    assert main(["distill", "--resume", str(last), "--teacher", str(moved)]) == 0
+    kd = torch.load(last, map_location="cpu", weights_only=False)["train_args"]["kd"]
+    assert kd["teacher"] == [str(first), str(moved)] and kd["teacher_weights"] == [0.7, 0.3]
+    assert not [m for m in ultralytics_log if "Resume ignores" in m]  # no --project given: none 'ignored'
+
+
+def test_resume_overrides_carry_no_default_project():
+    """A resume keeps its run's project: the default one given to a fresh run made Ultralytics print
+    "Resume ignores ['project']" for a run trained with --project."""
+    from detkd.api import DEFAULT_PROJECT, _train_overrides
+
+    assert "project" not in _train_overrides(None, None, {"resume": "run/weights/last.pt"})
+    assert _train_overrides(None, None, {"resume": "last.pt", "project": "p"})["project"] == "p"

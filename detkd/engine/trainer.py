@@ -117,16 +117,14 @@ class DistillationTrainer(StudentTrainer):
             _check_resumed_teachers(KDConfig.coerce(dict(self.args.kd)).teachers)
 
     def _repoint_teacher(self, moved) -> None:
-        """Resume with the run's teacher(s) at ``moved``; checked against the student like any teacher at setup, and
-        against the saved adapters (same feature widths)."""
+        """Resume with the run's teacher(s) re-pointed to ``moved`` (see :func:`_repointed`); checked against the
+        student like any teacher at setup, and against the saved adapters (same feature widths)."""
         saved = KDConfig.coerce(dict(self.args.kd))
-        new = KDConfig.coerce({**saved.to_dict(), "teacher": moved})
-        if [Path(t).resolve() for t in new.teachers] == [Path(t).resolve() for t in saved.teachers]:
+        given = moved if isinstance(moved, (list, tuple)) else [moved]
+        teachers = _repointed(saved.teachers, [str(t) for t in given])
+        if [Path(t).resolve() for t in teachers] == [Path(t).resolve() for t in saved.teachers]:
             return
-        if len(new.teachers) != len(saved.teachers):
-            raise ConfigError(f"cannot re-point the teacher on resume: the run distils from {len(saved.teachers)} "
-                              f"teacher(s) {saved.teachers}, {len(new.teachers)} given. Give each at its new path "
-                              f"(--teacher once per teacher, in the same order).")
+        new = KDConfig.coerce({**saved.to_dict(), "teacher": _one_or_list(teachers)})  # weights stay per teacher
         self.args.kd = new.to_dict()  # saved in the next last.pt, and what DDP workers get
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}resume: teacher re-pointed {_one_or_list(saved.teachers)} -> "
@@ -525,18 +523,43 @@ def _one_or_list(paths: list[str]):
     return paths[0] if len(paths) == 1 else paths
 
 
-def _check_resumed_teachers(teachers: list[str]) -> None:
-    """A resume re-attaches the run's teacher(s): refuse, naming --teacher, when one is no longer where it was."""
+def _teacher_found(path: str) -> bool:
+    """The teacher file is where the run recorded it (a model YAML always is)."""
     from detkd.errors import WeightsNotFoundError
     from detkd.models.loading import resolve_model_path
 
+    try:
+        resolve_model_path(path, role="teacher")
+    except WeightsNotFoundError:
+        return False
+    return True
+
+
+def _repointed(saved: list[str], given: list[str]) -> list[str]:
+    """The run's teachers ``saved`` with the paths ``given`` on resume put in: one path per teacher (in the run's
+    order), or one per teacher no longer found (in the run's order, the others kept). Anything else is refused."""
+    if len(given) == len(saved):
+        return list(given)
+    missing = [i for i, t in enumerate(saved) if not _teacher_found(t)]
+    if missing and len(given) == len(missing):
+        teachers = list(saved)
+        for i, path in zip(missing, given):
+            teachers[i] = path
+        return teachers
+    lost = f"{len(missing)} not found ({', '.join(saved[i] for i in missing)})" if missing else "all found"
+    raise ConfigError(f"cannot re-point the teachers on resume: the run distils from {len(saved)} teacher"
+                      f"{'s' if len(saved) != 1 else ''} {saved}, {lost}; {len(given)} given. Give --teacher once "
+                      f"per teacher not found, or once per teacher in the run's order.")
+
+
+def _check_resumed_teachers(teachers: list[str]) -> None:
+    """A resume re-attaches the run's teacher(s): refuse, naming --teacher, when one is no longer where it was."""
     for t in teachers:
-        try:
-            resolve_model_path(t, role="teacher")
-        except WeightsNotFoundError:
+        if not _teacher_found(t):
             raise ConfigError(f"cannot resume: the run's teacher '{t}' is not found (moved or deleted). Give its new "
-                              f"path with --teacher PATH (Python: distill(resume=..., teacher=PATH)); it is checked "
-                              f"against the student like any teacher.") from None
+                              f"path with --teacher PATH (several teachers: once per teacher not found, or once per "
+                              f"teacher in the run's order; Python: distill(resume=..., teacher=PATH)); it is "
+                              f"checked against the student like any teacher.")
 
 
 def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
