@@ -113,19 +113,30 @@ def check_protocol(protocol: dict, where: str = "the protocol") -> None:
                                 "'results': {teacher: distill_gain tag}")
 
 
-def gap_row(summary: dict, candidates: str | list[str]) -> dict | None:
+def gap_row(summary: dict, candidates: str | list[str], baseline: dict | None = None) -> dict | None:
     """Δ = candidate − baseline (means over seeds) and the gap closure Δ / (teacher − baseline) of one
     ``distill_gain`` summary; the closure is None where the teacher did not beat the baseline (no gap to close)
-    or was not trained in this protocol. None when the candidate or the baseline has not run."""
+    or was not trained in this protocol. ``baseline`` (a summary row) stands in where this summary has none (the
+    same dataset's baseline, run once for both teacher sizes). None when the candidate or a baseline is missing."""
     candidate = pick_candidate(summary, candidates)
-    if candidate is None or "baseline" not in summary:
+    baseline = summary.get("baseline", baseline)
+    if candidate is None or baseline is None:
         return None
-    cand, base = summary[candidate]["mAP50-95"], summary["baseline"]["mAP50-95"]
+    cand, base = summary[candidate]["mAP50-95"], baseline["mAP50-95"]
     teacher = summary.get("teacher", {}).get("mAP50-95")
     gap = teacher - base if teacher is not None else None
     return {"candidate": candidate, "candidate_map": cand, "baseline": base, "teacher": teacher,
             "delta": cand - base, "gap": gap, "closure": (cand - base) / gap if gap is not None and gap > 0 else None,
             "not_below_baseline": cand >= base}
+
+
+def dataset_baseline(entry: dict, results: dict[str, dict]) -> dict | None:
+    """The baseline row of the first of a dataset's results files that has one (the students trained alone do not
+    depend on the teacher, so one run serves every teacher size)."""
+    for tag in entry["results"].values():
+        if "baseline" in results.get(tag, {}).get("summary", {}):
+            return results[tag]["summary"]["baseline"]
+    return None
 
 
 def mean_or_none(values: list[float]) -> float | None:
@@ -140,9 +151,10 @@ def protocol_report(protocol: dict, results: dict[str, dict], candidates: str | 
     for set_name in SETS:
         rows, pending = [], []
         for dataset, entry in protocol["sets"][set_name].items():
+            baseline = dataset_baseline(entry, results)
             for teacher, tag in entry["results"].items():
                 named.add(tag)
-                row = gap_row(results[tag]["summary"], candidates) if tag in results else None
+                row = gap_row(results[tag]["summary"], candidates, baseline) if tag in results else None
                 if row is None:
                     pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
                 else:
