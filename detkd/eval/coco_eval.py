@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from detkd.errors import WeightsNotFoundError
+from detkd.errors import DetKDError, WeightsNotFoundError
 from detkd.eval.metrics import BACKEND_LABEL, STAT_KEYS, format_table
 
 
@@ -39,11 +39,20 @@ def resolve_model(model, nc: int):
     suffix = Path(name).suffix.lower()
     if suffix in YAML_SUFFIXES:
         return load_detection_model(name, nc=nc)
-    if suffix in WEIGHT_SUFFIXES or not suffix and not Path(name).exists():
+    if suffix in WEIGHT_SUFFIXES or not suffix and not Path(name).exists() and not _is_openvino_name(name):
         return resolve_model_path(name)
     if not Path(name).exists():
         raise WeightsNotFoundError(f"model '{name}' not found. Pass a local checkpoint (.pt), an exported model "
-                                   f"(.onnx, ...) or a model YAML.")
+                                   f"(.onnx, an *_openvino_model/ folder) or a model YAML.")
+    from detkd.deploy.backends import ARTEFACT_HELP, inspect_artefact
+
+    if suffix in {".onnx", ".xml"} or Path(name).is_dir():
+        return str(inspect_artefact(name).path)  # one clear error for an unreadable ONNX / OpenVINO artefact
+    from ultralytics.nn.autobackend import AutoBackend
+
+    if AutoBackend._model_type(name) is None:
+        raise DetKDError(f"model '{name}': unsupported file type '{suffix or Path(name).name}'. Pass {ARTEFACT_HELP}, "
+                         f"or another format Ultralytics exports (.torchscript, ...).")
     return name
 
 
@@ -98,17 +107,22 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     dets_file = out_dir / "predictions.json"  # written by Ultralytics' validator when anything was detected
     if not dets_file.is_file():
         dets_file.write_text(json.dumps(validator.jdict))
+    m.update(validator.ran or {})
     m.update({
         "n_images": m["n_images"], "seconds": round(seconds, 3),
         "seconds_per_1000_images": round(1000 * t_run / max(m["n_images"], 1), 1),
         "ms_per_image": {k: round(v, 2) for k, v in validator.speed.items()},
-        "model": _describe(model), "data": str(data), "data_yaml": str(data_yaml), "split": split, "imgsz": imgsz,
+        "model": _describe(model), "data": str(data), "data_yaml": str(data_yaml), "split": split,
+        "imgsz": _imgsz_used(validator.args.imgsz, imgsz),
         "conf": conf, "iou": iou, "detections_json": str(dets_file),
         "postprocess": "NMS-free (one-to-one head)" if nms_free else f"NMS (iou {iou:g})",
     })
     ordered = {k: m[k] for k in STAT_KEYS} | {k: v for k, v in m.items() if k not in STAT_KEYS}
     (out_dir / "metrics.json").write_text(json.dumps(ordered, indent=1))
     if verbose:
+        if validator.ran:
+            print(f"{_describe(model)}: {validator.ran['backend']}, weights {validator.ran['weights']}, ran "
+                  f"{validator.ran['precision']} ({validator.ran['precision_detail']}), {ordered['imgsz']} px")
         print(format_table(ordered, title=f"COCO bbox ({BACKEND_LABEL[backend]}), {split} of {Path(str(data)).name}, "
                                           f"{ordered['postprocess']}"))
         print(f"{seconds:.1f} s ({ordered['seconds_per_1000_images']:.1f} s per 1000 images). "
@@ -129,6 +143,18 @@ def _is_end_to_end(net) -> bool:
 
         return is_end_to_end(load_detection_model(net))
     return False
+
+
+def _is_openvino_name(name: str) -> bool:
+    """A path named like an OpenVINO export (``*_openvino_model`` folder): reported as such when it is missing."""
+    return Path(name.rstrip("/\\")).name.lower().endswith("_openvino_model")
+
+
+def _imgsz_used(validator_imgsz, requested: int) -> int:
+    """The inference size that ran: a static export sets its own (Ultralytics reads it from the metadata)."""
+    if isinstance(validator_imgsz, (list, tuple)):
+        return int(max(validator_imgsz))
+    return int(validator_imgsz or requested)
 
 
 def _describe(model) -> str:

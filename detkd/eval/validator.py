@@ -49,6 +49,19 @@ from detkd.errors import DatasetError, IncompatibleModelsError
 from detkd.eval.metrics import BACKEND_LABEL, coco_box_metrics, format_table, load_gt, resolve_backend
 
 
+def describe_run(model, path=None) -> dict:
+    """``{'backend', 'weights', 'precision', 'precision_detail'}`` of the ``AutoBackend`` a standalone validation
+    runs: torch / onnxruntime / openvino, the precision stored in the artefact at ``path`` and the one read back from
+    the backend (OpenVINO may run an FP32 model in BF16)."""
+    from detkd.deploy.backends import executed_precision, inspect_artefact
+
+    fmt = getattr(model, "format", "pt")
+    ran = executed_precision(model)
+    weights = inspect_artefact(path).weights if fmt in {"onnx", "openvino"} and path else ran["precision"]
+    return {"backend": {"pt": "torch", "onnx": "onnxruntime"}.get(fmt, fmt), "weights": weights,
+            "precision": ran["precision"], "precision_detail": ran["detail"]}
+
+
 class COCOEvalDetectionValidator(DetectionValidator):
     """DetectionValidator scoring with COCOeval on the dataset's own JSON (see module docstring)."""
 
@@ -56,6 +69,7 @@ class COCOEvalDetectionValidator(DetectionValidator):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.args.save_json = True  # makes the base class collect self.jdict and call eval_json
         self.coco_metrics: dict | None = None
+        self.ran: dict | None = None  # standalone runs: backend, stored weights and the precision that really ran
         self.coco_backend = resolve_backend()  # 'faster' or 'pycocotools' (evaluate_coco sets it)
         self._gt_cache: dict = {}
 
@@ -72,6 +86,8 @@ class COCOEvalDetectionValidator(DetectionValidator):
 
     def init_metrics(self, model) -> None:
         super().init_metrics(model)
+        if not self.training:
+            self.ran = describe_run(model, self.args.model if isinstance(self.args.model, str) else None)
         ids = self.data.get("category_ids")
         if ids is None or "coco_eval" not in self.data:
             raise DatasetError("COCO evaluation needs a data.yaml made by detkd from a COCO dataset (keys "
