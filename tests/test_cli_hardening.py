@@ -192,3 +192,70 @@ def test_resume_overrides_carry_no_default_project():
 
     assert "project" not in _train_overrides(None, None, {"resume": "run/weights/last.pt"})
     assert _train_overrides(None, None, {"resume": "last.pt", "project": "p"})["project"] == "p"
+
+
+# ------------------------------------------------------------------------------- item 14: refused runs leave no folder
+@pytest.fixture(scope="module")
+def two_class_teacher(tmp_path_factory) -> str:
+    """A teacher for 2 classes: refused against the 4-class shapes data (class mismatch)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    net.names = {0: "a", 1: "b"}
+    path = tmp_path_factory.mktemp("t2c") / "two_class.pt"
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
+    return str(path)
+
+
+def test_a_refused_run_leaves_no_folder_and_the_rerun_keeps_its_name(tmp_path, shapes_yaml, teacher_pt,
+                                                                     two_class_teacher):
+    from detkd.api import distill
+    from detkd.engine.trainer import DistillationTrainer
+    from detkd.errors import IncompatibleModelsError
+
+    train = dict(TINY_TRAIN, exist_ok=False, project=str(tmp_path), name="run")
+    for _ in range(2):  # refused at setup (the teacher's classes): twice, and neither 'run' nor 'run2' is left
+        with pytest.raises(IncompatibleModelsError):
+            distill(teacher=two_class_teacher, data=shapes_yaml, kd={"validate_teacher": False}, **train)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    fixed = DistillationTrainer(overrides=dict(train, model="yolov8n.yaml", data=shapes_yaml),
+                                kd=KDConfig(teacher=teacher_pt, validate_teacher=False))
+    assert Path(fixed.save_dir) == (tmp_path / "run").resolve()  # the corrected run lands in 'run'
+
+
+def test_a_run_refused_for_a_weak_teacher_leaves_no_folder(tmp_path, shapes_yaml, teacher_pt, monkeypatch):
+    from detkd.api import distill
+    from detkd.engine.trainer import DistillationTrainer
+
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", lambda self, model, what: {"mAP50-95": 0.0, "mAP50": 0.0})
+    with pytest.raises(ConfigError, match="below --min-teacher-map 0.5"):
+        distill(teacher=teacher_pt, data=shapes_yaml, kd={"min_teacher_map": 0.5},
+                **dict(TINY_TRAIN, exist_ok=False, project=str(tmp_path), name="weak"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_refused_run_keeps_a_folder_that_was_there_before(tmp_path, shapes_yaml, two_class_teacher):
+    from detkd.api import distill
+    from detkd.errors import IncompatibleModelsError
+
+    done, notes = tmp_path / "done", tmp_path / "notes"
+    (done / "weights").mkdir(parents=True)
+    (done / "weights" / "best.pt").write_bytes(b"weights")
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    for name in ("done", "notes"):  # exist_ok: the refused run wrote into a folder it did not create
+        with pytest.raises(IncompatibleModelsError):
+            distill(teacher=two_class_teacher, data=shapes_yaml, kd={"validate_teacher": False},
+                    **dict(TINY_TRAIN, exist_ok=True, project=str(tmp_path), name=name))
+    assert (done / "weights" / "best.pt").read_bytes() == b"weights" and (notes / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_refused_while_the_trainer_is_built_leaves_no_folder(capfd, tmp_path, shapes_yaml, teacher_pt):
+    """``--cls-mode kl`` with one class is refused once the data is read, after Ultralytics made the run folder."""
+    from detkd.cli import main
+
+    argv = ["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--project", str(tmp_path), "--device", "cpu",
+            "--name", "kl", "--cls-mode", "kl", "--set", "single_cls=true"]
+    assert main(argv) == 2
+    _one_error_line(capfd.readouterr().err, "--cls-mode kl")
+    assert not any(tmp_path.iterdir())

@@ -85,14 +85,8 @@ class DistillationTrainer(StudentTrainer):
         if overrides.get("distill_model"):
             raise ConfigError(_BUILTIN_DISTILL_MSG)
         super().__init__(cfg, overrides, _callbacks)  # on resume, args (kd included) come from last.pt
-        if getattr(self.args, "distill_model", None):  # e.g. from a cfg file or a resumed Ultralytics run
-            raise ConfigError(_BUILTIN_DISTILL_MSG)
-        if not self.args.kd:
-            raise ConfigError("no distillation settings: pass kd=KDConfig(teacher=...) (CLI: --teacher PATH).")
-        self.kd = KDConfig.coerce(dict(self.args.kd))
-        if not self.kd.teacher:
-            raise ConfigError("no teacher given: pass --teacher path/to/teacher.pt (or a model .yaml).")
-        self.kd.check_classes(self.data["nc"])
+        with self.discarding_run_dir_on_refusal():  # refused here: no run folder left behind
+            self.kd = self._checked_kd()
         self.teacher: FrozenTeacher | None = None
         self.adapters: FeatureAdapters | None = None
         self._adapters_in_loss = None  # adapters, or their DDP wrapper
@@ -104,6 +98,17 @@ class DistillationTrainer(StudentTrainer):
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
         self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
         self.add_callback("on_train_start", _restore_balancer_on_resume)
+
+    def _checked_kd(self) -> KDConfig:
+        """The run's KD settings (from the args: given, or the checkpoint's on resume), refused when unusable."""
+        if getattr(self.args, "distill_model", None):  # e.g. from a cfg file or a resumed Ultralytics run
+            raise ConfigError(_BUILTIN_DISTILL_MSG)
+        if not self.args.kd:
+            raise ConfigError("no distillation settings: pass kd=KDConfig(teacher=...) (CLI: --teacher PATH).")
+        kd = KDConfig.coerce(dict(self.args.kd))
+        if not kd.teacher:
+            raise ConfigError("no teacher given: pass --teacher path/to/teacher.pt (or a model .yaml).")
+        return kd.check_classes(self.data["nc"])
 
     # ---------------------------------------------------------------------------------------- resume
     def check_resume(self, overrides):
