@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -208,6 +209,7 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
         else:
             grid += [(mi, art.label, p, n) for p, n in itertools.product(_artefact_settings(art, precisions), batches)]
     rows, loaded = [], {}
+    exports = {"dir": tempfile.TemporaryDirectory(prefix="detkd-bench-ov-")}
     bar = TQDM(grid, desc="bench", disable=not progress)
     for mi, backend, prec, batch in bar:
         label, src, art = named[mi]
@@ -234,6 +236,8 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
                                      f"ORT CPU fallback limited to batch <= {fallback_max_batch}", profile))
                 continue
         try:
+            if backend == "openvino" and art is None:  # one IR per model and batch, timed in each precision
+                net = openvino_ir(net, exports, (mi, batch, prec == "fp16"), label, imgsz, batch)
             rows.append(benchmark_model(net, imgsz=imgsz, batch=batch, device=device, precision=prec,
                                         backend=backend, name=label, profile=profile, **bench_kwargs))
         except torch.cuda.OutOfMemoryError:
@@ -249,4 +253,16 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
         if r["status"] == "ok":
             LOGGER.info(f"  {label:<16} {backend:<11} {prec} b{batch:<3} {r['latency_ms']['mean']:9.2f} ms "
                         f"{r['throughput_img_s']:9.1f} img/s  ({r['provider']}, ran {r['executed']})")
+    exports["dir"].cleanup()
     return rows
+
+
+def openvino_ir(net: torch.nn.Module, exports: dict, key: tuple, label: str, imgsz: int, batch: int) -> str:
+    """The OpenVINO folder of ``net`` for ``key`` = (model index, batch, FP16-compressed), exported once per run into
+    ``exports['dir']`` (the FP32 and BF16 rows time the same IR with different precision hints)."""
+    from detkd.bench.speed import export_for_backend
+
+    if key not in exports:
+        exports[key] = export_for_backend(net, "openvino", exports["dir"].name, f"m{key[0]}_{Path(label).stem}",
+                                          imgsz, batch, key[2], torch.device("cpu"))
+    return exports[key]
