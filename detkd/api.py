@@ -111,6 +111,9 @@ def check_resumable(path) -> None:
 
     from detkd.errors import ConfigError
 
+    from detkd.models.loading import refuse_exported
+
+    refuse_exported(path, "--resume", "a run resumes from its own PyTorch checkpoint, weights/last.pt")
     p = Path(str(path))
     if not p.is_file():
         raise ConfigError(f"cannot resume: '{path}' not found (pass the run's weights/last.pt).")

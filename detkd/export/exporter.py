@@ -48,7 +48,9 @@ class ExportResult:
         student_params: parameter count of the exported student (unfused).
         removed: names stripped from the checkpoint (teacher, adapters, wrapper), empty for a clean checkpoint.
         graph: for ONNX, :func:`check_onnx_graph`'s summary (initializer count/elements); else empty.
-        parity: for ONNX with a parity check, the :class:`detkd.export.parity.ParityReport`.
+        parity: for ONNX with a parity check, the :class:`detkd.export.parity.ParityReport` (INT8: the
+            :class:`detkd.export.parity.Int8ParityReport`).
+        int8: for an INT8 export, the :class:`detkd.export.int8.Int8Result`.
     """
 
     path: Path
@@ -57,6 +59,7 @@ class ExportResult:
     removed: list[str] = field(default_factory=list)
     graph: dict = field(default_factory=dict)
     parity: object | None = None
+    int8: object | None = None  # --int8: the detkd.export.int8.Int8Result (AP and latency of INT8 vs FP32)
 
 
 def normalize_format(fmt: str) -> str:
@@ -100,7 +103,8 @@ def _output_location(output: str | Path | None, default_dir: Path, stem: str, su
 
 def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 640, batch: int = 1,
                   half: bool = False, dynamic: bool = False, device: str = "cpu", opset: int | None = None,
-                  simplify: bool | None = None, verbose: bool = False) -> Path:
+                  simplify: bool | None = None, verbose: bool = False, int8: bool = False,
+                  calibration_data: str | None = None) -> Path:
     """Export an in-memory bare student with Ultralytics' ``Exporter``; return the artefact path.
 
     Args:
@@ -111,6 +115,9 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
         half: FP16 weights (ONNX on CPU: converted after export with FP32 inputs/outputs kept).
         dynamic: dynamic batch/height/width axes.
         simplify: run onnxslim (None: only when onnxslim is installed — detkd never installs it).
+        int8: Ultralytics' ``quantize=8`` calibrated on the ``val`` split of ``calibration_data`` (a data.yaml, see
+            :func:`detkd.export.int8.write_calibration_yaml`); the artefact is ``<stem>_int8.onnx`` /
+            ``<stem>_int8_openvino_model/``.
     """
     from ultralytics.engine.exporter import Exporter
 
@@ -126,6 +133,11 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
         model.args = {**old_args, "data": None}
     overrides = {"format": fmt, "imgsz": imgsz, "batch": batch, "quantize": 16 if half else None, "dynamic": dynamic,
                  "device": device, "mode": "export", "verbose": verbose, "data": None}
+    if int8:
+        if not calibration_data:
+            raise DetKDError("INT8 export needs calibration data (a data.yaml): detkd never uses Ultralytics' "
+                             "default dataset, which would be downloaded.")
+        overrides.update(quantize=8, data=str(calibration_data), fraction=1.0)
     if fmt == "onnx":  # Ultralytics rejects ONNX-only arguments for other formats (OpenVINO: 'simplify' not supported)
         overrides.update(simplify=simplify, opset=opset)
     if is_end_to_end(net):
@@ -145,12 +157,37 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     return Path(path)
 
 
+def student_weight_budget(net: torch.nn.Module, imgsz: int, int8: bool = False) -> int:
+    """The most numbers an exported student may hold: its parameters, its anchor grid (4 values per anchor at
+    ``imgsz``), 10 000 constants, and for INT8 graphs 4 quantization ranges per convolution output channel."""
+    strides = [int(s) for s in getattr(net, "stride", torch.tensor([8, 16, 32])).tolist()]
+    anchors = sum((imgsz // s) ** 2 for s in strides)
+    ranges = 4 * sum(m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)) if int8 else 0
+    return sum(p.numel() for p in net.parameters()) + 4 * anchors + 10_000 + ranges
+
+
+def _check_graph(path, names: list[str], elements: int, net: torch.nn.Module | None, imgsz: int,
+                 int8: bool) -> int | None:
+    """Raise :class:`DetKDError` when a graph names distillation parts or holds more numbers than the student."""
+    bad = [n for n in names if any(t in n.lower() for t in FORBIDDEN_TOKENS)]
+    if bad:
+        raise DetKDError(f"exported graph {path} has tensors named like distillation parts ({', '.join(bad[:5])}); "
+                         f"the export must contain only the student.")
+    if net is None:
+        return None
+    budget = student_weight_budget(net, imgsz, int8)
+    if elements > budget:
+        raise DetKDError(f"exported graph {path} holds {elements:,} weights, more than the student's {budget:,}: "
+                         f"it may contain the teacher or adapters.")
+    return budget
+
+
 def check_onnx_graph(path: str | Path, net: torch.nn.Module | None = None, imgsz: int = 640) -> dict:
-    """Inspect an exported ONNX graph; raise :class:`DetKDError` if it may hold more than the student.
+    """Inspect an exported ONNX graph (FP32, FP16 or INT8); raise :class:`DetKDError` if it may hold more than the
+    student.
 
     Checks that no initializer or node is named with a teacher/adapter/projector/distill token and, when ``net`` is
-    given, that the initializers hold no more numbers than the student's parameters plus its anchor grid
-    (4 values per anchor at ``imgsz``) plus 10 000 constants.
+    given, that the initializers hold no more numbers than :func:`student_weight_budget`.
 
     Returns:
         ``{"initializers": count, "elements": total numbers, "budget": allowed elements or None}``.
@@ -160,35 +197,56 @@ def check_onnx_graph(path: str | Path, net: torch.nn.Module | None = None, imgsz
 
     graph = onnx.load(str(path)).graph
     names = [i.name for i in graph.initializer] + [n.name for n in graph.node]
-    bad = [n for n in names if any(t in n.lower() for t in FORBIDDEN_TOKENS)]
-    if bad:
-        raise DetKDError(f"exported graph {path} has tensors named like distillation parts ({', '.join(bad[:5])}); "
-                         f"the export must contain only the student.")
     elements = int(sum(numpy_helper.to_array(i).size for i in graph.initializer))
-    budget = None
-    if net is not None:
-        strides = [int(s) for s in getattr(net, "stride", torch.tensor([8, 16, 32])).tolist()]
-        anchors = sum((imgsz // s) ** 2 for s in strides)
-        budget = sum(p.numel() for p in net.parameters()) + 4 * anchors + 10_000
-        if elements > budget:
-            raise DetKDError(f"exported graph {path} holds {elements:,} weights, more than the student's {budget:,}: "
-                             f"it may contain the teacher or adapters.")
+    int8 = any(n.op_type in {"QuantizeLinear", "DequantizeLinear"} for n in graph.node)
+    budget = _check_graph(path, names, elements, net, imgsz, int8)
     return {"initializers": len(graph.initializer), "elements": elements, "budget": budget}
+
+
+def check_openvino_graph(path: str | Path, net: torch.nn.Module | None = None, imgsz: int = 640) -> dict:
+    """The student-only check of :func:`check_onnx_graph` for an OpenVINO IR folder (or its .xml): operation names
+    and the numbers its Constant operations hold.
+
+    Returns:
+        ``{"initializers": Constant count, "elements": total numbers, "budget": allowed elements or None}``.
+    """
+    import math
+
+    import openvino as ov
+
+    p = Path(path)
+    xml = p if p.is_file() else next(iter(sorted(p.glob("*.xml"))), None)
+    if xml is None:
+        raise DetKDError(f"'{path}' holds no OpenVINO .xml: the export is incomplete.")
+    ops = ov.Core().read_model(str(xml)).get_ops()
+    consts = [op for op in ops if op.get_type_name() == "Constant"]
+    elements = int(sum(math.prod(op.get_output_shape(0)) for op in consts))
+    int8 = any(op.get_type_name() == "FakeQuantize" for op in ops)
+    budget = _check_graph(path, [op.get_friendly_name() for op in ops], elements, net, imgsz, int8)
+    return {"initializers": len(consts), "elements": elements, "budget": budget}
 
 
 def export_model(model: str | Path | torch.nn.Module, format: str = "onnx", imgsz: int = 640, batch: int = 1,
                  half: bool = False, dynamic: bool = False, device: str = "cpu", output: str | Path | None = None,
                  opset: int | None = None, simplify: bool | None = None, parity: bool = True,
                  parity_images: str | Path | None = None, parity_kwargs: dict | None = None,
-                 verbose: bool = True) -> ExportResult:
+                 verbose: bool = True, int8: bool = False, data=None, int8_kwargs: dict | None = None) -> ExportResult:
     """Export the student of ``model`` (a ``.pt``, a model YAML or a module) to ``format``.
 
     The artefact goes to ``output`` (a file with the format's suffix, or a directory), by default beside the checkpoint
     (the working directory for a YAML); format 'pt' defaults to ``<stem>_student.pt`` there. For ONNX, the graph is checked (:func:`check_onnx_graph`) and, unless
     ``parity=False``, :func:`detkd.export.parity.check_onnx_parity` runs the same images through torch and ONNX Runtime
     and raises :class:`DetKDError` when raw outputs or post-NMS detections disagree.
+
+    ``int8``: calibrate on the training images of ``data`` and measure the INT8 artefact against its FP32 twin
+    (:func:`detkd.export.int8.export_int8`, ``int8_kwargs``: calib_images, calib_seed, max_drop, split,
+    time_budget); the result's ``int8`` holds the measurements, ``path`` the INT8 artefact.
     """
     fmt = normalize_format(format)
+    if int8:
+        from detkd.export.int8 import check_int8_request
+
+        check_int8_request(fmt, data, half=half, dynamic=dynamic, batch=batch)
     check_format_requirements(fmt, device, half)
     if int(imgsz) <= 0 or int(imgsz) % 32:
         raise DetKDError(f"--imgsz {imgsz} must be a positive multiple of 32 (the detector's largest stride).")
@@ -216,6 +274,14 @@ def export_model(model: str | Path | torch.nn.Module, format: str = "onnx", imgs
             raise DetKDError(f"--output {path} would overwrite the source checkpoint; choose another path.")
         return ExportResult(save_student_checkpoint(net, path, ckpt), fmt, params, removed)
 
+    if int8:
+        from detkd.export.int8 import export_int8
+
+        measured = export_int8(net, fmt, data, out_dir, stem, imgsz=imgsz, device=device, parity=parity,
+                               parity_images=parity_images, parity_kwargs=parity_kwargs, verbose=verbose,
+                               **(int8_kwargs or {}))
+        return ExportResult(measured.int8_path, fmt, params, removed, graph=measured.graph, parity=measured.parity,
+                            int8=measured)
     path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, batch=batch, half=half, dynamic=dynamic,
                          device=device, opset=opset, simplify=simplify, verbose=verbose)
     result = ExportResult(path, fmt, params, removed)

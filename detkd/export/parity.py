@@ -367,3 +367,117 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str | Path, images: list[
         raise DetKDError(f"ONNX export {onnx_path} does not match the torch model: {report.summary()}. Do not deploy "
                          f"it; try another --opset, drop --half, or report the model.")
     return report
+
+
+# ------------------------------------------------------------------------------------------- INT8 artefacts
+# INT8 changes every activation by up to half a quantization step, so raw outputs are not compared element-wise: the
+# INT8 check is on detections. Two detections are the same when their class agrees and IoU >= match_iou; a detection
+# found on one side only is borderline (not counted against parity) when its score is within score_margin of the
+# threshold or a near-tie NMS choice; the check fails when more than max_disagree of the detections (the larger side)
+# are found by one side only and not borderline.
+INT8_TOLERANCE = {"match_iou": 0.5, "score_margin": 0.1, "max_disagree": 0.1}
+
+
+@dataclass
+class Int8ParityReport:
+    """Outcome of :func:`check_int8_parity`: detections of the torch FP32 student vs the INT8 artefact."""
+
+    n_images: int
+    runtime: str  # the artefact's backend ('onnx', 'openvino')
+    conf: float
+    det_conf: float  # the threshold detections were compared at (LOW_CONF when none reached conf)
+    n_det_torch: int
+    n_det_int8: int
+    n_matched: int
+    n_borderline: int
+    n_mismatched: int
+    match_iou: float
+    score_margin: float
+    max_disagree: float
+    checked: bool
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def allowed(self) -> int:
+        """How many detections may be found by one side only (not borderline)."""
+        return int(self.max_disagree * max(self.n_det_torch, self.n_det_int8))
+
+    @property
+    def state(self) -> str:
+        if self.n_mismatched > self.allowed:
+            return "FAIL"
+        return "PASS" if self.checked else "NOTHING COMPARED"
+
+    def summary(self) -> str:
+        head = f"INT8 parity {self.state} (torch FP32 vs {self.runtime} INT8, {self.n_images} val images): "
+        if self.state == "NOTHING COMPARED":
+            return head + (f"no detection at conf {self.conf:g} or {self.det_conf:g} on either side; the INT8 file was "
+                           f"not verified (an untrained head?).")
+        lowered = f" (none reached conf {self.conf:g})" if self.det_conf < self.conf else ""
+        return (head + f"detections at conf {self.det_conf:g}{lowered} matched by class and IoU >= "
+                f"{self.match_iou:g}: torch {self.n_det_torch} / int8 {self.n_det_int8}: {self.n_matched} matched, "
+                f"{self.n_borderline} borderline (score within {self.score_margin:g} of the threshold or an NMS "
+                f"near-tie), {self.n_mismatched} disagree (allowed {self.allowed}: {self.max_disagree:.0%})")
+
+
+def artefact_outputs(path: str | Path, x: torch.Tensor) -> np.ndarray:
+    """Raw output of an exported artefact (ONNX, OpenVINO) run by Ultralytics' ``AutoBackend``, image by image
+    (exports have a static batch): float32 numpy (N, 4 + nc, A), or (N, K, 6) for end-to-end models."""
+    from detkd.deploy.backends import load_backend
+
+    net = load_backend(path, device="cpu")
+    outs = []
+    for i in range(len(x)):
+        y = net(x[i:i + 1])
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        outs.append(np.asarray(y.cpu().numpy() if isinstance(y, torch.Tensor) else y, dtype=np.float32))
+    return np.concatenate(outs)
+
+
+def check_int8_parity(net: torch.nn.Module, path: str | Path, images: list[np.ndarray] | torch.Tensor,
+                      imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, match_iou: float | None = None,
+                      score_margin: float | None = None, max_disagree: float | None = None,
+                      verbose: bool = True) -> Int8ParityReport:
+    """Compare the detections of the FP32 torch student and its INT8 artefact on the same letterboxed images.
+
+    Detections: NMS at ``conf``/``iou`` on one-to-many outputs, the rows scoring >= ``conf`` on end-to-end ones; when
+    none reaches ``conf`` on either side, compared at :data:`LOW_CONF`. Tolerances default to :data:`INT8_TOLERANCE`.
+    Never raises on disagreement: the caller decides (``detkd export --int8`` fails with exit 1).
+    """
+    from ultralytics.utils import LOGGER
+
+    tol = {**INT8_TOLERANCE, **{k: v for k, v in (("match_iou", match_iou), ("score_margin", score_margin),
+                                                   ("max_disagree", max_disagree)) if v is not None}}
+    x = images if isinstance(images, torch.Tensor) else preprocess(images, imgsz)
+    x = x.float().cpu()
+    ref = torch_outputs(net, x, torch.device("cpu"), half=False)
+    out = artefact_outputs(path, x)
+    if ref.shape != out.shape:
+        raise DetKDError(f"INT8 output shape {out.shape} differs from torch {ref.shape}: the export is broken.")
+    end_to_end = is_end_to_end(net)
+
+    def detections(threshold: float):
+        if end_to_end:
+            t = np.full(len(ref), threshold)
+            return _nms_free(ref, t), _nms_free(out, t)
+        return _nms(ref, threshold, iou), _nms(out, threshold, iou)
+
+    det_conf = conf
+    det_t, det_q = detections(conf)
+    if not any(len(d) for d in det_t + det_q) and conf > LOW_CONF:
+        det_conf = LOW_CONF
+        det_t, det_q = detections(LOW_CONF)
+    matched, borderline, mismatched = compare_detections(det_t, det_q, det_conf, iou, tol["match_iou"],
+                                                         score_margin=tol["score_margin"])
+    n_t, n_q = sum(len(d) for d in det_t), sum(len(d) for d in det_q)
+    runtime = "openvino" if Path(str(path)).is_dir() else Path(str(path)).suffix.lstrip(".")
+    report = Int8ParityReport(n_images=len(x), runtime=runtime, conf=conf, det_conf=det_conf, n_det_torch=n_t,
+                              n_det_int8=n_q, n_matched=matched, n_borderline=borderline, n_mismatched=mismatched,
+                              checked=n_t + n_q > 0, passed=False, **tol)
+    report.passed = report.state == "PASS"
+    if verbose:
+        {"PASS": LOGGER.info, "FAIL": LOGGER.error}.get(report.state, LOGGER.warning)(report.summary())
+    return report

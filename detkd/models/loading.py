@@ -26,12 +26,43 @@ def _search_dirs() -> list[Path]:
     return [d for i, d in enumerate(dirs) if d.resolve() not in {e.resolve() for e in dirs[:i]}]  # each once
 
 
+# Files and folders Ultralytics exports for deployment: inference only, no training graph (suffix / folder-name tail).
+EXPORTED_SUFFIXES = {".onnx": "ONNX", ".xml": "OpenVINO", ".engine": "TensorRT", ".torchscript": "TorchScript",
+                     ".tflite": "LiteRT", ".mlpackage": "CoreML", ".mnn": "MNN", ".pte": "ExecuTorch"}
+EXPORTED_FOLDERS = {"_openvino_model": "OpenVINO", "_ncnn_model": "NCNN", "_paddle_model": "Paddle",
+                    "_saved_model": "TensorFlow", "_executorch_model": "ExecuTorch"}
+
+
+def exported_format(path: str | Path) -> str | None:
+    """The format name when ``path`` is an exported (deployment) model, not a checkpoint detkd can train from."""
+    p = Path(str(path).rstrip("/\\")).expanduser()
+    if p.suffix.lower() in EXPORTED_SUFFIXES:
+        return EXPORTED_SUFFIXES[p.suffix.lower()]
+    folder = next((f for tail, f in EXPORTED_FOLDERS.items() if p.name.lower().endswith(tail)), None)
+    if folder or (p.is_dir() and any(p.glob("*.xml"))):
+        return folder or "OpenVINO"
+    return None
+
+
+def refuse_exported(model: str | Path, role: str = "model", fix: str = "") -> None:
+    """:class:`~detkd.errors.DetKDError` when ``model`` is an exported artefact (ONNX, OpenVINO ...): training,
+    distillation and resuming need PyTorch checkpoints. ``fix`` says what to pass instead."""
+    from detkd.errors import DetKDError
+
+    fmt = exported_format(model)
+    if fmt:
+        fix = fix or (f"a {role} is loaded from the PyTorch checkpoint (.pt) it was exported from, e.g. "
+                      f"runs/.../weights/best.pt")
+        raise DetKDError(f"{role} '{model}' is an exported {fmt} model (inference only): {fix}.")
+
+
 def resolve_model_path(model: str | Path, role: str = "model") -> str:
     """Return a local path (or bundled YAML name) for ``model``; raise a clear error when it does not exist.
 
     ``role`` ("teacher", "student", "model") only flavours the message.
     """
     name = str(model).strip()
+    refuse_exported(name, role)
     if name.lower().startswith(("http://", "https://", "ul://", "hub.")):
         raise WeightsNotFoundError(
             f"{role} '{name}' is a URL: detkd never downloads. Download it yourself and pass the local path."
