@@ -96,3 +96,96 @@ def test_set_aside_never_reuses_a_folder_name(tmp_path):
         names.append(set_aside(tmp_path / "run").name)
     assert len(set(names)) == 3 and all(n.startswith("run.old-") for n in names)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------- item 18: help, flags, curves
+def _help(capsys, command: str) -> str:
+    from detkd.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare the words
+
+
+def test_compare_help_shows_each_default_once(capsys):
+    """Before: '--kd ... (default: [])', '--set ... (default: [])', '--pseudo-conf ... [0.25] (default: 0.25)' and
+    no default at all for --epochs, --imgsz, --batch, --seed."""
+    text = _help(capsys, "compare")
+    assert "(default: [])" not in text
+    assert "[0.25] (default: 0.25)" not in text and "off: soft KD only" in text
+    for flag, default in (("--epochs EPOCHS", "100"), ("--imgsz IMGSZ", "640"), ("--batch BATCH", "16")):
+        block = text.split(flag, 2)[2].split(" --", 1)[0]  # the option's own help (after the usage line)
+        assert f"(default: {default})" in block, (flag, block)
+    assert "(default: [])" not in _help(capsys, "distill")  # the shared formatter: --set there too
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--seed", "5", "--seeds", "0", "1"], "--seed 5 and --seeds [0, 1]"),
+    (["--pseudo-conf", "0.3"], "--pseudo-conf labels unlabelled images: give them with --unlabeled PATH"),
+    (["--pseudo-conf", "off"], "--pseudo-conf labels unlabelled images: give them with --unlabeled PATH"),
+])
+def test_compare_refuses_flags_it_would_ignore(capsys, tmp_path, shapes_yaml, teacher_pt, extra, expected,
+                                              monkeypatch):
+    """Before: --seed beside --seeds, and --pseudo-conf without --unlabeled, were silently ignored."""
+    import detkd.compare.experiment
+    from detkd.cli import main
+
+    def not_refused(*_, **__):
+        raise AssertionError("started the comparison instead of refusing")
+
+    monkeypatch.setattr(detkd.compare.experiment, "run_compare", not_refused)
+
+    argv = ["compare", "--teacher", teacher_pt, "--data", shapes_yaml, "--project", str(tmp_path), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("error:") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_compare_settings_refuse_what_they_would_ignore(teacher_pt, shapes_yaml):
+    from detkd.compare.experiment import CompareSettings
+    from detkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--seed 5 and --seeds"):
+        CompareSettings(teacher=teacher_pt, data=shapes_yaml, seed=5, seeds=[0, 1]).validate()
+    with pytest.raises(ConfigError, match="--unlabeled PATH"):
+        CompareSettings(teacher=teacher_pt, data=shapes_yaml, pseudo_conf=0.4).validate()
+    CompareSettings(teacher=teacher_pt, data=shapes_yaml, seeds=[0, 1]).validate()  # the defaults pass
+
+
+def test_compare_pseudo_conf_off_is_soft_kd_only(capsys, tmp_path, teacher_pt, shapes_yaml):
+    """Before: '--pseudo-conf off' was refused by compare (type=float) although distill accepts it."""
+    import cv2
+    import numpy as np
+
+    from detkd.cli import build_parser
+    from detkd.cli.compare import build_settings
+    from detkd.compare.experiment import plan
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(frames / f"f{i}.jpg"), np.full((40, 48, 3), 60 * i, dtype=np.uint8))
+    args = build_parser().parse_args(["compare", "--teacher", teacher_pt, "--data", shapes_yaml, "--unlabeled",
+                                      str(frames), "--pseudo-conf", "off"])
+    s = build_settings(args)
+    specs = {r.key: r for r in plan(s)}
+    assert specs["distilled-detkd-unlabeled"].kd["pseudo_conf"] is None  # soft KD only on the unlabelled images
+    assert "pseudo-labels" not in specs  # the pseudo-label baseline has no labels to learn from
+    args.pseudo_conf = "0.3"
+    assert {r.key: r for r in plan(build_settings(args))}["pseudo-labels"].kd["pseudo_conf"] == 0.3
+
+
+def test_training_curves_leave_out_panels_no_run_logged(tmp_path):
+    """Before: the 'Ultralytics dis_loss' panel was always drawn, empty unless --with-ultralytics-kd."""
+    from detkd.compare.plots import curve_panels, plot_training_curves
+
+    logged = {"train/box_loss": [1.0], "train/cls_kd": [0.5], "train/box_kd": [0.5], "train/feat_kd": [0.5]}
+    titles = [[t for _, t in row] for row in curve_panels([logged, {"train/box_loss": [2.0]}])]
+    assert "Ultralytics dis_loss" not in titles[1] and titles[1] == ["detkd cls_kd", "detkd box_kd", "detkd feat_kd"]
+    with_ukd = curve_panels([logged, {"train/dis_loss": [0.1]}])
+    assert [t for _, t in with_ukd[1]][-1] == "Ultralytics dis_loss"
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text("epoch,train/box_loss,train/cls_kd\n1,1.0,0.5\n2,0.8,0.4\n")
+    assert plot_training_curves([("distilled", "distilled", "distilled-detkd", str(csv_path))],
+                                tmp_path / "curves.png").is_file()

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", help="teacher checkpoint .pt (evaluated and distilled from, never trained here)")
     g.add_argument("--student", default="yolov8n.yaml", help="student .pt or model .yaml (from scratch)")
     g.add_argument("--data", help="COCO dataset (folder or detkd COCO YAML: official COCO AP) or Ultralytics data.yaml")
-    g.add_argument("--kd", action="append", default=[], metavar="NAME[:SPEC]",
+    g.add_argument("--kd", action="append", metavar="NAME[:SPEC]",
                    help="a KD configuration to train, repeatable. SPEC: comma-separated key=value KDConfig settings "
                         "and/or one YAML file with a 'kd:' mapping, e.g. 'mgd:feat_method=mgd,feat_kd=2' or "
                         "'mine:kd.yaml,cls_kd=0.5'. Default: one configuration 'detkd' = detkd's defaults")
@@ -32,23 +32,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unlabelled images (folder, .txt list, COCO JSON, or a YAML with an 'unlabeled:' entry; "
                         "default: that entry of the --data YAML): adds each KD configuration trained with "
                         "them too, and the pseudo-label baseline (teacher detections as labels, no KD)")
-    g.add_argument("--pseudo-conf", type=float, default=0.25,
+    g.add_argument("--pseudo-conf", metavar="CONF|off",
                    help="with --unlabeled: the teacher confidence at which its detections become hard labels on "
-                        "the unlabelled images, in the pseudo-label baseline and in detkd + unlabelled [0.25]")
+                        "the unlabelled images, in the pseudo-label baseline and in detkd + unlabelled; off: soft KD "
+                        "only there, and no pseudo-label baseline [0.25]")
     g.add_argument("--with-ultralytics-kd", action="store_true",
                    help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
 
     t = p.add_argument_group("training (identical for every student run)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--imgsz", type=int, default=640)
-    t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=100, help="training epochs of every student run")
+    t.add_argument("--imgsz", type=int, default=640, help="training and evaluation image size")
+    t.add_argument("--batch", type=int, default=16, help="training batch size")
+    t.add_argument("--seed", type=int, help="the seed of every student run (one seed; for several: --seeds) [0]")
     t.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="repeat every student run with each seed (e.g. --seeds 0 1 2): the report gives AP mean ± "
                         "std per configuration and says whether KD beats the baseline beyond the seed spread")
     t.add_argument("--device", default=None, help="training device: cpu, 0, 0,1 [Ultralytics' choice]")
     t.add_argument("--workers", type=int, default=None, help="dataloader workers [Ultralytics' default]")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other Ultralytics training argument for all runs, e.g. --set lr0=0.005 (repeatable)")
     t.add_argument("--project", default="runs/compare", help="output root")
     t.add_argument("--name", default=None, help="experiment folder under --project [<dataset>_<student>]")
@@ -114,10 +115,11 @@ def build_settings(args):
     if not args.data:
         raise ConfigError("--data is required: a COCO dataset folder or an Ultralytics data.yaml.")
     return CompareSettings(
-        teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd),
-        with_ultralytics_kd=args.with_ultralytics_kd, assistant=args.assistant,
-        unlabeled=args.unlabeled, pseudo_conf=args.pseudo_conf, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-        seed=args.seed, seeds=args.seeds, device=args.device, workers=args.workers, train_args=parse_set(args.set),
+        teacher=args.teacher, data=args.data, student=args.student, kd_configs=parse_kd(args.kd or []),
+        with_ultralytics_kd=args.with_ultralytics_kd, assistant=args.assistant, unlabeled=args.unlabeled,
+        pseudo_conf="auto" if args.pseudo_conf is None else args.pseudo_conf, epochs=args.epochs, imgsz=args.imgsz,
+        batch=args.batch, seed=args.seed, seeds=args.seeds, device=args.device,
+        workers=args.workers, train_args=parse_set(args.set or []),
         project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,
         bench_imgsz=args.bench_imgsz, bench_warmup=args.bench_warmup, bench_iters=args.bench_iters,

@@ -50,12 +50,14 @@ class CompareSettings:
     with_ultralytics_kd: bool = False
     assistant: str | None = None  # teacher-assistant rows: this model distilled from the teacher, the student from it
     unlabeled: str | None = None  # unlabelled-image rows: each KD configuration + these images, and pseudo-labels
-    pseudo_conf: float = 0.25  # hard-label threshold of the unlabelled rows (pseudo-labels, detkd's): PSEUDO_CONF_DEFAULT
+    # hard-label threshold of the unlabelled rows (pseudo-labels, detkd's): PSEUDO_CONF_DEFAULT, or None / 'off':
+    # soft KD only (no pseudo-label row). Another value needs unlabelled images.
+    pseudo_conf: float | str | None = 0.25
     epochs: int = 100
     imgsz: int = 640
     batch: int = 16
-    seed: int = 0
-    seeds: list | None = None  # several seeds: every student run repeated per seed (overrides ``seed``)
+    seed: int | None = None  # the seed of every student run (None: 0)
+    seeds: list | None = None  # several seeds: every student run repeated per seed (then ``seed`` stays None)
     device: str | None = None
     workers: int | None = None
     train_args: dict = field(default_factory=dict)
@@ -82,6 +84,9 @@ class CompareSettings:
             raise ConfigError("--data is required: an Ultralytics data.yaml or a COCO dataset folder.")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ConfigError(f"--seeds {self.seeds}: give one or more different seeds, e.g. --seeds 0 1 2.")
+        if self.seeds is not None and self.seed is not None:
+            raise ConfigError(f"--seed {self.seed} and --seeds {list(self.seeds)} both given: --seeds sets every "
+                              f"run's seed, give the seed(s) there only (e.g. --seeds {self.seed}).")
         for k in ("epochs", "imgsz", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k}={getattr(self, k)} must be >= 1.")
@@ -109,13 +114,25 @@ class CompareSettings:
 
             resolve_unlabeled(self.unlabeled)  # missing or empty: one clear error before any work
             self.unlabeled = str(Path(str(self.unlabeled)).resolve())
-            KDConfig(unlabeled=self.unlabeled, pseudo_conf=self.pseudo_conf)
+        self.pseudo_conf = self._pseudo_threshold()
         bad = OWNED_TRAIN_ARGS & set(self.train_args)
         if bad:
             raise ConfigError(f"{', '.join(sorted(bad))} cannot be set with --set: compare sets it itself "
                               f"(use the dedicated flag, e.g. --epochs, --imgsz, --project/--name).")
         check_train_args(self.train_args)
         return self
+
+    def _pseudo_threshold(self) -> float | None:
+        """``pseudo_conf`` as it acts (KDConfig's rules: a confidence in (0, 1), 'auto', or 'off'/None: soft KD only);
+        set without unlabelled images it would be ignored, so it is refused as ``distill`` refuses it."""
+        from detkd.config import PSEUDO_CONF_DEFAULT, KDConfig
+
+        if not self.unlabeled:
+            if self.pseudo_conf not in ("auto", PSEUDO_CONF_DEFAULT):
+                raise ConfigError("--pseudo-conf labels unlabelled images: give them with --unlabeled PATH (or an "
+                                  "'unlabeled:' entry in the --data YAML).")
+            return PSEUDO_CONF_DEFAULT
+        return KDConfig(unlabeled=self.unlabeled, pseudo_conf=self.pseudo_conf).pseudo_threshold
 
     @property
     def names_by_seed(self) -> bool:
@@ -125,7 +142,7 @@ class CompareSettings:
     @property
     def seed_list(self) -> list[int]:
         """The seeds every student run is trained with: ``seeds``, else ``[seed]``."""
-        return [int(x) for x in self.seeds] if self.seeds else [int(self.seed)]
+        return [int(x) for x in self.seeds] if self.seeds else [int(self.seed or 0)]
 
     @property
     def out_dir(self) -> Path:
@@ -185,7 +202,8 @@ def plan(s: CompareSettings) -> list[RunSpec]:
     ``unlabeled``: each KD configuration again with the unlabelled images (``distilled-<name>-unlabeled``: soft KD + hard pseudo-labels at ``pseudo_conf``, detkd's
     default there; a configuration that sets ``pseudo_conf`` itself — a threshold, or None for soft KD only — gets
     this row only), and ``pseudo-labels``: the student on the labelled images plus the teacher's detections
-    (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice.
+    (conf >= ``pseudo_conf``) on the unlabelled ones, no KD — the usual advice (left out when ``pseudo_conf`` is None:
+    soft KD only, no labels for it to learn from).
     """
     configs = [("baseline", "baseline", "baseline", None)]
     configs += [(f"distilled-{n}", "distilled", f"distilled: {n}", dict(cfg)) for n, cfg in s.kd_configs.items()
@@ -195,6 +213,7 @@ def plan(s: CompareSettings) -> list[RunSpec]:
     if s.unlabeled:
         configs += [(f"distilled-{n}-unlabeled", "distilled", f"distilled: {n} + unlabeled",
                      {"pseudo_conf": s.pseudo_conf, **cfg, "unlabeled": s.unlabeled}) for n, cfg in s.kd_configs.items()]
+    if s.unlabeled and s.pseudo_conf is not None:  # pseudo_conf off: no labels for that baseline to learn from
         configs.append(("pseudo-labels", "distilled", f"pseudo-labels (conf>={s.pseudo_conf:g}, no KD)",
                         {"cls_kd": 0, "box_kd": 0, "feat_kd": 0, "unlabeled": s.unlabeled,
                          "pseudo_conf": s.pseudo_conf}))

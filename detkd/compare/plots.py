@@ -180,17 +180,28 @@ def read_results_csv(path) -> dict[str, list[float]]:
     return cols
 
 
+def curve_panels(logs: list[dict]) -> list[list[tuple[str, str]]]:
+    """The panels of the training-curve figure, per row: the detection terms, then the KD terms some run logged.
+
+    A KD term no run logged (Ultralytics' ``dis_loss`` without ``--with-ultralytics-kd``) gets no panel; the detection
+    row is always drawn in full (a missing term there says so)."""
+    kd = [(col, title) for col, title in KD_TERMS if any(d.get(col) for d in logs)]
+    return [list(DET_TERMS), kd or list(KD_TERMS)]
+
+
 def plot_training_curves(runs: list[tuple[str, str, str, str | None]], path) -> Path:
     """Per-epoch curves of each run (``(label, kind, configuration, results_csv)``): detection terms and val mAP on
-    the top row, KD terms on the bottom row (a run without a term simply has no line in that panel). One colour per
+    the top row, the KD terms some run logged on the bottom row (a run without a term has no line in that panel). One colour per
     configuration; its seeds differ by line style."""
     from matplotlib.ticker import MaxNLocator
 
     data = [(label, kind, read_results_csv(csv_path)) for label, kind, _, csv_path in runs]
     styles = plot_styles([(kind, config) for _, kind, config, _ in runs])
-    panels = [DET_TERMS, KD_TERMS]
+    panels = curve_panels([d for _, _, d in data])
     fig, axes = _figure(2, 4, (15, 6.8), 110)
     for row, terms in enumerate(panels):
+        for ax in axes[row][len(terms):]:  # slots of terms no run logged
+            ax.set_visible(False)
         for j, (col, title) in enumerate(terms):
             ax = axes[row][j]
             drawn = False
