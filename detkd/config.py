@@ -41,7 +41,8 @@ class KDConfig:
         cls_kd: weight of classification-logit KD (0 disables).
         cls_mode: ``bce`` (sigmoid-aware binary KL, default) or ``kl`` (softmax over classes, Hinton).
         cls_temperature: temperature T of the logit KD.
-        box_kd: weight of localization distillation on DFL bins (0 disables).
+        box_kd: weight of box KD (0 disables): localization distillation on the DFL bins when teacher and student
+            share them, else L1 + 1-IoU on decoded distances (e.g. YOLO26's reg_max=1 heads).
         box_temperature: temperature of LD.
         box_iou: extra weight of the 1−IoU term on decoded student vs teacher boxes (0 disables).
         feat_kd: weight of neck-feature imitation at P3/P4/P5 (0 disables).
@@ -197,6 +198,9 @@ class KDConfig:
             elif len(set(self.teacher)) != len(self.teacher):
                 raise ConfigError(f"the same teacher is given twice in {self.teacher}: give each --teacher once.")
         n = len(self.teachers)
+        if self.teacher_weights is not None and n == 0:
+            raise ConfigError(f"teacher_weights {list(self.teacher_weights)} are given but no teacher: give --teacher "
+                              f"once per weight (Python: teacher=[...]).")
         if self.teacher_weights is not None:
             w = list(self.teacher_weights)
             if len(w) != n or any(float(x) < 0 for x in w) or sum(float(x) for x in w) <= 0:
@@ -212,6 +216,16 @@ class KDConfig:
         if not self.teacher:
             return []
         return list(self.teacher) if isinstance(self.teacher, list) else [str(self.teacher)]
+
+    def notes(self) -> list[str]:
+        """Settings given that have no effect with these teachers (logged as warnings at the start of a run)."""
+        notes = []
+        if len(self.teachers) == 1 and self.ensemble_rule != "targets":
+            notes.append(f"ensemble_rule={self.ensemble_rule} has no effect with one teacher (it says how several "
+                         f"teachers are combined).")
+        if len(self.teachers) == 1 and self.teacher_weights is not None:
+            notes.append("teacher_weights have no effect with one teacher.")
+        return notes
 
     @property
     def any_term(self) -> bool:
@@ -278,7 +292,8 @@ class KDConfig:
         if len(ts) > 1:
             rows.append(f"teacher_weights    {self.teacher_weights or 'equal'} (one ensemble teacher: mean probabilities)")
         rows.append(f"cls_kd  {self.cls_kd:<10g} mode={self.cls_mode} T={self.cls_temperature:g}")
-        rows.append(f"box_kd  {self.box_kd:<10g} LD on DFL bins T={self.box_temperature:g} iou={self.box_iou:g}")
+        rows.append(f"box_kd  {self.box_kd:<10g} T={self.box_temperature:g} iou={self.box_iou:g} (LD on shared DFL bins, "
+                    f"else decoded distances: see 'KD paths' below)")  # the pair's heads decide (known once loaded)
         extra = f" fg_mask={self.feat_fg_mask}" if self.feat_method == "mse" else (
             f" mask_ratio={self.mgd_mask_ratio:g}" if self.feat_method == "mgd" else f" tau={self.feat_temperature:g}")
         rows.append(f"feat_kd {self.feat_kd:<10g} method={self.feat_method}{extra} (P3/P4/P5, 1x1 adapters)")

@@ -259,3 +259,76 @@ def test_a_run_refused_while_the_trainer_is_built_leaves_no_folder(capfd, tmp_pa
     assert main(argv) == 2
     _one_error_line(capfd.readouterr().err, "--cls-mode kl")
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- item 18: wording, notes, warnings
+def test_settings_block_does_not_claim_a_box_kd_path_it_does_not_know():
+    """The pair's box-KD path (LD on shared DFL bins, or decoded distances for YOLO26 / reg_max=1 heads) is known
+    only once the models are loaded: the settings block points to the 'KD paths' lines instead of claiming LD."""
+    row = next(r for r in KDConfig(teacher="t.pt").summary().splitlines() if r.startswith("box_kd"))
+    assert "LD on DFL bins" not in row and "decoded distances" in row and "KD paths" in row
+
+
+def test_distill_help_states_the_training_defaults(capsys):
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    from detkd.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("epochs", "imgsz", "batch"):
+        entry = text.split(f"--{flag} {flag.upper()} ")[-1][:100]  # the option's help line (not the usage)
+        assert f"[{DEFAULT_CFG_DICT[flag]}]" in entry, (flag, entry)
+    assert "distillation on DFL bins [1.0]" not in text  # --box-kd: the path depends on the pair
+
+
+def test_an_equal_teacher_is_not_called_weaker():
+    from detkd.compare.report import teacher_verdict
+
+    rows = [{"kind": "teacher", "AP": 0.3}, {"kind": "baseline", "AP": 0.3}]
+    verdict = teacher_verdict(rows)
+    assert "weaker" not in verdict and "as strong as" in verdict
+    assert "weaker" in teacher_verdict([{"kind": "teacher", "AP": 0.2}, {"kind": "baseline", "AP": 0.3}])
+
+
+def test_teacher_weights_without_a_teacher_name_the_missing_teacher(capfd, tmp_path, shapes_yaml):
+    from detkd.cli import main
+
+    with pytest.raises(ConfigError, match=r"^teacher_weights \[1.0, 1.0\] are given but no teacher"):
+        KDConfig(teacher_weights=[1.0, 1.0])
+    assert main(["distill", "--teacher-weights", "1", "1", "--data", shapes_yaml, "--project", str(tmp_path)]) == 2
+    err = capfd.readouterr().err
+    _one_error_line(err, "--teacher")
+    assert "0 teachers" not in err
+
+
+def test_settings_without_effect_are_noted(tmp_path, shapes_yaml, teacher_pt, ultralytics_log):
+    from detkd.engine.trainer import DistillationTrainer
+
+    DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), **TINY_TRAIN),
+                        kd=KDConfig(teacher=teacher_pt, ensemble_rule="losses"))
+    assert any("ensemble_rule=losses" in m and "no effect with one teacher" in m for m in ultralytics_log)
+
+
+@pytest.mark.parametrize("nb, epochs, accumulate, warmup, expected", [
+    (6, 1, 6, 0, 1),      # batch 4, nbs 64 -> accumulate 16, capped by Ultralytics at the 6 batches of the run
+    (6, 3, 16, 0, 1),     # one step every 16 batches of 18
+    (6, 3, 1, 0, 18),     # every batch
+    (10, 2, 4, 10, 7),    # warmup ramps accumulate 1 -> 4 over the first 10 batches: steps at 0 1 3 5 8 12 16
+])
+def test_optimizer_steps_follow_ultralytics_cadence(nb, epochs, accumulate, warmup, expected):
+    from detkd.engine.baseline import optimizer_steps
+
+    assert optimizer_steps(nb, epochs, accumulate, warmup) == expected
+
+
+def test_a_run_with_few_optimizer_steps_warns(tmp_path, shapes_yaml, ultralytics_log):
+    from detkd.engine.baseline import StudentTrainer
+
+    trainer = StudentTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                            **dict(TINY_TRAIN, batch=4, epochs=1)))
+    trainer.add_callback("on_train_start", _stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    assert any("only 1 optimizer step" in m and "nbs=64" in m for m in ultralytics_log), ultralytics_log

@@ -58,8 +58,9 @@ def test_compare_end_to_end_and_reuse(tmp_path, shapes_coco, teacher_pt, capsys,
     assert first.count("same architecture as baseline: its speed") == 2, first
     assert "timed once per architecture" in md
     assert float(rows["teacher"][0]) > float(rows["baseline"][0])  # yolov8s teacher vs yolov8n student
-    # a random-init teacher is no better than the baseline: the verdict says so in words
-    assert "**Teacher verdict:** this teacher is weaker than the student trained alone" in md
+    # a random-init teacher is no better than the baseline: the verdict says so in words (an equal AP is not 'weaker')
+    assert re.search(r"\*\*Teacher verdict:\*\* this teacher is (weaker than|only as strong as) the student trained "
+                     r"alone", md), md
     assert "distilling from it will not help" in md
     assert f"official COCO AP ({BACKEND_LABEL[resolve_backend()]}" in md
 

@@ -73,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--cls-kd", type=float, help="weight of class-logit KD (0 = off) [1.0]")
     k.add_argument("--cls-mode", choices=("bce", "kl"), help="bce: sigmoid-aware binary KL; kl: softmax KL [bce]")
     k.add_argument("--cls-temp", type=float, help="logit KD temperature [1.0]")
-    k.add_argument("--box-kd", type=float, help="weight of localization distillation on DFL bins [1.0]")
+    k.add_argument("--box-kd", type=float, help="weight of box KD: LD on shared DFL bins, else L1 + 1-IoU on decoded "
+                                                "distances (YOLO26 heads) [1.0]")
     k.add_argument("--box-temp", type=float, help="LD temperature [2.0]")
     k.add_argument("--box-iou", type=float, help="extra weight of 1-IoU between decoded boxes [0]")
     k.add_argument("--feat-kd", type=float, help="weight of P3/P4/P5 feature imitation [1.0]")
@@ -105,9 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on CPU, the teacher runs one batch ahead in a worker thread, beside the student [true]")
 
     t = p.add_argument_group("training (Ultralytics arguments)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--imgsz", type=int)
-    t.add_argument("--batch", type=float, help="batch size (-1: AutoBatch)")
+    t.add_argument("--epochs", type=int, help="training epochs [100]")
+    t.add_argument("--imgsz", type=int, help="training and validation image size in pixels [640]")
+    t.add_argument("--batch", type=float, help="batch size (-1: AutoBatch) [16]")
     t.add_argument("--device", help="cpu, 0, 0,1 (multi-GPU: DDP launched by Ultralytics)")
     t.add_argument("--project", help="output root [runs/detect]")
     t.add_argument("--name", help="run name [train]")

@@ -62,8 +62,9 @@ def teacher_verdict(rows: list[dict]) -> str:
     if not t or not base or t.get("AP") is None:
         return ""
     b = sum(base) / len(base)  # the baseline's mean over seeds
-    if t["AP"] <= b:
-        return (f"this teacher is weaker than the student trained alone (AP {t['AP']:.3f} vs {b:.3f}): "
+    if round(t["AP"], 3) <= round(b, 3):  # as printed: an equal teacher is not called weaker
+        how = "weaker than" if round(t["AP"], 3) < round(b, 3) else "only as strong as"
+        return (f"this teacher is {how} the student trained alone (AP {t['AP']:.3f} vs {b:.3f}): "
                 f"distilling from it will not help. Train the teacher longer or pick a stronger one.")
     return (f"the teacher is stronger than the student trained alone (AP {t['AP']:.3f} vs {b:.3f}, "
             f"{t['AP'] - b:+.3f}): a useful teacher to distil from.")

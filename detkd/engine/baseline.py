@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from copy import copy
 from pathlib import Path
 
+import numpy as np
+
 from detkd import offline
 from detkd.config import register_detkd_arguments
 from detkd.errors import DetKDError
@@ -23,7 +25,9 @@ offline.install()
 register_detkd_arguments()
 
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG, RANK  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
+
+FEW_OPTIMIZER_STEPS = 10  # fewer optimizer steps in a whole run: warn
 
 
 class StudentTrainer(DetectionTrainer):
@@ -60,6 +64,15 @@ class StudentTrainer(DetectionTrainer):
 
             self.args.save_dir = str(run_dir_of(self.args.resume))
 
+    def _setup_train(self):
+        """Ultralytics' setup, then a warning when the whole run makes fewer than :data:`FEW_OPTIMIZER_STEPS`
+        optimizer steps (tiny batches step once every ``nbs / batch`` batches: a short run barely trains)."""
+        super()._setup_train()
+        if RANK in {-1, 0}:
+            warning = few_steps_warning(self)
+            if warning:
+                LOGGER.warning(warning)
+
     def get_validator(self):
         if not getattr(self.args, "coco_eval", False):
             return super().get_validator()
@@ -89,3 +102,36 @@ def remove_stub_run_dir(folder: Path | None) -> None:
     """Remove ``folder`` (what :func:`new_run_dir` named) unless it holds a checkpoint."""
     if folder is not None and folder.is_dir() and not any(folder.rglob("*.pt")):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def optimizer_steps(batches: int, epochs: int, accumulate: int, warmup_iters: int, start_epoch: int = 0) -> int:
+    """Optimizer steps of a run, counted as Ultralytics' training loop takes them (``BaseTrainer._do_train``).
+
+    ``batches`` per epoch, ``accumulate`` the batches per step after warm-up (``nbs / batch``, capped), ramped from 1
+    over the first ``warmup_iters`` batches; a step when ``accumulate`` batches passed since the last one.
+    """
+    last, steps = -1, 0
+    for ni in range(start_epoch * batches, epochs * batches):
+        acc = accumulate
+        if warmup_iters and ni <= warmup_iters:
+            acc = max(1, int(np.interp(ni, [0, warmup_iters], [1, accumulate]).round()))
+        if ni - last >= acc:
+            steps, last = steps + 1, ni
+    return steps
+
+
+def few_steps_warning(trainer) -> str:
+    """The warning for a run of ``trainer`` (after its setup) that makes fewer than :data:`FEW_OPTIMIZER_STEPS`
+    optimizer steps, or ''."""
+    batches, acc, epochs = len(trainer.train_loader), int(trainer.accumulate), int(trainer.epochs)
+    if getattr(trainer.args, "time", None) or (epochs - trainer.start_epoch) * batches >= FEW_OPTIMIZER_STEPS * acc:
+        return ""  # time-limited runs re-plan their epochs; and every step takes at most `acc` batches
+    steps = optimizer_steps(batches, epochs, acc, trainer._get_warmup_iterations(batches), trainer.start_epoch)
+    if steps >= FEW_OPTIMIZER_STEPS:
+        return ""
+    nominal = max(round(trainer.args.nbs / trainer.batch_size), 1)
+    cadence = f"nbs={trainer.args.nbs} / batch {trainer.batch_size}" + (
+        f" = {nominal}, capped at the run's {epochs * batches} batches" if nominal > acc else "")
+    return (f"this run makes only {steps} optimizer step{'s' if steps != 1 else ''} ({epochs - trainer.start_epoch} "
+            f"epoch(s) x {batches} batches; after warm-up one step every {acc} batches: {cadence}), too few to "
+            f"train. Train more epochs, or step more often with a smaller nominal batch (--set nbs={trainer.batch_size}).")

@@ -87,6 +87,9 @@ class DistillationTrainer(StudentTrainer):
         super().__init__(cfg, overrides, _callbacks)  # on resume, args (kd included) come from last.pt
         with self.discarding_run_dir_on_refusal():  # refused here: no run folder left behind
             self.kd = self._checked_kd()
+        if RANK in {-1, 0}:
+            for note in self.kd.notes():
+                LOGGER.warning(f"{PREFIX}{note}")
         self.teacher: FrozenTeacher | None = None
         self.adapters: FeatureAdapters | None = None
         self._adapters_in_loss = None  # adapters, or their DDP wrapper
