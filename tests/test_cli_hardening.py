@@ -227,7 +227,7 @@ def test_a_run_refused_for_a_weak_teacher_leaves_no_folder(tmp_path, shapes_yaml
     from detkd.api import distill
     from detkd.engine.trainer import DistillationTrainer
 
-    monkeypatch.setattr(DistillationTrainer, "_quick_val", lambda self, model, what: {"mAP50-95": 0.0, "mAP50": 0.0})
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", lambda *_, **__: {"mAP50-95": 0.0, "mAP50": 0.0})
     with pytest.raises(ConfigError, match="below --min-teacher-map 0.5"):
         distill(teacher=teacher_pt, data=shapes_yaml, kd={"min_teacher_map": 0.5},
                 **dict(TINY_TRAIN, exist_ok=False, project=str(tmp_path), name="weak"))
