@@ -168,6 +168,26 @@ def openvino_weights_precision(path: str | Path) -> str:
     return "fp16" if consts.get("f16", 0) > consts.get("f32", 0) else "fp32"
 
 
+def read_metadata(path: str | Path) -> dict:
+    """Ultralytics' export metadata of an artefact with its values typed as ``AutoBackend`` types them (imgsz list,
+    batch int, names dict, args dict, end2end bool); ``{}`` when there is none."""
+    import ast
+
+    from ultralytics.nn.backends.base import BaseBackend
+
+    meta = dict(BaseBackend.read_metadata(path) or {})
+    for k, v in meta.items():
+        if k in {"stride", "batch", "channels"}:
+            meta[k] = int(v)
+        elif k in {"imgsz", "names", "args", "end2end"} and isinstance(v, str):
+            try:
+                meta[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                pass
+    meta["end2end"] = bool(meta.get("end2end", False) or (meta.get("args") or {}).get("nms", False))
+    return meta
+
+
 def inspect_artefact(path: str | Path | Artefact) -> Artefact:
     """Recognise and read an artefact without building a backend; one clear :class:`DetKDError` when it is missing,
     of an unknown type or unreadable (OpenVINO artefacts also need the deploy extra)."""
@@ -177,15 +197,11 @@ def inspect_artefact(path: str | Path | Artefact) -> Artefact:
     p = Path(str(path)).expanduser()
     if kind in {"pt", "yaml"}:
         return Artefact(p, kind)
-    from ultralytics.nn.backends.base import BaseBackend
-
     if kind == "onnx":
-        weights = onnx_weights_precision(p)
-        return Artefact(p, kind, weights, BaseBackend.read_metadata(p))
+        return Artefact(p, kind, onnx_weights_precision(p), read_metadata(p))
     if p.suffix.lower() == ".xml":
         p = p.parent
-    weights = openvino_weights_precision(p)
-    return Artefact(p, kind, weights, BaseBackend.read_metadata(p))
+    return Artefact(p, kind, openvino_weights_precision(p), read_metadata(p))
 
 
 def load_backend(artefact: str | Path | Artefact, device: str = "cpu", precision: str | None = None,
