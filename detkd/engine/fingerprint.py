@@ -46,7 +46,14 @@ def normal(obj):
 def diff(old: dict, new: dict) -> str:
     """The settings that differ between two fingerprints, as ``key: old -> new`` (nested settings as
     ``train_args.epochs: 3 -> 4``; ``?`` when none is found)."""
-    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _changes(old, new)) or "?"
+    return ", ".join(f"{k}: {_short(a)!r} -> {_short(b)!r}" for k, a, b in _changes(old, new)) or "?"
+
+
+def _short(value):
+    """A SHA-256 as its first 12 hex digits (enough to tell two files apart in a message); anything else as is."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return value
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[tuple]:
