@@ -16,6 +16,7 @@ from detkd.losses.balance import BALANCE_MODES
 from detkd.losses.feature import FEATURE_METHODS
 from detkd.losses.schedule import SCHEDULES
 from detkd.losses.weighting import ANCHOR_WEIGHTINGS
+from detkd.models.class_map import format_class_map, parse_class_map
 from detkd.models.ensemble import ENSEMBLE_RULES
 
 CLS_MODES = ("bce", "kl")
@@ -81,6 +82,10 @@ class KDConfig:
             :data:`PSEUDO_CONF_DEFAULT` when there are unlabelled images (soft + hard beat soft KD alone, measured in
             ``benchmarks/unlabeled_gain.py``); None or ``"off"``: soft KD only. The threshold in use:
             :attr:`pseudo_threshold`.
+        class_map: a teacher with other classes than the data's: which teacher class teaches which data class, on
+            top of matching by name (case and spaces ignored): ``'car,truck,bus=vehicle;person=pedestrian'`` or a
+            mapping ``{teacher: student}``; several teacher classes may merge into one (noisy-OR of their scores).
+            Stored as the mapping. See :mod:`detkd.models.class_map` and docs/classes.md.
     """
 
     teacher: str | list | None = None
@@ -112,6 +117,7 @@ class KDConfig:
     unlabeled: str | None = None
     unlabeled_ratio: float = 0.5
     pseudo_conf: float | str | None = "auto"
+    class_map: str | dict | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +153,7 @@ class KDConfig:
             raise ConfigError("min_teacher_map needs the teacher validated at start: drop --no-teacher-val.")
         self._validate_teachers()
         self._validate_unlabeled()
+        self.class_map = parse_class_map(self.class_map)  # syntax here; the names when the teacher is loaded
         return self
 
     def _check_numbers(self) -> None:
@@ -300,6 +307,8 @@ class KDConfig:
         rows.append(f"anchors {self.anchor_weighting:<10} schedule={self.schedule}"
                     + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else "")
                     + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
+        if self.class_map:
+            rows.append(f"class_map          {format_class_map(self.class_map)} (+ classes matched by name)")
         if self.unlabeled:
             rows.append(f"unlabeled {self.unlabeled} (share of each epoch {self.unlabeled_ratio:g}; "
                         + (f"soft KD + pseudo-labels at conf >= {self.pseudo_threshold:g})"

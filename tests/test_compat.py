@@ -33,10 +33,11 @@ def test_teacher_class_count_mismatch():
         check_compatibility(model(nc=3), model(), DATA)
 
 
-def test_teacher_names_differ_from_data():
-    teacher = model(names={0: "dog", 1: "cat"})
-    with pytest.raises(IncompatibleModelsError, match="class names differ.*0: teacher 'dog' vs data 'cat'"):
-        check_compatibility(teacher, model(), DATA)
+def test_teacher_names_in_another_order_are_mapped_by_name_and_no_shared_class_is_refused():
+    teacher = model(names={0: "dog", 1: "cat"})  # issue 28: classes matched by name, no longer refused
+    assert "  cat -> cat  [same name]" in check_compatibility(teacher, model(), DATA)
+    with pytest.raises(IncompatibleModelsError, match="share no class: teacher classes car, bus, data classes cat, dog"):
+        check_compatibility(model(names={0: "car", 1: "bus"}), model(), DATA)
 
 
 def test_teacher_from_yaml_has_no_names_to_check():

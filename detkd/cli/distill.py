@@ -24,7 +24,7 @@ KD_FLAGS = {
     "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
     "teacher_graphs": "teacher_graphs", "teacher_overlap": "teacher_overlap", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
-    "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule",
+    "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule", "class_map": "class_map",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
 TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "images have no annotations, or a YAML with an 'unlabeled:' entry (default: that entry of "
                         "the --data YAML). There: KD weighted by teacher confidence, and the teacher's detections "
                         "as detection targets (--pseudo-conf, on by default; 'off': KD only)")
+    g.add_argument("--class-map", metavar="SPEC",
+                   help="a teacher with other classes: which teacher class teaches which data class, beyond same "
+                        "names (case/spaces ignored), e.g. 'car,truck,bus=vehicle;person=pedestrian' (quote it; "
+                        "merged classes: noisy-OR of their scores). See docs/classes.md")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
     g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt (its KD settings; with "
                                     "--teacher: the run's teacher, moved to that path)")

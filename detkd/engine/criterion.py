@@ -28,6 +28,7 @@ from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_k
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
 from detkd.losses.weighting import anchor_weights, confidence_logits, verified_weights
+from detkd.models.class_map import class_mask_of
 from detkd.models.teacher import FrozenTeacher, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
@@ -216,7 +217,7 @@ class DistillationLoss:
         out = {}
         if w["cls_kd"] > 0:
             out["cls_kd"] = classification_kd_loss(student.scores.float(), teacher.scores, weights, self.kd.cls_mode,
-                                                   self.kd.cls_temperature)
+                                                   self.kd.cls_temperature, class_mask_of(self.teacher))
         if w["box_kd"] > 0:
             out["box_kd"] = self.box_term(student.boxes.float(), teacher.boxes, weights, anchor_points, t_reg)
         return out

@@ -49,7 +49,8 @@ from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
 from detkd.errors import ConfigError, DetKDError
 from detkd.models.adapters import FeatureAdapters
-from detkd.models.compat import check_compatibility
+from detkd.models.class_map import ClassMappedTeacher, map_inference_output
+from detkd.models.compat import check_compatibility, teacher_class_map
 from detkd.models.ensemble import TeacherEnsemble
 from detkd.models.loading import YAML_SUFFIXES, load_detection_model
 from detkd.models.teacher import FrozenTeacher, feature_channels
@@ -171,8 +172,9 @@ class DistillationTrainer(StudentTrainer):
             net = load_detection_model(path, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
             if teacher_from_yaml:
                 net.names = self.data["names"]
+            class_map = teacher_class_map(net, self.data, self.kd.class_map, teacher_from_yaml)
             notes = check_compatibility(net, student, self.data, box_kd=self.kd.box_kd > 0,
-                                        teacher_from_yaml=teacher_from_yaml)
+                                        teacher_from_yaml=teacher_from_yaml, class_map=class_map)
         except DetKDError as e:
             if len(self.kd.teachers) == 1:
                 raise
@@ -180,7 +182,8 @@ class DistillationTrainer(StudentTrainer):
         if RANK in {-1, 0}:
             for n in notes:
                 LOGGER.info(f"{PREFIX}{n}" if len(self.kd.teachers) == 1 else f"{PREFIX}{Path(path).name}: {n}")
-        return FrozenTeacher(net, self.device)
+        teacher = FrozenTeacher(net, self.device)
+        return teacher if class_map.is_identity else ClassMappedTeacher(teacher, class_map, self.kd.cls_mode)
 
     def _restore_adapters(self, ckpt: dict | None) -> bool:
         """Resume: load the adapters saved with the checkpoint resumed from (same epoch); False when they stay fresh."""
@@ -296,7 +299,8 @@ class DistillationTrainer(StudentTrainer):
         members = getattr(self.teacher, "members", [self.teacher])
         labels = ["teacher"] if len(members) == 1 else [f"teacher {i + 1}" for i in range(len(members))]
         with rng_preserved():
-            per_teacher = [self._quick_val(m.model, label) for m, label in zip(members, labels)]
+            per_teacher = [self._quick_val(m.model, label, getattr(m, "class_map", None))
+                           for m, label in zip(members, labels)]
             self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
         self.teacher_metrics = dict(per_teacher[0]) if len(members) == 1 else {
             **max(per_teacher, key=lambda m: m["mAP50-95"]),
@@ -350,14 +354,16 @@ class DistillationTrainer(StudentTrainer):
             group = next(g for g in self.optimizer.param_groups if g.get("param_group") == "kd_adapters")
             group["params"] = list(self.adapters.parameters())
 
-    def _quick_val(self, model, what: str) -> dict:
-        """mAP50-95 / mAP50 of ``model`` on the val loader (Ultralytics' DetectionValidator, detections only)."""
+    def _quick_val(self, model, what: str, class_map=None) -> dict:
+        """mAP50-95 / mAP50 of ``model`` on the val loader (Ultralytics' DetectionValidator, detections only); a
+        teacher with other classes is scored through its ``class_map``, in the data's classes."""
         args = copy(self.args)
         args.plots, args.save_json, args.verbose = False, False, False
         validator = DetectionOutputValidator(self.test_loader, save_dir=self.save_dir / f"val_{what.split()[0]}",
                                              args=args)
         LOGGER.info(f"{PREFIX}validating the {what} ...")
-        metrics = validator(model=model)
+        with validated_in_data_classes(validator, model, class_map):
+            metrics = validator(model=model)
         model.float().eval()
         return {"mAP50-95": float(metrics.get("metrics/mAP50-95(B)", 0.0)),
                 "mAP50": float(metrics.get("metrics/mAP50(B)", 0.0))}
@@ -495,10 +501,30 @@ class DetectionOutputValidator(DetectionValidator):
     """Ultralytics' DetectionValidator for any Detect-family head: a Segment or Pose teacher is scored on its boxes and
     classes, the outputs it is distilled through (its mask coefficients or keypoints are not read as classes)."""
 
+    teacher_class_map = None  # a teacher with other classes: its outputs mapped to the data's (models/class_map.py)
+
     def postprocess(self, preds):
         y = preds[0] if isinstance(preds, (list, tuple)) else preds  # eval output: (inference, raw)
         y = y[0] if isinstance(y, (list, tuple)) else y  # Segment: (inference, mask protos)
+        if self.teacher_class_map is not None:
+            y = map_inference_output(y, self.teacher_class_map, self.end2end)
         return super().postprocess(y[..., :6] if self.end2end else y[:, : 4 + self.nc])
+
+
+@contextmanager
+def validated_in_data_classes(validator, model, class_map):
+    """Validate a teacher with other classes in the data's classes: the validator maps its outputs, and the model
+    is named with the data's classes meanwhile (Ultralytics reads ``model.names`` for the class count)."""
+    if class_map is None:
+        yield
+        return
+    names = model.names
+    validator.teacher_class_map = class_map
+    model.names = dict(enumerate(class_map.student_names))
+    try:
+        yield
+    finally:
+        model.names = names
 
 
 @contextmanager

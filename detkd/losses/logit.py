@@ -55,8 +55,16 @@ def classification_kd_loss(
     weights: torch.Tensor,
     mode: str = "bce",
     temperature: float = 1.0,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Anchor-weighted class-score distillation (scalar). Shapes: logits (B, A, C), weights (B, A)."""
+    """Anchor-weighted class-score distillation (scalar). Shapes: logits (B, A, C), weights (B, A).
+
+    ``class_mask`` (C,) bool: only these classes are distilled (a teacher with other classes covers the student's
+    classes it maps to, :mod:`detkd.models.class_map`): ``bce`` sums over them, ``kl`` takes both softmaxes over them.
+    """
+    if class_mask is not None and not bool(class_mask.all()):
+        keep = class_mask.to(student_logits.device).nonzero().view(-1)
+        student_logits, teacher_logits = student_logits.index_select(-1, keep), teacher_logits.index_select(-1, keep)
     if mode == "bce":
         per_anchor = binary_kl_with_logits(student_logits, teacher_logits, temperature).sum(-1)
     elif mode == "kl":

@@ -6,6 +6,7 @@ Every failure raises :class:`~detkd.errors.IncompatibleModelsError` with the pro
 from __future__ import annotations
 
 from detkd.errors import IncompatibleModelsError
+from detkd.models.class_map import ClassMap, build_class_map, identity_map
 from detkd.models.teacher import MISSING_ONE2MANY, detect_head, feature_channels
 
 
@@ -56,8 +57,32 @@ def teacher_head_notes(head) -> list[str]:
             f"features); its {unused} are not used."] if unused else []
 
 
+def teacher_class_map(teacher, data: dict, spec=None, teacher_from_yaml: bool = False,
+                      role: str = "teacher") -> ClassMap:
+    """Which of the teacher's classes teach which of the data's (see :mod:`detkd.models.class_map`).
+
+    The identity when the names are the data's (or carry no meaning: a teacher built from a YAML, placeholder names
+    '0', '1', ...; then the class counts must agree), else matched by name plus ``spec`` (``--class-map``).
+    """
+    nc, data_names = int(data["nc"]), _names(data["names"])
+    t_nc, t_names = int(detect_head(teacher).nc), _names(getattr(teacher, "names", None))
+    if teacher_from_yaml or not t_names or _is_placeholder(t_names):
+        if t_nc != nc:
+            raise IncompatibleModelsError(
+                f"the {role} predicts {t_nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
+                f"{', ...' if nc > 8 else ''}) and its class names carry no meaning ({', '.join(t_names[:4])}...). "
+                f"Train (or fine-tune) the {role} on this dataset first.")
+        return build_class_map(data_names, data_names, spec, role) if spec else identity_map(data_names)
+    if len(t_names) != t_nc:
+        raise IncompatibleModelsError(f"the {role} predicts {t_nc} classes but names {len(t_names)}: its class names "
+                                      f"do not describe its head. Use the checkpoint its training wrote.")
+    if t_names == data_names and not spec:
+        return identity_map(data_names)
+    return build_class_map(t_names, data_names, spec, role)
+
+
 def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teacher_from_yaml: bool = False,
-                        roles: tuple[str, str] = ("teacher", "student")) -> list[str]:
+                        roles: tuple[str, str] = ("teacher", "student"), class_map: ClassMap | None = None) -> list[str]:
     """Validate teacher/student/data agreement; returns informational notes. Raises on any mismatch.
 
     Args:
@@ -67,27 +92,19 @@ def check_compatibility(teacher, student, data: dict, box_kd: bool = True, teach
         teacher_from_yaml: the teacher was built from a YAML (random init), so it has no class names to check.
         roles: what the messages call the two models, e.g. ``("teacher", "assistant")`` or ``("assistant",
             "student")`` for the links of a teacher-assistant chain.
+        class_map: which teacher classes teach which data classes (:func:`teacher_class_map`; None: built here, by
+            name). A teacher with other classes than the data's is refused only when no class is shared.
     """
     t, s = roles
     check_head_supported(teacher, t)
     check_head_supported(student, s)
     notes = []
     t_head, s_head = detect_head(teacher), detect_head(student)
-    nc, data_names = int(data["nc"]), _names(data["names"])
+    nc = int(data["nc"])
 
-    if int(t_head.nc) != nc:
-        raise IncompatibleModelsError(
-            f"the {t} predicts {t_head.nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
-            f"{', ...' if nc > 8 else ''}). Train (or fine-tune) the {t} on this dataset first."
-        )
-    t_names = _names(getattr(teacher, "names", None))
-    if not teacher_from_yaml and t_names and not _is_placeholder(t_names) and t_names != data_names:
-        diff = [f"{i}: {t} '{a}' vs data '{b}'" for i, (a, b) in enumerate(zip(t_names, data_names)) if a != b]
-        raise IncompatibleModelsError(
-            f"the {t}'s class names differ from the data's, so its scores would teach the wrong classes ("
-            + "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "") + f"). Use a {t} trained on this dataset, "
-            "or fix the class order in the data description."
-        )
+    class_map = class_map or teacher_class_map(teacher, data, teacher_from_yaml=teacher_from_yaml, role=t)
+    if not class_map.is_identity:
+        notes += class_map.describe(t)
     if int(s_head.nc) != nc:
         raise IncompatibleModelsError(
             f"the {s} predicts {s_head.nc} classes but the data has {nc}: build the {s} for this data "

@@ -1,0 +1,221 @@
+"""Teachers with other classes (issue 28): the class map between teacher and student, by name and by --class-map,
+many-to-one combination, logit KD restricted to the mapped classes, a superset teacher trained end to end, resume
+keeping the map, and every bad input as one clear line. Values are computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from detkd.config import KDConfig
+from detkd.errors import ConfigError, IncompatibleModelsError
+from detkd.losses.logit import classification_kd_loss
+from detkd.models.class_map import (ABSENT_LOGIT, ClassMappedTeacher, build_class_map, class_mask_of,
+                                    format_class_map, map_head_outputs, map_inference_output, parse_class_map)
+from detkd.models.teacher import HeadOutputs
+
+TEACHER = ["Person", "car", "Truck ", "bus", "dog"]
+STUDENT = ["person", "vehicle", "cat"]
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+# ------------------------------------------------------------------------------------------ the map
+def test_names_match_after_case_and_space_normalisation_and_the_map_is_printed():
+    cmap = build_class_map({0: "Traffic  Light", 1: "CAR", 2: "dog"}, [" car", "traffic light", "bird"])
+    assert cmap.pairs == ((0, 1), (1, 0))
+    assert cmap.unmatched_teacher == ["dog"] and cmap.unmatched_student == ["bird"]
+    assert cmap.describe() == [
+        "class map (teacher -> student, 2 of the teacher's 3 classes used):",
+        "  CAR ->  car  [same name]",
+        "  Traffic  Light -> traffic light  [same name]",
+        "  student classes with no teacher class (taught by the labels only, no logit KD): bird",
+        "  teacher classes not used (background for the student): dog",
+    ]
+
+
+def test_explicit_map_merges_teacher_classes_on_top_of_the_names():
+    cmap = build_class_map(TEACHER, STUDENT, "car,truck,bus=vehicle")
+    assert cmap.pairs == ((0, 0), (1, 1), (2, 1), (3, 1))
+    assert cmap.teachers_of(1) == [1, 2, 3] and cmap.student_mask.tolist() == [True, True, False]
+    assert "  car + Truck  + bus -> vehicle  [class map] (noisy-OR of their scores)" in cmap.describe()
+    assert not cmap.is_identity and build_class_map(STUDENT, STUDENT).is_identity
+
+
+def test_the_string_and_mapping_forms_read_alike():
+    both = {"car": "vehicle", "truck": "vehicle", "person": "pedestrian"}
+    assert parse_class_map("car,truck=vehicle;person=pedestrian") == both
+    assert parse_class_map("car=vehicle, truck=vehicle, person=pedestrian") == both  # a=x,b=y: one entry each
+    assert parse_class_map(both) == both and parse_class_map(format_class_map(both)) == both
+    assert format_class_map(both) == "car,truck=vehicle;person=pedestrian"
+    assert parse_class_map(None) is None and parse_class_map("") is None
+    assert KDConfig(teacher="t.pt", class_map="car,truck=vehicle").class_map == {"car": "vehicle",
+                                                                                 "truck": "vehicle"}
+
+
+# ---------------------------------------------------------------------------------- combination rules
+def test_many_to_one_is_the_noisy_or_of_sigmoids_and_the_softmax_sum_for_kl():
+    cmap = build_class_map(["a", "b", "c", "d"], ["x", "y"], "b,c=y;a=x")  # d dropped
+    t = torch.tensor([[[logit(0.9), logit(0.5), logit(0.4), logit(0.8)]]])  # (B=1, A=1, C_t=4)
+    p = cmap.map_logits(t, "bce").sigmoid()
+    assert p[0, 0, 0].item() == pytest.approx(0.9, abs=1e-6)  # one-to-one: copied
+    assert p[0, 0, 1].item() == pytest.approx(1 - 0.5 * 0.6, abs=1e-6)  # noisy-OR: 1 - (1-0.5)(1-0.4) = 0.7
+    assert cmap.map_logits(t, "bce")[0, 0, 0].item() == t[0, 0, 0].item()  # exactly, not through the formula
+    # softmax teacher 0.4, 0.3, 0.2, 0.1: y = 0.3 + 0.2, d dropped -> student softmax over x, y = 0.4/0.9, 0.5/0.9
+    t_kl = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().view(1, 1, 4)
+    q = cmap.map_logits(t_kl, "kl").softmax(-1)
+    assert q.view(-1).tolist() == pytest.approx([0.4 / 0.9, 0.5 / 0.9], abs=1e-6)
+    probs = torch.tensor([[0.9, 0.5, 0.4, 0.8]])
+    assert cmap.map_probabilities(probs).view(-1).tolist() == pytest.approx([0.9, 0.7], abs=1e-6)
+
+
+def test_head_outputs_map_scores_and_conf_logits_and_unmapped_student_classes_are_absent():
+    cmap = build_class_map(TEACHER, STUDENT, "car,truck,bus=vehicle")
+    scores = torch.tensor([[[logit(0.8), logit(0.5), logit(0.5), logit(0.5), logit(0.99)]]])
+    out = map_head_outputs(HeadOutputs(torch.zeros(1, 1, 64), scores, [], conf_logits=scores.clone()), cmap, "bce")
+    assert out.scores.shape == (1, 1, 3) and out.conf_logits.shape == (1, 1, 3)
+    assert out.scores.sigmoid().view(-1).tolist() == pytest.approx([0.8, 1 - 0.5 ** 3, torch.sigmoid(
+        torch.tensor(ABSENT_LOGIT)).item()], abs=1e-6)  # the dog (0.99) is background for the student
+    kl = map_head_outputs(HeadOutputs(torch.zeros(1, 1, 64), scores, []), cmap, "kl")
+    assert kl.conf_logits.sigmoid()[0, 0, 1].item() == pytest.approx(0.875, abs=1e-6)  # confidence stays noisy-OR
+
+
+def test_logit_kd_covers_the_mapped_classes_only():
+    cmap = build_class_map(TEACHER, STUDENT)  # person only; vehicle and cat get no teacher class
+    teacher = cmap.map_logits(torch.tensor([[[0.0, 3.0, 3.0, 3.0, 3.0]]]))  # person p = 0.5
+    student = torch.tensor([[[math.log(3.0), 5.0, -5.0]]], requires_grad=True)  # person q = 0.75
+    loss = classification_kd_loss(student, teacher, torch.ones(1, 1), "bce", 1.0, cmap.student_mask)
+    hand = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL(Bern(0.5) || Bern(0.75)), person only
+    assert loss.item() == pytest.approx(hand, abs=1e-6)
+    loss.backward()
+    assert student.grad[0, 0, 1:].tolist() == [0.0, 0.0]  # classes the teacher does not know: no KD gradient
+
+
+def test_mapped_teacher_forwards_facts_and_its_mask_reaches_the_criterion():
+    class Fake:
+        reg_max, strides, model = 16, [8.0, 16.0, 32.0], "net"
+
+        def __call__(self, img):
+            return HeadOutputs(torch.zeros(1, 2, 64), torch.zeros(1, 2, 5), [])
+
+    cmap = build_class_map(TEACHER, STUDENT, "truck=vehicle")
+    mapped = ClassMappedTeacher(Fake(), cmap)
+    assert (mapped.reg_max, mapped.model, mapped.nc, mapped.names) == (16, "net", 3, dict(enumerate(STUDENT)))
+    assert mapped(torch.zeros(1)).scores.shape == (1, 2, 3)
+    assert class_mask_of(mapped).tolist() == [True, True, False] and class_mask_of(Fake()) is None
+
+
+def test_teacher_validation_outputs_are_mapped_to_the_data_classes():
+    cmap = build_class_map(["a", "b", "c"], ["y", "b "], "c=y")  # a dropped
+    dense = torch.tensor([[[1.0], [2.0], [3.0], [4.0], [0.9], [0.2], [0.5]]])  # (B=1, 4+3, A=1): boxes, probs
+    assert map_inference_output(dense, cmap).view(-1).tolist() == pytest.approx([1, 2, 3, 4, 0.5, 0.2])
+    e2e = torch.tensor([[[0, 0, 1, 1, 0.9, 0.0], [0, 0, 1, 1, 0.8, 2.0]]])  # class a (unmapped), class c
+    out = map_inference_output(e2e, cmap, end2end=True)
+    assert out[0, :, 4].tolist() == pytest.approx([0.0, 0.8]) and out[0, 1, 5].item() == 0.0
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("spec, error, message", [
+    ("car=vehicle;car=auto", ConfigError, "maps teacher class 'car' twice"),
+    ("car,truck", ConfigError, "'car,truck' maps to no student class"),
+    ("car=a=b", ConfigError, "more than one '='"),
+    ({"car": ["vehicle"]}, ConfigError, "is not a class name"),
+])
+def test_bad_class_map_syntax_is_one_config_error(spec, error, message):
+    with pytest.raises(error, match=message):
+        KDConfig(teacher="t.pt", class_map=spec)
+
+
+def test_bad_class_map_names_are_refused_naming_both_lists():
+    with pytest.raises(IncompatibleModelsError, match="share no class: teacher classes Person, car, Truck , bus, "
+                                                      "dog, data classes horse, cow. Map them with --class-map"):
+        build_class_map(TEACHER, ["horse", "cow"])
+    with pytest.raises(IncompatibleModelsError, match="--class-map lorry=vehicle: 'lorry' is not a teacher class. "
+                                                      "Teacher classes: Person, car"):
+        build_class_map(TEACHER, STUDENT, "lorry=vehicle")
+    with pytest.raises(IncompatibleModelsError, match="'car' is not a data class"):
+        build_class_map(TEACHER, STUDENT, "truck=car")
+    with pytest.raises(IncompatibleModelsError, match=r"sides are swapped: write car=vehicle"):
+        build_class_map(TEACHER, STUDENT, "vehicle=car")
+    with pytest.raises(IncompatibleModelsError, match="data's class names 'Cat' \\(0\\) and 'cat ' \\(1\\) are the "
+                                                      "same name up to case and spaces"):
+        build_class_map(TEACHER, ["Cat", "cat "])
+    with pytest.raises(IncompatibleModelsError, match="teacher's class names 'car' \\(0\\) and 'CAR' \\(1\\)"):
+        build_class_map(["car", "CAR"], ["car"])
+
+
+def test_cli_bad_class_map_is_exit_2_one_line(capsys, shapes_yaml, teacher_pt):
+    from detkd.cli import main
+
+    assert main(["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--class-map", "a=x;a=y"]) == 2
+    err = capsys.readouterr().err
+    assert "maps teacher class 'a' twice" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------ models, end to end
+def _net(nc, names, cfg="yolov8n.yaml"):
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel(cfg, nc=nc, verbose=False)
+    net.names = dict(enumerate(names))
+    return net
+
+
+def test_superset_teacher_passes_the_compatibility_check_with_its_map():
+    from detkd.models.compat import check_compatibility, teacher_class_map
+
+    data = {"nc": 2, "names": {0: "cat", 1: "dog"}}
+    teacher = _net(4, ["Dog", "bus", "CAT", "car"])
+    notes = check_compatibility(teacher, _net(2, ["cat", "dog"]), data)
+    assert "  CAT -> cat  [same name]" in notes and any("not used (background for the student): bus, car" in n
+                                                         for n in notes)
+    assert teacher_class_map(_net(2, ["cat", "dog"]), data).is_identity  # same names: no map, no wrapper
+
+
+@pytest.fixture(scope="module")
+def superset_teacher_pt(tmp_path_factory, shapes_yaml) -> str:
+    """A teacher with the shapes classes in another order and case, one under another name, plus two more."""
+    torch.manual_seed(0)
+    net = _net(6, ["Cross", "car", "disc", "square", " Triangle", "bus"], "yolov8s.yaml")
+    path = tmp_path_factory.mktemp("superset") / "superset.pt"
+    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
+    return str(path)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop(trainer):
+    raise Interrupt
+
+
+@pytest.mark.slow
+def test_superset_teacher_trains_the_student_and_resume_keeps_the_map(tmp_path, shapes_yaml, superset_teacher_pt):
+    from detkd.engine.trainer import DistillationTrainer
+
+    kd = KDConfig(teacher=superset_teacher_pt, class_map="disc,car=circle")
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="sup", val=False, **TINY_TRAIN), kd=kd)
+    trainer.add_callback("on_model_save", _stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    teacher = trainer.teacher.teacher if hasattr(trainer.teacher, "hits") else trainer.teacher  # CPU lookahead
+    assert isinstance(teacher, ClassMappedTeacher)
+    assert teacher.class_map.pairs == ((0, 3), (1, 0), (2, 0), (3, 1), (4, 2))  # teacher idx -> circle..cross
+    assert trainer.teacher_metrics["mAP50-95"] >= 0.0  # validated in the data's classes, no error
+    losses = {k.split("/")[-1]: float(v) for k, v in trainer.tloss.items()}
+    assert all(math.isfinite(v) for v in losses.values()) and losses["cls_kd"] > 0, losses
+    saved = torch.load(trainer.last, map_location="cpu", weights_only=False)["train_args"]["kd"]
+    assert saved["class_map"] == {"disc": "circle", "car": "circle"}
+
+    resumed = DistillationTrainer(overrides=dict(resume=str(trainer.last)))
+    assert resumed.kd.class_map == {"disc": "circle", "car": "circle"}
+    resumed.train()
+    teacher = resumed.teacher.teacher if hasattr(resumed.teacher, "hits") else resumed.teacher
+    assert teacher.class_map.pairs == ((0, 3), (1, 0), (2, 0), (3, 1), (4, 2))
