@@ -175,6 +175,10 @@ def test_superset_teacher_passes_the_compatibility_check_with_its_map():
     assert "  CAT -> cat  [same name]" in notes and any("not used (background for the student): bus, car" in n
                                                          for n in notes)
     assert teacher_class_map(_net(2, ["cat", "dog"]), data).is_identity  # same names: no map, no wrapper
+    # a --class-map is for the teachers with other classes: one with the data's (an assistant, an ensemble member,
+    # a YAML teacher) stays the identity instead of being refused for the map's names
+    assert teacher_class_map(_net(2, ["cat", "dog"]), data, "car,bus=cat").is_identity
+    assert teacher_class_map(_net(2, ["0", "1"]), data, "car,bus=cat", teacher_from_yaml=True).is_identity
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,8 @@ class DistillationTrainer(StudentTrainer):
             LOGGER.info(f"{PREFIX}distillation settings\n{kd.summary()}")
         student = unwrap_model(self.model)
         members = [self._load_one_teacher(path, student, i) for i, path in enumerate(kd.teachers, 1)]
+        if kd.class_map and RANK in {-1, 0} and not any(isinstance(m, ClassMappedTeacher) for m in members):
+            LOGGER.warning(f"{PREFIX}--class-map is not used: the teacher's classes are the data's.")
         self.teacher = members[0] if len(members) == 1 else TeacherEnsemble(members, kd.teacher_weights, kd.cls_mode)
         self.adapters = None
         if kd.feat_kd > 0:

@@ -62,7 +62,8 @@ def teacher_class_map(teacher, data: dict, spec=None, teacher_from_yaml: bool = 
     """Which of the teacher's classes teach which of the data's (see :mod:`detkd.models.class_map`).
 
     The identity when the names are the data's (or carry no meaning: a teacher built from a YAML, placeholder names
-    '0', '1', ...; then the class counts must agree), else matched by name plus ``spec`` (``--class-map``).
+    '0', '1', ...; then the class counts must agree), whatever ``spec`` says; else matched by name plus ``spec``
+    (``--class-map``).
     """
     nc, data_names = int(data["nc"]), _names(data["names"])
     t_nc, t_names = int(detect_head(teacher).nc), _names(getattr(teacher, "names", None))
@@ -72,12 +73,12 @@ def teacher_class_map(teacher, data: dict, spec=None, teacher_from_yaml: bool = 
                 f"the {role} predicts {t_nc} classes but the data has {nc} ({', '.join(data_names[:8])}"
                 f"{', ...' if nc > 8 else ''}) and its class names carry no meaning ({', '.join(t_names[:4])}...). "
                 f"Train (or fine-tune) the {role} on this dataset first.")
-        return build_class_map(data_names, data_names, spec, role) if spec else identity_map(data_names)
+        return identity_map(data_names)
     if len(t_names) != t_nc:
         raise IncompatibleModelsError(f"the {role} predicts {t_nc} classes but names {len(t_names)}: its class names "
                                       f"do not describe its head. Use the checkpoint its training wrote.")
-    if t_names == data_names and not spec:
-        return identity_map(data_names)
+    if t_names == data_names:  # the data's own classes: nothing to map (a --class-map is for the other teachers,
+        return identity_map(data_names)  # e.g. the teacher of an assistant chain or of an ensemble)
     return build_class_map(t_names, data_names, spec, role)
 
 
