@@ -66,6 +66,7 @@ def test_training_with_the_teacher_ahead_equals_training_with_it_inline(tmp_path
             kd=KDConfig(teacher=teacher_pt, validate_teacher=False, teacher_overlap=overlap))
         trainer.train()
         runs[overlap] = trainer
-    assert isinstance(runs[True].teacher, TeacherOverlap) and runs[True].teacher.hits == 2 * len(runs[True].train_loader)
-    assert not isinstance(runs[False].teacher, TeacherOverlap)
+    runner = runs[True].teacher_runner
+    assert isinstance(runner, TeacherOverlap) and runner.hits == 2 * len(runs[True].train_loader)
+    assert runs[False].teacher_runner is runs[False].teacher
     assert _losses(runs[True]) == _losses(runs[False])

@@ -92,6 +92,7 @@ class DistillationTrainer(StudentTrainer):
             for note in self.kd.notes():
                 LOGGER.warning(f"{PREFIX}{note}")
         self.teacher: FrozenTeacher | None = None
+        self.teacher_runner = None  # what the criterion calls (see _setup_train)
         self.adapters: FeatureAdapters | None = None
         self._adapters_in_loss = None  # adapters, or their DDP wrapper
         self.teacher_metrics: dict = {}
@@ -280,11 +281,11 @@ class DistillationTrainer(StudentTrainer):
                 self.adapters, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
-        if self._overlaps_teacher():
-            self.teacher = TeacherOverlap(self.teacher)  # the training loader starts it one batch ahead
+        # what the criterion calls: the teacher, or on CPU the teacher started one batch ahead by the training loader
+        self.teacher_runner = TeacherOverlap(self.teacher) if self._overlaps_teacher() else self.teacher
         student = unwrap_model(self.model)
-        student.criterion = DistillationLoss(_detection_criterion(student), self.teacher, self._adapters_in_loss,
-                                             self.kd)
+        student.criterion = DistillationLoss(_detection_criterion(student), self.teacher_runner,
+                                             self._adapters_in_loss, self.kd)
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
@@ -395,7 +396,7 @@ class DistillationTrainer(StudentTrainer):
         ahead = batch.pop(AHEAD_KEY, None)
         batch = super().preprocess_batch(batch)
         if ahead is not None:
-            self.teacher.expect(batch["img"], *ahead)
+            self.teacher_runner.expect(batch["img"], *ahead)
         elif self._teacher_runs_on_this_step():
             self.teacher.prefetch(batch["img"])
         return batch
@@ -411,9 +412,9 @@ class DistillationTrainer(StudentTrainer):
 
     def _start_teacher_ahead(self, batch: dict) -> None:
         """Training loader hook: start the teacher on a batch drawn one step early (see ``preprocess_batch``)."""
-        if isinstance(self.teacher, TeacherOverlap) and self._teacher_runs_on_this_step():
+        if isinstance(self.teacher_runner, TeacherOverlap) and self._teacher_runs_on_this_step():
             img = teacher_input(batch["img"]).to(self.device)
-            batch[AHEAD_KEY] = (img, self.teacher.start(img))
+            batch[AHEAD_KEY] = (img, self.teacher_runner.start(img))
 
     # ------------------------------------------------------------------------------------------- data
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
