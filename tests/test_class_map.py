@@ -223,3 +223,24 @@ def test_superset_teacher_trains_the_student_and_resume_keeps_the_map(tmp_path, 
     resumed.train()
     teacher = resumed.teacher.teacher if hasattr(resumed.teacher, "hits") else resumed.teacher
     assert teacher.class_map.pairs == ((0, 3), (1, 0), (2, 0), (3, 1), (4, 2))
+
+
+def test_each_teacher_of_an_ensemble_is_mapped_from_its_own_class_list_before_they_combine():
+    from detkd.models.ensemble import TeacherEnsemble
+
+    class Fake:
+        reg_max, device = 1, torch.device("cpu")
+
+        def __init__(self, probs):
+            self.probs = torch.tensor(probs).view(1, 1, -1)
+
+        def __call__(self, img):
+            return HeadOutputs(torch.ones(1, 1, 4), torch.logit(self.probs), [])
+
+    student = ["cat", "dog", "bird"]
+    first = ClassMappedTeacher(Fake([0.8, 0.1, 0.9]), build_class_map(["cat", "dog", "car"], student))
+    second = ClassMappedTeacher(Fake([0.3, 0.5, 0.4]), build_class_map(["dog", "bird", "CAT"], student))
+    ensemble = TeacherEnsemble([first, second])
+    p = ensemble(torch.zeros(1)).scores.sigmoid().view(-1)
+    assert p[:2].tolist() == pytest.approx([(0.8 + 0.4) / 2, (0.1 + 0.3) / 2], abs=1e-5)  # cat, dog: both teachers
+    assert class_mask_of(ensemble).tolist() == [True, True, False]  # bird: only one teacher knows it, no logit KD
