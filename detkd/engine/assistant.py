@@ -33,7 +33,7 @@ STAGE_RECORD = "chain_stage.json"  # in each stage folder: the fingerprint the s
 # Training arguments that change where or how fast a stage runs, not what it learns: left out of its fingerprint.
 RUN_ONLY_ARGS = {"device", "workers", "project", "name", "exist_ok", "plots", "verbose", "cache"}
 # KD settings that only gate the start (teacher checks) or its speed: left out of the fingerprint too.
-GATE_ONLY_KD = {"teacher", "validate_teacher", "min_teacher_map", "teacher_graphs"}
+GATE_ONLY_KD = {"teacher", "validate_teacher", "min_teacher_map", "teacher_graphs", "teacher_overlap"}
 
 
 def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,

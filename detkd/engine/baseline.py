@@ -4,8 +4,9 @@ It is the baseline ("the same student without a teacher") and the parent of :cla
 see identical data, augmentation, optimisation and validation. Its one addition: with ``coco_eval=True`` the
 validator scores with pycocotools on the dataset's own COCO JSON, and ``best.pt`` is chosen on that official AP.
 
-A run refused by detkd's checks (:class:`~detkd.errors.DetKDError`: incompatible models, a weak teacher, no usable
-unlabelled image, ...) removes the run folder it created, so the corrected run gets the same name, not ``NAME2``.
+A relative ``project`` is relative to the current folder (:func:`project_from_here`). A run refused by detkd's
+checks (:class:`~detkd.errors.DetKDError`: incompatible models, a weak teacher, no usable unlabelled image, ...)
+removes the run folder it created, so the corrected run gets the same name, not ``NAME2``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StudentTrainer(DetectionTrainer):
     """DetectionTrainer + ``coco_eval`` (pycocotools AP as the validation metric)."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        overrides = project_from_here(overrides)
         self._new_run_dir = new_run_dir(cfg, overrides)
         with self.discarding_run_dir_on_refusal():
             super().__init__(cfg, overrides, _callbacks)
@@ -80,6 +82,16 @@ class StudentTrainer(DetectionTrainer):
 
         return COCOEvalDetectionValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args),
                                           _callbacks=self.callbacks)
+
+
+def project_from_here(overrides: dict | None) -> dict | None:
+    """``overrides`` with a relative ``project`` made absolute from the current folder: ``runs/detect/NAME`` is where
+    detkd's messages, docs, the chain's ``chain.json`` and ``compare`` look for a run. Ultralytics would put a relative
+    project under its ``runs_dir`` setting (``<runs_dir>/detect/runs/detect/NAME``)."""
+    project = (overrides or {}).get("project")
+    if not project or Path(project).is_absolute():
+        return overrides
+    return {**overrides, "project": str(Path.cwd() / project)}
 
 
 def new_run_dir(cfg, overrides: dict | None) -> Path | None:
