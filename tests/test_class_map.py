@@ -244,3 +244,55 @@ def test_each_teacher_of_an_ensemble_is_mapped_from_its_own_class_list_before_th
     p = ensemble(torch.zeros(1)).scores.sigmoid().view(-1)
     assert p[:2].tolist() == pytest.approx([(0.8 + 0.4) / 2, (0.1 + 0.3) / 2], abs=1e-5)  # cat, dog: both teachers
     assert class_mask_of(ensemble).tolist() == [True, True, False]  # bird: only one teacher knows it, no logit KD
+
+
+# ---------------------------------------------------------------------------------------- AP per class group
+def test_group_ap_is_the_mean_class_ap_of_the_group_and_all_is_cocos_ap():
+    from detkd.eval.class_groups import format_group_table, group_ap, groups_from_teacher, parse_class_groups
+
+    metrics = {"per_class": {"cat": 0.2, "dog": 0.4, "bird": None, "fish": 0.9},
+               "per_class_AP50": {"cat": 0.5, "dog": 0.7, "bird": None, "fish": 1.0},
+               "per_class_instances": {"cat": 3, "dog": 2, "bird": 0, "fish": 1}, "AP": 0.5}
+    groups = parse_class_groups(["old=Cat,dog", "new=bird, fish"], list(metrics["per_class"]))
+    assert groups == {"old": ["cat", "dog"], "new": ["bird", "fish"], "all": ["cat", "dog", "bird", "fish"]}
+    per_group = group_ap(metrics, groups)
+    assert per_group["old"]["AP"] == pytest.approx(0.3) and per_group["old"]["AP50"] == pytest.approx(0.6)
+    assert per_group["new"]["AP"] == pytest.approx(0.9) and per_group["new"]["classes_with_gt"] == 1  # bird: no GT
+    assert per_group["all"]["AP"] == pytest.approx(metrics["AP"])  # (0.2 + 0.4 + 0.9) / 3
+    assert format_group_table(per_group).splitlines()[1:] == [
+        "old                   2          5   0.300   0.600",
+        "new                 1/2          1   0.900   1.000",
+        "all                 3/4          6   0.500   0.733"]  # AP50 (0.5 + 0.7 + 1.0) / 3
+    assert groups_from_teacher({0: "DOG", 1: "cat", 2: "car"}, ["cat", "dog", "bird"]) == {
+        "teacher's classes": ["cat", "dog"], "new classes": ["bird"], "all": ["cat", "dog", "bird"]}
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["old=cat,cow"], "'cow' is not a class of the data"),
+    (["old=cat", "old=dog"], "group 'old' is given twice"),
+    (["cat,dog"], "expected NAME=class,class"),
+])
+def test_bad_class_groups_are_one_config_error(spec, message):
+    from detkd.eval.class_groups import parse_class_groups
+
+    with pytest.raises(ConfigError, match=message):
+        parse_class_groups(spec, ["cat", "dog"])
+
+
+def test_eval_prints_and_saves_ap_per_class_group(capsys, tmp_path, shapes_coco, teacher_pt, superset_teacher_pt):
+    import json
+
+    from detkd.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", teacher_pt, "--data", str(shapes_coco), "--imgsz", "64",
+                 "--out", str(out), "--groups-from-teacher", superset_teacher_pt]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["class_group_members"] == {"teacher's classes": ["square", "triangle", "cross"],
+                                            "new classes": ["circle"], "all": ["circle", "square", "triangle",
+                                                                               "cross"]}
+    assert saved["class_groups"]["all"]["AP"] == pytest.approx(saved["AP"], abs=1e-9)
+    assert "class group" in capsys.readouterr().out
+    assert main(["eval", "--model", teacher_pt, "--data", str(shapes_coco), "--imgsz", "64",
+                 "--out", str(out), "--class-groups", "old=circle,disc"]) == 2
+    assert "'disc' is not a class of the data" in capsys.readouterr().err
