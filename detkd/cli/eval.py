@@ -32,11 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco-backend", choices=("faster", "pycocotools"), default=None,
                    help="COCOeval implementation: faster (faster-coco-eval, C++, default) or pycocotools (the "
                         "reference, ~7.7x slower at COCO-val size; same numbers) [$DETKD_COCO_BACKEND or faster]")
+    p.add_argument("--class-groups", nargs="+", metavar="NAME=CLASS,CLASS",
+                   help="also print AP per group of classes, e.g. --class-groups old=cat,dog new=bird (mean AP of "
+                        "the group's classes; 'all' is added)")
+    p.add_argument("--groups-from-teacher", metavar="TEACHER.pt",
+                   help="AP per class group split by this teacher's classes: the teacher's classes, the new "
+                        "classes, all (e.g. after learning new classes from a teacher, docs/classes.md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkd.eval.class_groups import add_class_groups
     from detkd.eval.coco_eval import evaluate_coco
 
-    evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
-                  batch=args.batch, device=args.device, out_dir=args.out, verbose=True, backend=args.coco_backend)
+    metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
+                            iou=args.iou, batch=args.batch, device=args.device, out_dir=args.out, verbose=True,
+                            backend=args.coco_backend)
+    add_class_groups(metrics, args.class_groups, args.groups_from_teacher)
     return 0
