@@ -150,7 +150,8 @@ class KDConfig:
         if self.min_teacher_map is not None and not 0.0 <= float(self.min_teacher_map) <= 1.0:
             raise ConfigError(f"min_teacher_map={self.min_teacher_map} must be an mAP50-95 in [0, 1].")
         if self.min_teacher_map is not None and not self.validate_teacher:
-            raise ConfigError("min_teacher_map needs the teacher validated at start: drop --no-teacher-val.")
+            raise ConfigError("min_teacher_map needs the teacher validated at start: drop --teacher-val false "
+                              "(Python: validate_teacher=False).")
         self._validate_teachers()
         self._validate_unlabeled()
         self.class_map = parse_class_map(self.class_map)  # syntax here; the names when the teacher is loaded

@@ -121,7 +121,8 @@ def test_checkpoint_roundtrip_keeps_names(tmp_path):
         ({"feat_method": "fitnet"}, "feat_method='fitnet' is not one of mse, cwd, mgd"),
         ({"schedule": "step"}, "schedule='step'"),
         ({"min_teacher_map": 2.0}, "in \\[0, 1\\]"),
-        ({"min_teacher_map": 0.3, "validate_teacher": False}, "needs the teacher validated"),
+        ({"min_teacher_map": 0.3, "validate_teacher": False},
+         "needs the teacher validated at start: drop --teacher-val false"),
     ],
 )
 def test_bad_kd_settings(kwargs, match):
