@@ -185,3 +185,18 @@ def test_eval_of_a_bad_artefact_is_one_line_exit_2(bad, shapes_yaml, tmp_path, c
     assert rc == 2
     assert err.startswith("detkd eval: error:") and len(err.splitlines()) == 1, err
     assert bad in err
+
+
+def test_eval_runs_openvino_in_the_precision_asked_for(exported, shapes_yaml, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from detkd.cli import main
+
+    out = tmp_path / "fp32"
+    assert main(["eval", "--model", exported["openvino"], "--data", shapes_yaml, "--imgsz", str(IMGSZ),
+                 "--batch", "1", "--precision", "fp32", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["precision"] == "fp32" and "INFERENCE_PRECISION_HINT fp32" in m["precision_detail"]
+    assert "openvino, weights fp32, ran fp32" in capsys.readouterr().out
+    assert main(["eval", "--model", exported["onnx"], "--data", shapes_yaml, "--precision", "bf16",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--precision applies to OpenVINO models only" in capsys.readouterr().err

@@ -3,6 +3,7 @@ COCO dataset.
 
     detkd eval --model runs/detect/train/weights/best.pt --data path/to/coco_dataset
     detkd eval --model teacher.pt --data coco.yaml --split val --imgsz 640 --conf 0.001 --iou 0.7 --out runs/eval/t
+    detkd eval --model runs/detect/train/weights/best_int8_openvino_model --data path/to/coco_dataset --imgsz 640
 
 Writes ``metrics.json`` and ``predictions.json`` (COCO results with the dataset's own image and category
 ids) to ``--out`` (default ``runs/detkd/eval/exp*``) and prints the overall and per-class table.
@@ -17,8 +18,8 @@ HELP = "Evaluate a detector on a COCO dataset with COCOeval (AP, AP50, AP75, APs
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="checkpoint .pt (teacher, baseline or distilled student), exported model (.onnx, ...) "
-                        "or model .yaml (random init)")
+                   help="checkpoint .pt (teacher, baseline or distilled student), exported model (.onnx FP32/INT8, "
+                        "an *_openvino_model/ folder, ...) or model .yaml (random init)")
     p.add_argument("--data", required=True,
                    help="COCO dataset folder (annotations/instances_<split>*.json + images), detkd COCO YAML, "
                         "or a data.yaml written by detkd")
@@ -29,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--device", default="cpu", help="cpu, 0, ...")
     p.add_argument("--out", default=None, help="output folder [runs/detkd/eval/exp*]")
+    p.add_argument("--precision", default=None, metavar="P",
+                   help="OpenVINO models only: inference precision fp32, bf16 or fp16 (default: OpenVINO's, BF16 on "
+                        "CPUs with BF16 units); the precision that really ran is printed and kept in metrics.json")
     p.add_argument("--coco-backend", choices=("faster", "pycocotools"), default=None,
                    help="COCOeval implementation: faster (faster-coco-eval, C++, default) or pycocotools (the "
                         "reference, ~7.7x slower at COCO-val size; same numbers) [$DETKD_COCO_BACKEND or faster]")
@@ -46,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
                             iou=args.iou, batch=args.batch, device=args.device, out_dir=args.out, verbose=True,
-                            backend=args.coco_backend)
+                            backend=args.coco_backend, precision=args.precision)
     add_class_groups(metrics, args.class_groups, args.groups_from_teacher)
     return 0

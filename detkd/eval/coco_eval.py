@@ -58,10 +58,11 @@ def resolve_model(model, nc: int):
 
 def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
                   batch: int = 16, device: str = "cpu", out_dir=None, verbose: bool = True,
-                  backend: str | None = None) -> dict:
+                  backend: str | None = None, precision: str | None = None) -> dict:
     """Evaluate ``model`` on ``split`` of ``data`` (COCO folder, detkd COCO YAML, or a data.yaml from
     :func:`~detkd.data.coco.prepare_dataset`) with COCOeval of ``backend`` ('faster' = faster-coco-eval, default;
-    'pycocotools' = the reference; default from ``$DETKD_COCO_BACKEND``).
+    'pycocotools' = the reference; default from ``$DETKD_COCO_BACKEND``). ``precision``: OpenVINO inference precision
+    ('fp32', 'bf16', 'fp16'; None = OpenVINO's default, BF16 on CPUs with BF16 units) of an ``*_openvino_model/``.
 
     Returns (and writes to ``out_dir/metrics.json``)::
 
@@ -98,6 +99,7 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
         args["nms"] = False
     validator = COCOEvalDetectionValidator(save_dir=out_dir, args=args)
     validator.coco_backend = backend
+    validator.openvino_precision = check_precision_request(precision, net)
     t1 = time.perf_counter()
     validator(model=net)
     t_run = time.perf_counter() - t1  # model set-up + inference + NMS + COCOeval
@@ -143,6 +145,22 @@ def _is_end_to_end(net) -> bool:
 
         return is_end_to_end(load_detection_model(net))
     return False
+
+
+def check_precision_request(precision: str | None, net) -> str | None:
+    """The OpenVINO inference precision to run (fp32, bf16, fp16) or None (OpenVINO's default for the device);
+    :class:`DetKDError` when one is asked for a model that is not an OpenVINO folder."""
+    if precision is None:
+        return None
+    from detkd.deploy.backends import OPENVINO_HINTS, artefact_kind
+
+    key = str(precision).strip().lower()
+    if key not in OPENVINO_HINTS:
+        raise DetKDError(f"--precision '{precision}' not understood: use one of {', '.join(OPENVINO_HINTS)}.")
+    if not isinstance(net, str) or artefact_kind(net) != "openvino":
+        raise DetKDError("--precision applies to OpenVINO models only (an *_openvino_model/ folder); other models run "
+                         "in their stored precision.")
+    return key
 
 
 def _is_openvino_name(name: str) -> bool:

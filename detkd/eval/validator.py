@@ -70,6 +70,7 @@ class COCOEvalDetectionValidator(DetectionValidator):
         self.args.save_json = True  # makes the base class collect self.jdict and call eval_json
         self.coco_metrics: dict | None = None
         self.ran: dict | None = None  # standalone runs: backend, stored weights and the precision that really ran
+        self.openvino_precision: str | None = None  # fp32/bf16/fp16 for an OpenVINO model; None = its default
         self.coco_backend = resolve_backend()  # 'faster' or 'pycocotools' (evaluate_coco sets it)
         self._gt_cache: dict = {}
 
@@ -87,7 +88,12 @@ class COCOEvalDetectionValidator(DetectionValidator):
     def init_metrics(self, model) -> None:
         super().init_metrics(model)
         if not self.training:
-            self.ran = describe_run(model, self.args.model if isinstance(self.args.model, str) else None)
+            path = self.args.model if isinstance(self.args.model, str) else None
+            if self.openvino_precision and getattr(model, "format", None) == "openvino":
+                from detkd.deploy.backends import set_openvino_precision
+
+                set_openvino_precision(model, self.openvino_precision, path)
+            self.ran = describe_run(model, path)
         ids = self.data.get("category_ids")
         if ids is None or "coco_eval" not in self.data:
             raise DatasetError("COCO evaluation needs a data.yaml made by detkd from a COCO dataset (keys "
