@@ -200,3 +200,20 @@ def test_eval_runs_openvino_in_the_precision_asked_for(exported, shapes_yaml, tm
     assert main(["eval", "--model", exported["onnx"], "--data", shapes_yaml, "--precision", "bf16",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--precision applies to OpenVINO models only" in capsys.readouterr().err
+
+
+def test_openvino_models_without_openvino_name_the_extra(monkeypatch, shapes_yaml, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    from detkd.bench import run_benchmarks
+    from detkd.cli import main
+
+    folder = tmp_path / "student_openvino_model"
+    folder.mkdir()
+    (folder / "student.xml").write_text("<net/>")
+    (folder / "student.bin").write_bytes(b"")
+    assert main(["eval", "--model", str(folder), "--data", shapes_yaml, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install -e '.[deploy]'" in err
+    rows = run_benchmarks([str(folder)], imgsz=IMGSZ, progress=False, **FAST)
+    assert [(r["backend"], r["status"]) for r in rows] == [("openvino", "skipped")]
+    assert "pip install -e '.[deploy]'" in rows[0]["reason"]
