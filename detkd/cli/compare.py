@@ -5,7 +5,8 @@
                   --kd detkd --kd mgd:feat_method=mgd,feat_kd=2 --kd mine:my_kd.yaml,cls_kd=0.5
 
 Writes ``<project>/<name>/report.md`` (table: params, GFLOPs, AP, AP50, APs/m/l, latency p50, FPS, ΔAP vs baseline,
-teacher verdict), ``map_vs_fps.png`` and ``training_curves.png``. Re-running reuses finished runs.
+teacher verdict), ``map_vs_fps.png`` and ``training_curves.png``. Re-running reuses finished runs. ``--deploy`` adds
+every student run exported to ONNX Runtime / OpenVINO in FP32 / INT8 (AP and CPU speed of each file).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--bench-warmup", type=int, default=5, help="warm-up calls per model")
     e.add_argument("--bench-iters", type=int, default=50, help="timed calls per model (fewer past the time budget)")
     e.add_argument("--bench-time", type=float, default=5.0, help="seconds of timed calls per model")
+    e.add_argument("--deploy", nargs="*", metavar="BACKEND[:PRECISION]",
+                   help="also export every student run (onnx, openvino; fp32, int8) and add each file's AP and CPU "
+                        "speed to the report and map_vs_fps.png. Alone: onnx:fp32 onnx:int8 openvino:fp32 "
+                        "openvino:int8; a backend alone: its fp32 and int8. Needs pip install -e '.[deploy]'")
+    e.add_argument("--calib-images", type=int,
+                   help="with --deploy: training images INT8 files are calibrated on (drawn with the first seed) [300]")
 
 
 def parse_kd(items: list[str]) -> dict:
@@ -123,7 +130,7 @@ def build_settings(args):
         project=args.project, name=args.name, eval_split=args.split, eval_conf=args.conf, eval_iou=args.iou,
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,
         bench_imgsz=args.bench_imgsz, bench_warmup=args.bench_warmup, bench_iters=args.bench_iters,
-        bench_time_budget=args.bench_time,
+        bench_time_budget=args.bench_time, deploy=args.deploy, calib_images=args.calib_images,
     ).validate()
 
 

@@ -74,6 +74,8 @@ class CompareSettings:
     bench_iters: int = 50
     bench_time_budget: float = 5.0
     bench_min_iters: int = 5
+    deploy: list | None = None  # --deploy: 'backend:precision' variants of every student run (None: off; []: all)
+    calib_images: int | None = None  # INT8 variants: calibration images from the training split (None: 300)
 
     def validate(self) -> "CompareSettings":
         from detkd.config import KDConfig, check_train_args
@@ -120,6 +122,14 @@ class CompareSettings:
             raise ConfigError(f"{', '.join(sorted(bad))} cannot be set with --set: compare sets it itself "
                               f"(use the dedicated flag, e.g. --epochs, --imgsz, --project/--name).")
         check_train_args(self.train_args)
+        if self.deploy is None and self.calib_images is not None:
+            raise ConfigError("--calib-images calibrates the INT8 files of --deploy: add --deploy or drop it.")
+        if self.deploy is not None:
+            from detkd.compare.deploy import check_deploy_settings, parse_variants
+
+            self.deploy = parse_variants(self.deploy)
+            self.calib_images = 300 if self.calib_images is None else int(self.calib_images)
+            check_deploy_settings(self)
         return self
 
     def _pseudo_threshold(self) -> float | None:
@@ -166,6 +176,8 @@ class RunSpec:
     train: dict = field(default_factory=dict)  # marker contents (wall_s, median_epoch_s, reused, ...)
     metrics: dict = field(default_factory=dict)
     speed: dict = field(default_factory=dict)
+    variant: str | None = None  # deploy rows: 'onnx:int8', 'openvino:fp32' ... (detkd.compare.deploy)
+    source: str | None = None  # deploy rows: key of the run the artefact was exported from
 
     @property
     def config_label(self) -> str:
@@ -503,7 +515,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
     out = s.out_dir
     specs = plan(s)
     trained = [r for r in specs if r.kind != "teacher"]
-    total = 2 + len(trained) + 3
+    total = 2 + len(trained) + 3 + bool(s.deploy)
     step = iter(range(1, total + 1))
 
     def say(msg):
@@ -542,12 +554,21 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
         else:
             timed[arch] = benchmark_run(r, s, out, log)
 
+    deployed = []
+    if s.deploy:
+        from detkd.compare.deploy import run_deploy
+
+        say(f"deployment: {len(trained)} student runs x {', '.join(s.deploy)} (exported, {s.eval_split} AP, "
+            f"batch 1 on the CPU) ...")
+        deployed = run_deploy(trained, s, data_yaml, coco, out, log)
+
     say(f"writing report to {out} ...")
-    plot_map_vs_fps(specs, out / "map_vs_fps.png", subtitle=f"model-only, batch 1, {s.bench_imgsz or s.imgsz} px, "
-                                                             f"{s.bench_device}",
+    plot_map_vs_fps(specs + deployed, out / "map_vs_fps.png",
+                    subtitle=f"model-only, batch 1, {s.bench_imgsz or s.imgsz} px, {s.bench_device}"
+                             + ("; torch and exported files" if deployed else ""),
                     ylabel="COCO AP@[.50:.95]" if coco else "mAP50-95 (Ultralytics val)")
     plot_training_curves([(r.label, r.kind, r.config, r.results_csv) for r in trained], out / "training_curves.png")
-    result = write_report(specs, s, data_yaml, coco, out)
+    result = write_report(specs, s, data_yaml, coco, out, deployed=deployed)
     log(f"\n{result.report_md.read_text()}")
     log(f"Report: {result.report_md}\nPlots: {result.map_vs_fps_png}, {result.training_curves_png}")
     return result

@@ -8,6 +8,8 @@ from pathlib import Path
 COLORS = {"teacher": "#222222", "baseline": "#1f77b4", "ultralytics_kd": "#ff7f0e", "assistant": "#7f7f7f"}
 DISTILLED_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKERS = {"teacher": "s", "baseline": "o", "distilled": "^", "ultralytics_kd": "D", "assistant": "P"}
+# compare --deploy: exported files, one marker per backend x precision (drawn in their source run's colour)
+VARIANT_MARKERS = {"onnx:fp32": "v", "onnx:int8": "<", "openvino:fp32": "h", "openvino:int8": "*"}
 DET_TERMS = (("train/box_loss", "box loss"), ("train/cls_loss", "cls loss"), ("train/dfl_loss", "dfl loss"),
              ("metrics/mAP50-95(B)", "val mAP50-95"))
 KD_TERMS = (("train/cls_kd", "detkd cls_kd"), ("train/box_kd", "detkd box_kd"), ("train/feat_kd", "detkd feat_kd"),
@@ -66,8 +68,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float = 0.085) -> list[tuple[float, float]]:
-    """Label offsets (points) that keep the text boxes (``w`` x ``h`` axes fractions) of close points apart."""
+def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float = 0.085,
+                  only: list[int] | None = None) -> list[tuple[float, float]]:
+    """Label offsets (points) that keep the text boxes (``w`` x ``h`` axes fractions) of close points apart and off
+    every point; ``only``: the indices that get a label (default all), in that order."""
     fig_w, fig_h = ax.figure.get_size_inches() * 72 * ax.get_position().size  # axes size in points
     to_ax = (ax.transData + ax.transAxes.inverted()).transform
     placed: list[tuple[float, float]] = []
@@ -79,14 +83,14 @@ def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float 
                 or any(j != own and bx - 0.01 <= mx <= bx + w and by - 0.02 <= my <= by + h
                        for j, (mx, my) in enumerate(markers)))
 
-    for i in sorted(range(len(pts)), key=lambda i: (pts[i][1], pts[i][0])):
+    for i in sorted(range(len(pts)) if only is None else only, key=lambda i: (pts[i][1], pts[i][0])):
         fx, fy = markers[i]
         dx = 8.0 if fx < 1 - w else -8.0 - w * fig_w  # right of the point, or left near the right edge
         bx = fx + dx / fig_w
-        k = 0
-        while clash(bx, fy + k * h + 0.02, i) and k < 12:
-            k += 1
-        by = fy + k * h + 0.02
+        # above the point, else below, else further up/down; inside the axes when it can be
+        tries = [fy + k * h + 0.02 for k in (0, -1, 1, -2, 2, -3, 3, -4, 4, 5, 6, 7, 8, 9, 10, 11, 12)]
+        inside = [b for b in tries if 0.0 <= b <= 1.0 - h] or tries
+        by = next((b for b in inside if not clash(bx, b, i)), inside[0])
         placed.append((bx, by))
         offsets[i] = (dx, (by - fy) * fig_h)
     return offsets
@@ -95,7 +99,8 @@ def _place_labels(ax, pts: list[tuple[float, float]], w: float = 0.24, h: float 
 def map_points(specs) -> list[dict]:
     """The AP-vs-FPS points: one per configuration (``config``) at the mean AP and FPS of its runs, with the runs'
     AP range (``ap_lo``, ``ap_hi``) and count ``n``; labelled without the seed when a configuration has several
-    runs (seeds), else by the run's own label. Runs without AP or FPS are left out."""
+    runs (seeds), else by the run's own label. Runs without AP or FPS are left out. Exported variants (kind
+    'deploy') carry ``variant`` and their source run's ``source_kind`` and ``source_config`` (for its colour)."""
     groups: dict[str, list] = {}
     for r in specs:
         if r.metrics.get("AP") is not None and r.speed.get("fps"):
@@ -106,32 +111,47 @@ def map_points(specs) -> list[dict]:
         label = runs[0].label if len(runs) == 1 else runs[0].config_label
         points.append({"label": label, "kind": runs[0].kind, "config": runs[0].config or runs[0].key,
                        "fps": sum(float(r.speed["fps"]) for r in runs) / len(runs), "ap": sum(aps) / len(aps),
-                       "ap_lo": min(aps), "ap_hi": max(aps), "n": len(runs)})
+                       "ap_lo": min(aps), "ap_hi": max(aps), "n": len(runs), "variant": runs[0].variant})
+    kinds = {r.key: (r.kind, r.config or r.key) for r in specs}
+    for p, runs in zip(points, groups.values()):
+        p["source_kind"], p["source_config"] = kinds.get(runs[0].source, (p["kind"], p["config"]))
     return points
+
+
+def point_marker(p: dict) -> str:
+    """The marker of a point: its variant's for an exported file, else its kind's."""
+    return VARIANT_MARKERS.get(p.get("variant") or "", MARKERS.get(p["kind"], "o"))
 
 
 def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50:.95]") -> Path:
     """Scatter of COCO AP against FPS, one labelled point per configuration (the mean of its seeds, the seeds' AP
-    range as an error bar), the Pareto front drawn as a dashed step line."""
+    range as an error bar), the Pareto front drawn as a dashed step line. Exported variants (compare --deploy) are
+    drawn in their run's colour with one marker per backend x precision (legend: the markers once, not every file);
+    only those on the Pareto front get a text label."""
     from matplotlib.ticker import ScalarFormatter
 
     points = map_points(specs)
     fig, axes = _figure(1, 1, (8, 5.6), 120)
     ax = axes[0][0]
     pts = [(p["fps"], p["ap"]) for p in points]
-    cols = [c for c, _ in plot_styles([(p["kind"], p["config"]) for p in points])]
+    cols = [c for c, _ in plot_styles([(p["source_kind"], p["source_config"]) for p in points])]
     front = pareto_front(pts) if pts else []
     for n, (p, (x, y), c) in enumerate(zip(points, pts, cols)):
         if p["n"] > 1:
             ax.errorbar([x], [y], yerr=[[y - p["ap_lo"]], [p["ap_hi"] - y]], color=c, lw=1.2, capsize=4, zorder=3)
         label = p["label"] + (f" ({p['n']} seeds)" if p["n"] > 1 else "")
-        ax.scatter([x], [y], s=90, color=c, marker=MARKERS.get(p["kind"], "o"), edgecolor="white", linewidth=0.8,
-                   zorder=4, label=label)
+        ax.scatter([x], [y], s=90, color=c, marker=point_marker(p), edgecolor="white", linewidth=0.8,
+                   zorder=4, label=None if p.get("variant") else label)
         if n in front and len(pts) > 1:
             ax.scatter([x], [y], s=260, facecolor="none", edgecolor="#777777", linewidth=1.0, zorder=3)
     if len(front) > 1:
         ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="pre", ls="--", color="#999999",
                 lw=1.2, zorder=2)
+    for variant in dict.fromkeys(p["variant"] for p in points if p.get("variant")):  # one entry per marker
+        from detkd.compare.deploy import variant_label
+
+        ax.scatter([], [], s=90, color="#555555", marker=VARIANT_MARKERS.get(variant, "o"),
+                   label=f"exported: {variant_label(variant)} (in its run's colour)")
     if len(pts) > 1:  # legend entry for the front (rings mark Pareto-optimal points)
         ax.plot([], [], ls="--", color="#999999", marker="o", mfc="none", mec="#777777", ms=11,
                 label="Pareto front (ringed)")
@@ -149,7 +169,9 @@ def plot_map_vs_fps(specs, path, subtitle: str = "", ylabel: str = "COCO AP@[.50
     ys = [p["ap_hi"] for p in points] or [0.0]
     top = max(0.05, max(ys) * 1.35)
     ax.set_ylim(-0.02 * top, top)  # a little room below AP 0 so markers there are not clipped
-    for (p, (x, y), c), off in zip(zip(points, pts, cols), _place_labels(ax, pts)):
+    shown = [n for n, p in enumerate(points) if not p.get("variant") or n in front]  # text labels
+    offsets = _place_labels(ax, pts, only=shown)
+    for p, (x, y), c, off in [(points[n], pts[n], cols[n], offsets[n]) for n in shown]:
         ax.annotate(f"{p['label']}\nAP {y:.3f}, {x:.0f} FPS", (x, y), textcoords="offset points", xytext=off,
                     fontsize=8, color=c, va="bottom",
                     arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.6) if abs(off[1]) > 14 else None)

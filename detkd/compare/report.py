@@ -157,8 +157,11 @@ def _guard_lines(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
-def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: dict) -> str:
-    """The whole report.md."""
+def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: dict,
+                    deploy: list[dict] | None = None) -> str:
+    """The whole report.md (``deploy``: :func:`detkd.compare.deploy.deploy_rows`, a section of its own)."""
+    from detkd.compare.deploy import format_deploy_section
+
     from detkd.bench.report import machine_line
 
     t = next(r for r in rows if r["kind"] == "teacher")
@@ -191,6 +194,7 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
                   "'better' when every seed beats its baseline and the worst distilled seed is above the best "
                   "baseline seed ('worse' the other way round), else 'within the spread'.", "",
                   format_seed_table(aggregate(rows)), ""]
+    lines += format_deploy_section(deploy or [])
     lines += _guard_lines(rows)
     lines += ["## KD configurations", ""]
     lines += [_kd_line(r["config_label"], r["kd"]) for r in rows if r["kind"] == "distilled"
@@ -205,7 +209,9 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
     lines += ["", "## Runs", "", f"Teacher: `{t['weights']}` (evaluated, not trained).", ""]
     lines += _runs_table(rows)
     lines += ["", "## Plots", "", "![AP vs FPS](map_vs_fps.png)", "",
-              "AP vs FPS with the Pareto front (up and right is better).", "",
+              "AP vs FPS with the Pareto front (up and right is better)"
+              + ("; exported files are drawn in their run's colour, one marker per backend x precision." if deploy
+                 else "."), "",
               "![training curves](training_curves.png)", "",
               "Per-epoch detection loss terms (box, cls, dfl), validation mAP50-95 and the KD terms "
               "(detkd: cls_kd, box_kd, feat_kd; Ultralytics: dis_loss) of every student run.", "",
@@ -213,19 +219,22 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
     return "\n".join(lines) + "\n"
 
 
-def write_report(specs, s, data_yaml: str, coco: bool, out: Path):
-    """Write report.md and report.json into ``out``; return a :class:`~detkd.compare.experiment.CompareResult`."""
+def write_report(specs, s, data_yaml: str, coco: bool, out: Path, deployed=()):
+    """Write report.md and report.json into ``out``; return a :class:`~detkd.compare.experiment.CompareResult`.
+    ``deployed``: the exported variants of ``--deploy`` (their own section and JSON key ``deploy``)."""
     from detkd.bench.machine import machine_info
+    from detkd.compare.deploy import deploy_rows
     from detkd.compare.experiment import CompareResult, settings_dict
 
     rows = build_rows(specs)
+    deploy = deploy_rows(deployed, specs)
     machine = machine_info(s.bench_device)
-    md = render_markdown(rows, s, data_yaml, coco, machine)
+    md = render_markdown(rows, s, data_yaml, coco, machine, deploy=deploy)
     out = Path(out)
     (out / "report.md").write_text(md)
     payload = {"settings": settings_dict(s), "data_yaml": str(data_yaml), "evaluation": BACKEND_LABEL[resolve_backend()] if coco else
                "ultralytics", "machine": machine, "rows": rows, "teacher_verdict": teacher_verdict(rows),
-               "outcome": outcome(rows)}
+               "outcome": outcome(rows), "deploy": deploy}
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=str))
     return CompareResult(out_dir=out, report_md=out / "report.md", report_json=out / "report.json",
                          map_vs_fps_png=out / "map_vs_fps.png", training_curves_png=out / "training_curves.png",

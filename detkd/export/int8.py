@@ -40,9 +40,14 @@ DEFAULT_CALIB_IMAGES = 300  # Ultralytics' recommendation for INT8 calibration (
 DEFAULT_MAX_DROP = 0.01
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 DEPLOY_EXTRA = "pip install -e '.[deploy]'"
-WHAT_TO_TRY = ("try: more or more representative calibration images (--calib-images, training images like your "
-               "deployment's), --format openvino (NNCF with bias correction) instead of onnx, the training --imgsz, "
-               "or deploy FP32/FP16 (or OpenVINO FP32, often as fast on CPUs: compare the latencies above)")
+
+
+def what_to_try(fmt: str) -> str:
+    """Advice after a failed INT8 export of ``fmt``."""
+    other = " --format openvino (NNCF, with bias correction) instead of onnx," if fmt == "onnx" else ""
+    return (f"Try: more or more representative calibration images (--calib-images; the training images should look "
+            f"like what you deploy on),{other} --imgsz at the training size, or deploy FP32 (OpenVINO FP32 is often "
+            f"as fast as INT8 on CPUs: compare the latencies above)")
 
 
 def int8_formats() -> list[str]:
@@ -275,10 +280,11 @@ class Int8Result:
             lines.append(self.parity.summary())
         if not self.within_drop:
             lines.append(f"INT8 FAILED: AP drops by {-self.delta_ap:.4f}, more than --max-int8-drop "
-                         f"{self.max_drop:g}. The artefact is kept for inspection; do not deploy it. {WHAT_TO_TRY}.")
+                         f"{self.max_drop:g}. The artefact is kept for inspection; do not deploy it. "
+                         f"{what_to_try(self.format)}.")
         elif not self.parity_ok:
             lines.append(f"INT8 FAILED: its detections disagree with the FP32 student beyond INT8's tolerance. "
-                         f"{WHAT_TO_TRY}.")
+                         f"{what_to_try(self.format)}.")
         if -(self.delta_ap or 0) <= self.max_drop and self.latency_int8 and p8 >= p32:
             lines.append("Note: INT8 is not faster than FP32 on this backend and CPU: deploy the FP32 model here.")
         return "\n".join(lines)
@@ -288,6 +294,37 @@ class Int8Result:
         d.update(delta_ap=self.delta_ap, passed=self.passed,
                  parity=self.parity.to_dict() if self.parity is not None else None)
         return json.loads(json.dumps(d, default=str))
+
+
+def export_calibrated(net, fmt: str, data_yaml: str, out_dir: str | Path, stem: str, imgsz: int = 640,
+                      device: str = "cpu", calib_images: int = DEFAULT_CALIB_IMAGES, calib_seed: int = 0,
+                      verbose: bool = False) -> tuple[Path, dict]:
+    """Ultralytics' INT8 export of ``net`` calibrated on :func:`pick_calibration_images` of ``data_yaml``.
+
+    Writes the artefact (``<stem>_int8.onnx`` / ``<stem>_int8_openvino_model/``) and the calibration list
+    ``<stem>_int8_calibration.txt`` into ``out_dir``. Returns ``(artefact, calibration)`` with calibration
+    ``{'n', 'available', 'seed', 'list', 'split': 'train'}``.
+    """
+    from detkd.export.exporter import export_loaded
+
+    images = pick_calibration_images(data_yaml, calib_images, calib_seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listing = out_dir / f"{stem}_int8_calibration.txt"
+    listing.write_text("".join(f"{p}\n" for p in images))
+    calibration = {"n": len(images), "available": len(split_images(data_yaml, "train")), "seed": int(calib_seed),
+                   "list": str(listing), "split": "train"}
+    with tempfile.TemporaryDirectory(prefix="detkd-int8-") as tmp, _quiet_quantizers(verbose):
+        calib_yaml = write_calibration_yaml(images, data_yaml, Path(tmp) / "calibration")
+        # exported in a scratch folder, then moved: Ultralytics' ONNX INT8 export deletes its intermediate
+        # <stem>.onnx, which would be the user's FP32 export if it ran in out_dir
+        built = export_loaded(net, fmt, Path(tmp) / "export", stem, imgsz=imgsz, device=device, verbose=verbose,
+                              int8=True, calibration_data=str(calib_yaml))
+        path = out_dir / built.name
+        if path.is_dir():
+            shutil.rmtree(path)
+        shutil.move(str(built), str(path))
+    return path, calibration
 
 
 def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640, device: str = "cpu",
@@ -304,23 +341,15 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     from detkd.compare.experiment import is_coco_data
     from detkd.export.exporter import check_onnx_graph, check_openvino_graph, export_loaded
 
-    data_yaml = resolve_data(data)
-    images = pick_calibration_images(data_yaml, calib_images, calib_seed)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    listing = out_dir / f"{stem}_int8_calibration.txt"
-    listing.write_text("".join(f"{p}\n" for p in images))
-    calibration = {"n": len(images), "available": len(split_images(data_yaml, "train")), "seed": int(calib_seed),
-                   "list": str(listing), "split": "train"}
-    with tempfile.TemporaryDirectory(prefix="detkd-int8-") as tmp, _quiet_quantizers(verbose):
-        calib_yaml = write_calibration_yaml(images, data_yaml, Path(tmp))
-        # INT8 first: Ultralytics' ONNX INT8 export deletes its intermediate <stem>.onnx, which the FP32 twin rewrites
-        int8_path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose,
-                                  int8=True, calibration_data=str(calib_yaml))
+    data_yaml = resolve_data(data)
+    int8_path, calibration = export_calibrated(net, fmt, data_yaml, out_dir, stem, imgsz=imgsz, device=device,
+                                               calib_images=calib_images, calib_seed=calib_seed, verbose=verbose)
     result = Int8Result(fmt, int8_path, None, calibration, max_drop=float(max_drop))
     if fmt not in MEASURED_FORMATS:
         return _saved(result, out_dir, stem)
-    result.fp32_path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
+    with _quiet_quantizers(verbose):
+        result.fp32_path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
     result.graph = (check_onnx_graph(int8_path, net, imgsz) if fmt == "onnx"
                     else check_openvino_graph(int8_path, net, imgsz))
     coco = is_coco_data(data_yaml)
