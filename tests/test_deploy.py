@@ -217,3 +217,18 @@ def test_openvino_models_without_openvino_name_the_extra(monkeypatch, shapes_yam
     rows = run_benchmarks([str(folder)], imgsz=IMGSZ, progress=False, **FAST)
     assert [(r["backend"], r["status"]) for r in rows] == [("openvino", "skipped")]
     assert "pip install -e '.[deploy]'" in rows[0]["reason"]
+
+
+def test_fastest_line_compares_a_checkpoint_with_its_exports():
+    from detkd.bench.report import fastest_lines
+
+    def row(model, backend, prec, p50, ran=None):
+        return {"model": model, "backend": backend, "precision": prec, "executed": ran or prec, "batch": 1,
+                "status": "ok", "latency_ms": {"p50": p50}}
+
+    rows = [row("best.pt", "torch", "fp32", 10.0), row("best.pt", "openvino", "fp32", 5.0),
+            row("best_int8_openvino_model", "openvino", "int8", 4.0), row("best.onnx", "onnxruntime", "fp32", 8.0),
+            row("other.pt", "torch", "fp32", 1.0)]
+    assert fastest_lines(rows) == [
+        "fastest for best.pt b1: openvino int8 (ran int8, best_int8_openvino_model), p50 4.00 ms = 2.5x torch fp32 "
+        "(10.00 ms)"]

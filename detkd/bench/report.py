@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,23 +39,35 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fastest_lines(rows: list[dict]) -> list[str]:
-    """One line per (model, batch) with several measured settings: the backend x precision with the lowest p50
-    model-only latency, the precision that really ran, and its speed-up over torch FP32 when that row is there.
+def model_family(label: str) -> str:
+    """The model a row's label belongs to, so a checkpoint and its exports compare as one model:
+    ``best.pt``, ``best.onnx``, ``best_int8.onnx``, ``best_openvino_model``, ``best_int8_openvino_model`` -> ``best``."""
+    name = re.sub(r"\.(pt|pth|onnx|yaml|yml|xml)$", "", label.rstrip("/"))
+    name = re.sub(r"_openvino_model$", "", name)
+    return re.sub(r"_(int8|fp16|half)$", "", name)
 
-    ``"fastest for best.pt b1: openvino bf16 (ran bf16), p50 3.1 ms = 2.4x torch fp32 (7.4 ms)"``
+
+def fastest_lines(rows: list[dict]) -> list[str]:
+    """One line per model (a checkpoint and its exports together, :func:`model_family`) and batch with several
+    measured settings: the backend x precision with the lowest p50 model-only latency, the precision that really ran,
+    and its speed-up over torch FP32 when that row is there.
+
+    ``"fastest for best.pt b1: openvino bf16 (ran bf16), p50 3.1 ms = 2.4x torch fp32 (7.4 ms)"``; an export that wins
+    is named: ``"... openvino int8 (ran int8, best_int8_openvino_model) ..."``.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("status") == "ok":
-            groups.setdefault((r["model"], r["batch"]), []).append(r)
+            groups.setdefault((model_family(r["model"]), r["batch"]), []).append(r)
     lines = []
-    for (model, batch), rs in groups.items():
+    for (_, batch), rs in groups.items():
         if len(rs) < 2:
             continue
         best = min(rs, key=lambda r: r["latency_ms"]["p50"])
+        model = rs[0]["model"]
+        which = f", {best['model']}" if best["model"] != model else ""
         line = (f"fastest for {model} b{batch}: {best['backend']} {best['precision']} (ran "
-                f"{best.get('executed') or best['precision']}), p50 {best['latency_ms']['p50']:.2f} ms")
+                f"{best.get('executed') or best['precision']}{which}), p50 {best['latency_ms']['p50']:.2f} ms")
         base = next((r for r in rs if r["backend"] == "torch" and r["precision"] == "fp32"), None)
         if base is not None and base is not best:
             line += (f" = {base['latency_ms']['p50'] / best['latency_ms']['p50']:.1f}x torch fp32 "

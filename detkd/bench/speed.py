@@ -341,7 +341,7 @@ def benchmark_model(model: str | Path | torch.nn.Module, imgsz: int = 640, batch
             warm_up(model_only, run_dev, warmup, time_budget / 2)
             times = timed_calls(model_only, run_dev, iters, time_budget, min_iters)
             pipe_s = pipelined_seconds(model_only, run_dev, len(times))
-        if used["executed"] != precision:
+        if used["executed"] != precision or precision == "int8":  # INT8: say what the unquantized layers ran in
             notes.append(f"ran in {used['executed']}: {used['executed_detail']}")
         row = {
             "model": label, **{k: (round(v, 3) if v is not None else None) for k, v in profile.items()},
