@@ -86,6 +86,10 @@ class KDConfig:
             top of matching by name (case and spaces ignored): ``'car,truck,bus=vehicle;person=pedestrian'`` or a
             mapping ``{teacher: student}``; several teacher classes may merge into one (noisy-OR of their scores).
             Stored as the mapping. See :mod:`detkd.models.class_map` and docs/classes.md.
+        keep_teacher_classes: learn the data's classes without forgetting the teacher's (one teacher: the old
+            model). The student's classes are the teacher's, then the data's new ones; the teacher's classes the data
+            does not label get no background loss from the labels and are taught by the teacher (soft KD + its
+            detections as targets at ``pseudo_conf``). See :mod:`detkd.engine.incremental`.
     """
 
     teacher: str | list | None = None
@@ -118,6 +122,7 @@ class KDConfig:
     unlabeled_ratio: float = 0.5
     pseudo_conf: float | str | None = "auto"
     class_map: str | dict | None = None
+    keep_teacher_classes: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +160,7 @@ class KDConfig:
         self._validate_teachers()
         self._validate_unlabeled()
         self.class_map = parse_class_map(self.class_map)  # syntax here; the names when the teacher is loaded
+        self._validate_keep_teacher_classes()
         return self
 
     def _check_numbers(self) -> None:
@@ -185,10 +191,20 @@ class KDConfig:
                 raise ConfigError(f"pseudo_conf={self.pseudo_conf} must be a confidence in (0, 1), 'auto' (default: "
                                   f"{PSEUDO_CONF_DEFAULT:g} with unlabelled images) or 'off' (soft KD only).")
             self.pseudo_conf = float(self.pseudo_conf)
-            if not self.unlabeled:
+            if not self.unlabeled and not self.keep_teacher_classes:
                 raise ConfigError("pseudo_conf labels unlabelled images: give them with --unlabeled PATH.")
         if self.unlabeled:
             self.unlabeled = str(Path(str(self.unlabeled)).expanduser().resolve())  # resume/DDP from any folder
+
+    def _validate_keep_teacher_classes(self) -> None:
+        if not self.keep_teacher_classes:
+            return
+        if len(self.teachers) > 1:
+            raise ConfigError("keep_teacher_classes learns new classes on top of one old model: give one --teacher "
+                              "(the model whose classes are kept).")
+        if self.class_map:
+            raise ConfigError("keep_teacher_classes keeps the teacher's classes under their own names: drop "
+                              "--class-map (a data class with a teacher class's name is that class).")
 
     def check_classes(self, nc: int) -> "KDConfig":
         """Refuse settings that cannot work with ``nc`` classes (known once the data is read)."""
@@ -244,7 +260,7 @@ class KDConfig:
     def pseudo_threshold(self) -> float | None:
         """The confidence at which the teacher's detections become hard labels on the unlabelled images; None: no
         hard pseudo-labels (no unlabelled images, or soft KD only)."""
-        if not self.unlabeled or self.pseudo_conf is None:
+        if not (self.unlabeled or self.keep_teacher_classes) or self.pseudo_conf is None:
             return None
         return PSEUDO_CONF_DEFAULT if self.pseudo_conf == "auto" else float(self.pseudo_conf)
 
@@ -310,6 +326,10 @@ class KDConfig:
                     + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
         if self.class_map:
             rows.append(f"class_map          {format_class_map(self.class_map)} (+ classes matched by name)")
+        if self.keep_teacher_classes:
+            rows.append("keep_teacher_classes: the student learns the teacher's classes + the data's; old classes "
+                        "taught by the teacher" + (f" (soft KD + its detections at conf >= {self.pseudo_threshold:g})"
+                                                   if self.pseudo_threshold is not None else " (soft KD only)"))
         if self.unlabeled:
             rows.append(f"unlabeled {self.unlabeled} (share of each epoch {self.unlabeled_ratio:g}; "
                         + (f"soft KD + pseudo-labels at conf >= {self.pseudo_threshold:g})"

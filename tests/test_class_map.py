@@ -296,3 +296,105 @@ def test_eval_prints_and_saves_ap_per_class_group(capsys, tmp_path, shapes_coco,
     assert main(["eval", "--model", teacher_pt, "--data", str(shapes_coco), "--imgsz", "64",
                  "--out", str(out), "--class-groups", "old=circle,disc"]) == 2
     assert "'disc' is not a class of the data" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- item 3: new classes, old ones kept
+def test_incremental_classes_are_the_teachers_then_the_new_ones():
+    from detkd.engine.incremental import union_classes
+
+    union, table, labelled = union_classes({0: "cat", 1: "dog", 2: "car"}, ["Dog ", "bird"])
+    assert union == ["cat", "dog", "car", "bird"] and table == [1, 3]
+    assert labelled == [False, True, False, True]  # cat, car: the teacher's only; dog: partial overlap, labelled
+
+
+def test_an_unlabelled_old_class_object_gives_no_background_loss():
+    import torch.nn.functional as F
+
+    from detkd.engine.incremental import BackgroundMaskedBCE
+
+    pred = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])  # (B=1, A=2, C=2): anchor 0 is an unlabelled 'old' object
+    target = torch.tensor([[[0.0, 0.0], [0.8, 0.0]]])  # anchor 1 holds a (teacher-given) target of the old class 0
+    loss = BackgroundMaskedBCE(torch.tensor([True, False]))(pred, target)
+    full = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    assert loss[0, 0, 0].item() == 0.0  # old class, target 0: no background loss (plain BCE: softplus(2) = 2.127)
+    assert full[0, 0, 0].item() == pytest.approx(math.log1p(math.exp(2.0)))
+    assert loss[0, 1, 0].item() == pytest.approx(full[0, 1, 0].item())  # its positives still count
+    assert torch.equal(loss[..., 1], full[..., 1])  # a labelled class: unchanged
+
+
+def test_the_widened_head_keeps_the_old_rows_exactly():
+    from detkd.engine.incremental import widen_from
+
+    torch.manual_seed(0)
+    old, student = _net(2, ["a", "b"]), _net(3, ["a", "b", "c"])
+    fresh = {k: v.clone() for k, v in student.state_dict().items()}
+    assert widen_from(student, old, n_old=2)
+    head, old_head = student.model[-1], old.model[-1]
+    for level in range(len(head.cv3)):
+        new_conv, old_conv = head.cv3[level][-1], old_head.cv3[level][-1]
+        assert torch.equal(new_conv.weight[:2], old_conv.weight) and torch.equal(new_conv.bias[:2], old_conv.bias)
+        key = f"model.{len(student.model) - 1}.cv3.{level}.2"
+        assert torch.equal(new_conv.weight[2:], fresh[f"{key}.weight"][2:])  # the new class: its own init
+        assert torch.equal(new_conv.bias[2:], fresh[f"{key}.bias"][2:])
+    assert torch.equal(student.model[0].conv.weight, old.model[0].conv.weight)  # the rest copied
+    other = _net(3, ["a", "b", "c"], "yolov8s.yaml")
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    assert not widen_from(other, old, n_old=2)  # another architecture: nothing changed
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_teacher_targets_are_added_for_the_unlabelled_classes_only():
+    from detkd.engine.incremental import add_teacher_pseudo_labels
+
+    batch = {"img": torch.zeros(1, 3, 64, 64), "batch_idx": torch.zeros(1), "cls": torch.tensor([[1.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0], [32.0, 32.0, 64.0, 64.0]]])  # (B, A=2, 4) px
+    logits = torch.tensor([[[3.0, -9.0], [-9.0, 3.0]]])  # anchor 0: old class 0, anchor 1: the labelled class 1
+    out = add_teacher_pseudo_labels(batch, torch.tensor([True]), boxes, logits, torch.tensor([True, False]), 0.25)
+    assert out["cls"].view(-1).tolist() == [1.0, 0.0] and out["batch_idx"].tolist() == [0.0, 0.0]
+    assert out["bboxes"][1].tolist() == pytest.approx([0.25, 0.25, 0.5, 0.5])  # normalised xywh of the old object
+
+
+def test_keep_teacher_classes_bad_inputs_are_one_line(tmp_path):
+    from detkd.engine.incremental import start_from_old_model
+
+    with pytest.raises(ConfigError, match="give one --teacher"):
+        KDConfig(teacher=["a.pt", "b.pt"], keep_teacher_classes=True)
+    with pytest.raises(ConfigError, match="drop --class-map"):
+        KDConfig(teacher="a.pt", keep_teacher_classes=True, class_map="a=b")
+    assert KDConfig(teacher="a.pt", keep_teacher_classes=True).pseudo_threshold == 0.25
+    other = tmp_path / "other.pt"
+    torch.save({"model": _net(2, ["x", "y"]), "train_args": {}}, other)
+    with pytest.raises(IncompatibleModelsError, match="student checkpoint .* predicts x, y: neither the teacher's "
+                                                      "classes \\(a, b\\) nor the teacher's \\+ the data's"):
+        start_from_old_model(_net(3, ["a", "b", "c"]), str(other), "unused.pt", ["a", "b"], ["a", "b", "c"])
+
+
+@pytest.mark.slow
+def test_incremental_run_widens_the_old_model_and_teaches_its_classes(tmp_path, shapes_yaml):
+    from detkd.engine.incremental import BackgroundMaskedBCE
+    from detkd.engine.trainer import DistillationTrainer
+
+    torch.manual_seed(0)
+    old = tmp_path / "old.pt"  # knows circle and square, and 'car', which the shapes data never labels
+    torch.save({"model": _net(3, ["circle", "Square", "car"]), "train_args": {}, "epoch": -1}, old)
+    old_rows = torch.load(old, weights_only=False)["model"].model[-1].cv3[0][-1].weight.clone()
+    seen = {}
+
+    def at_start(trainer):
+        seen["rows"] = trainer.model.model[-1].cv3[0][-1].weight.detach().clone()
+
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="inc", val=False, **{**TINY_TRAIN, "epochs": 1}),
+                                  kd=KDConfig(teacher=str(old), keep_teacher_classes=True))
+    trainer.add_callback("on_pretrain_routine_end", at_start)
+    trainer.train()
+    assert list(trainer.data["names"].values()) == ["circle", "Square", "car", "triangle", "cross"]
+    assert torch.equal(seen["rows"][:3], old_rows)  # started from the old model, its class rows kept
+    labels = {int(c) for lb in trainer.train_loader.dataset.labels for c in lb["cls"].ravel()}
+    assert labels <= {0, 1, 3, 4} and {3, 4} & labels  # the data's labels renumbered into the student's classes
+    criterion = trainer.model.criterion
+    assert isinstance(criterion.det.bce, BackgroundMaskedBCE)
+    assert criterion.det.bce.unlabelled.tolist() == [False, False, True, False, False]  # car: the teacher's only
+    best = torch.load(trainer.best, map_location="cpu", weights_only=False)["model"]
+    assert list(best.names.values()) == ["circle", "Square", "car", "triangle", "cross"]

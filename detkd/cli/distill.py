@@ -25,6 +25,7 @@ KD_FLAGS = {
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
     "teacher_graphs": "teacher_graphs", "teacher_overlap": "teacher_overlap", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
     "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule", "class_map": "class_map",
+    "keep_teacher_classes": "keep_teacher_classes",
 }
 # Ultralytics training arguments exposed as first-class flags (anything else: --set key=value).
 TRAIN_FLAGS = ("epochs", "imgsz", "batch", "device", "project", "name", "seed", "workers", "lr0", "optimizer",
@@ -69,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a teacher with other classes: which teacher class teaches which data class, beyond same "
                         "names (case/spaces ignored), e.g. 'car,truck,bus=vehicle;person=pedestrian' (quote it; "
                         "merged classes: noisy-OR of their scores). See docs/classes.md")
+    g.add_argument("--keep-teacher-classes", action="store_const", const=True, default=None,
+                   help="learn the data's classes without forgetting the teacher's: the student predicts the "
+                        "teacher's classes + the data's new ones, starts from the teacher's weights when the "
+                        "architectures match, and the teacher teaches the classes the data does not label. See "
+                        "docs/classes.md")
     g.add_argument("--config", help="YAML with a 'kd:' mapping (KD settings) and optional 'train:' mapping")
     g.add_argument("--resume", help="continue an interrupted run from its weights/last.pt (its KD settings; with "
                                     "--teacher: the run's teacher, moved to that path)")

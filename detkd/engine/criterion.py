@@ -58,6 +58,7 @@ class DistillationLoss:
         self.progress = 0.0  # epoch / epochs, set by the trainer each epoch
         self.balancer = LossBalancer() if kd.balance == "detection" else None
         self.last_batch_labeled = True  # the last batch had a detection loss (labelled images or pseudo-labels)
+        self.old_class_targets = None  # --keep-teacher-classes: the teacher's targets (engine/incremental.py)
         self.student_reg_max = int(self.dense.reg_max)
         self.box_path = box_kd_path(self.student_reg_max, teacher.reg_max)
 
@@ -115,12 +116,15 @@ class DistillationLoss:
             t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor
             det_batch, keep = pseudo_label_targets(batch, labeled, t_boxes, confidence_logits(teacher),
                                                    self.kd.pseudo_threshold), None
+        if self.old_class_targets is not None:  # the teacher labels its classes that the data does not
+            det_batch = self.old_class_targets(det_batch, labeled, teacher, anchor_points, stride_tensor)
         fg_mask, o2o_fg, det_loss, items = self.detection_loss(dense_raw, o2o_raw, det_batch, keep)
         self.last_batch_labeled = keep is None or bool(keep.any())  # (detection_loss synced on keep.any() already)
         if self.balancer is not None:
             self.balancer.observe_detection(det_loss.sum(), self.last_batch_labeled)
         student = split_head_outputs(dense_raw)
-        kd_terms = self.distillation_terms(student, batch, fg_mask, anchor_points, stride_tensor,
+        kd_batch = batch if self.old_class_targets is None else det_batch  # the teacher's targets are labels there
+        kd_terms = self.distillation_terms(student, kd_batch, fg_mask, anchor_points, stride_tensor,
                                            one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg),
                                            teacher=teacher, labeled=labeled)
         items.update({k: v.detach() for k, v in kd_terms.items()})

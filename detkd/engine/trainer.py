@@ -45,6 +45,8 @@ from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimiz
                                       load_balancer, reset_adapters, save_adapters, save_kd_state,
                                       written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
+from detkd.engine.incremental import (OldClassTargets, describe_union, incremental_data, mask_background_loss,
+                                      remap_labels, start_from_old_model)
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
 from detkd.errors import ConfigError, DetKDError
@@ -145,9 +147,46 @@ class DistillationTrainer(StudentTrainer):
         """Build the student (Ultralytics), then the teacher, the compatibility checks and the adapters."""
         ckpt = super().setup_model()
         self._first_epoch = (ckpt or {}).get("epoch", -1) + 1 if self.resume else 0  # the unlabelled pool's cursor
+        if self.kd.keep_teacher_classes and not self.resume:
+            self._start_from_old_model()
         self._attach_teacher()
         self._adapters_restored = self.resume and self.adapters is not None and self._restore_adapters(ckpt)
         return ckpt
+
+    # -------------------------------------------------------------- new classes on top of the teacher's
+    def get_dataset(self):
+        """Ultralytics' data description; with ``keep_teacher_classes`` the student's classes are the teacher's and
+        then the data's new ones, the labels renumbered by :meth:`build_dataset` (:mod:`detkd.engine.incremental`)."""
+        data = super().get_dataset()
+        self._incremental = None
+        kd = KDConfig.coerce(dict(self.args.kd)) if self.args.kd else None
+        if kd is not None and kd.keep_teacher_classes and kd.teachers:
+            data, table, labelled, t_names = incremental_data(data, kd.teachers[0])
+            self._incremental = {"table": table, "labelled": labelled, "teacher_names": t_names}
+            if RANK in {-1, 0}:
+                LOGGER.info(f"{PREFIX}{describe_union(t_names, list(data['names'].values()), labelled)}")
+        return data
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        dataset = super().build_dataset(img_path, mode, batch)
+        if getattr(self, "_incremental", None):
+            remap_labels(dataset, self._incremental["table"])
+        return dataset
+
+    def _start_from_old_model(self) -> None:
+        """The student starts from the old model's weights, head widened (see :func:`start_from_old_model`)."""
+        done = start_from_old_model(unwrap_model(self.model), self.args.model, self.kd.teachers[0],
+                                    self._incremental["teacher_names"], list(self.data["names"].values()))
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{PREFIX}{done}")
+
+    def _teach_old_classes(self, criterion: DistillationLoss) -> None:
+        """The labels' loss gives the teacher's unlabelled classes no background term; the teacher's detections of
+        them become targets."""
+        unlabelled = ~torch.tensor(self._incremental["labelled"])
+        mask_background_loss(criterion.det, unlabelled.to(self.device))
+        criterion.old_class_targets = OldClassTargets(unlabelled.to(self.device), self.kd.pseudo_threshold,
+                                                      self.teacher.reg_max)
 
     def _attach_teacher(self) -> None:
         kd = self.kd
@@ -286,6 +325,8 @@ class DistillationTrainer(StudentTrainer):
         student = unwrap_model(self.model)
         student.criterion = DistillationLoss(_detection_criterion(student), self.teacher_runner,
                                              self._adapters_in_loss, self.kd)
+        if self.kd.keep_teacher_classes:
+            self._teach_old_classes(student.criterion)
         if RANK in {-1, 0}:
             LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
