@@ -145,3 +145,30 @@ def test_an_exported_artefact_is_refused_as_teacher_and_for_resume(kind, tmp_pat
     _fails_with(capsys, ["distill", "--teacher", str(path), "--data", str(shapes_coco)],
                 f"is an exported {fmt} model", "teacher", ".pt")
     _fails_with(capsys, ["distill", "--resume", str(path)], f"is an exported {fmt} model", "last.pt")
+
+
+def _parity(matched, borderline, mismatched, n_torch, n_int8):
+    from detkd.export.parity import INT8_TOLERANCE, Int8ParityReport
+
+    return Int8ParityReport(n_images=8, runtime="onnx", conf=0.25, det_conf=0.25, n_det_torch=n_torch,
+                            n_det_int8=n_int8, n_matched=matched, n_borderline=borderline, n_mismatched=mismatched,
+                            checked=matched + mismatched > 0, passed=False, **INT8_TOLERANCE)
+
+
+def test_int8_parity_tolerates_a_tenth_of_the_detections_and_never_passes_on_nothing():
+    assert _parity(90, 5, 10, 100, 95).state == "PASS"  # 10 of 100 disagree: within INT8's 10%
+    assert _parity(84, 5, 11, 100, 95).state == "FAIL"
+    nothing = _parity(0, 12, 0, 6, 6)  # every detection within the score margin of the threshold: undecided
+    assert nothing.state == "NOTHING COMPARED" and "not verified" in nothing.summary()
+
+
+def test_an_int8_file_whose_detections_disagree_fails_even_within_the_ap_drop():
+    from detkd.export.int8 import Int8Result
+
+    latency = {"latency_ms": {"p50": 2.0}, "precision": "int8"}
+    result = Int8Result("onnx", Path("m_int8.onnx"), Path("m.onnx"), {"n": 8, "available": 24, "seed": 0,
+                                                                       "list": "l.txt"}, measured=True, method="COCO AP",
+                        ap_fp32=0.5, ap_int8=0.499, latency_fp32=latency, latency_int8=latency,
+                        parity=_parity(50, 0, 40, 90, 50))
+    assert result.within_drop and not result.passed
+    assert "INT8 FAILED: its detections disagree" in result.summary()

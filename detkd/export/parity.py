@@ -414,8 +414,10 @@ class Int8ParityReport:
     def summary(self) -> str:
         head = f"INT8 parity {self.state} (torch FP32 vs {self.runtime} INT8, {self.n_images} val images): "
         if self.state == "NOTHING COMPARED":
-            return head + (f"no detection at conf {self.conf:g} or {self.det_conf:g} on either side; the INT8 file was "
-                           f"not verified (an untrained head?).")
+            return head + (f"no decidable detection at conf {self.conf:g} or {self.det_conf:g} (torch "
+                           f"{self.n_det_torch} / int8 {self.n_det_int8}, all within {self.score_margin:g} of the "
+                           f"threshold); the INT8 file was not verified (an untrained head?): pass --parity-images "
+                           f"with images of your classes.")
         lowered = f" (none reached conf {self.conf:g})" if self.det_conf < self.conf else ""
         return (head + f"detections at conf {self.det_conf:g}{lowered} matched by class and IoU >= "
                 f"{self.match_iou:g}: torch {self.n_det_torch} / int8 {self.n_det_int8}: {self.n_matched} matched, "
@@ -476,7 +478,7 @@ def check_int8_parity(net: torch.nn.Module, path: str | Path, images: list[np.nd
     runtime = "openvino" if Path(str(path)).is_dir() else Path(str(path)).suffix.lstrip(".")
     report = Int8ParityReport(n_images=len(x), runtime=runtime, conf=conf, det_conf=det_conf, n_det_torch=n_t,
                               n_det_int8=n_q, n_matched=matched, n_borderline=borderline, n_mismatched=mismatched,
-                              checked=n_t + n_q > 0, passed=False, **tol)
+                              checked=matched + mismatched > 0, passed=False, **tol)  # borderline ones decide nothing
     report.passed = report.state == "PASS"
     if verbose:
         {"PASS": LOGGER.info, "FAIL": LOGGER.error}.get(report.state, LOGGER.warning)(report.summary())
