@@ -394,11 +394,20 @@ class Int8ParityReport:
     match_iou: float
     score_margin: float
     max_disagree: float
-    checked: bool
-    passed: bool
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "checked": self.checked, "passed": self.passed, "state": self.state}
+
+    @property
+    def checked(self) -> bool:
+        """A detection was decided: matched, or found by one side only and not borderline (a borderline one — score
+        within ``score_margin`` of the threshold — decides nothing, so a head whose scores all sit there is not
+        verified)."""
+        return self.n_matched + self.n_mismatched > 0
+
+    @property
+    def passed(self) -> bool:
+        return self.state == "PASS"
 
     @property
     def allowed(self) -> int:
@@ -478,8 +487,7 @@ def check_int8_parity(net: torch.nn.Module, path: str | Path, images: list[np.nd
     runtime = "openvino" if Path(str(path)).is_dir() else Path(str(path)).suffix.lstrip(".")
     report = Int8ParityReport(n_images=len(x), runtime=runtime, conf=conf, det_conf=det_conf, n_det_torch=n_t,
                               n_det_int8=n_q, n_matched=matched, n_borderline=borderline, n_mismatched=mismatched,
-                              checked=matched + mismatched > 0, passed=False, **tol)  # borderline ones decide nothing
-    report.passed = report.state == "PASS"
+                              **tol)
     if verbose:
         {"PASS": LOGGER.info, "FAIL": LOGGER.error}.get(report.state, LOGGER.warning)(report.summary())
     return report
