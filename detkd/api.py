@@ -28,6 +28,7 @@ class RunResult:
     results_csv: Path
     metrics: dict = field(default_factory=dict)
     teacher_metrics: dict = field(default_factory=dict)
+    class_groups: dict = field(default_factory=dict)  # a teacher with other classes: AP per class group
 
     def describe(self) -> str:
         m = self.metrics
@@ -35,6 +36,10 @@ class RunResult:
         if m:
             lines.append(f"val mAP50-95 {m.get('mAP50-95', float('nan')):.4f}   mAP50 {m.get('mAP50', float('nan')):.4f}"
                          f"   ({m.get('source', 'ultralytics')})")
+        if self.class_groups:
+            from detkd.eval.class_groups import format_group_table
+
+            lines.append(format_group_table(self.class_groups))
         return "\n".join(lines)
 
 
@@ -102,6 +107,7 @@ def _result(trainer) -> RunResult:
     return RunResult(
         save_dir=Path(trainer.save_dir), best=Path(trainer.best), last=Path(trainer.last),
         results_csv=Path(trainer.csv), metrics=metrics, teacher_metrics=getattr(trainer, "teacher_metrics", {}),
+        class_groups=getattr(trainer, "class_group_metrics", {}),
     )
 
 

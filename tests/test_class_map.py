@@ -398,3 +398,23 @@ def test_incremental_run_widens_the_old_model_and_teaches_its_classes(tmp_path, 
     assert criterion.det.bce.unlabelled.tolist() == [False, False, True, False, False]  # car: the teacher's only
     best = torch.load(trainer.best, map_location="cpu", weights_only=False)["model"]
     assert list(best.names.values()) == ["circle", "Square", "car", "triangle", "cross"]
+    groups = trainer.class_group_metrics  # item 4: the run's final report per class group
+    assert [(g, m["classes"]) for g, m in groups.items()] == [("teacher's classes", 3), ("new classes", 2),
+                                                               ("all", 5)]
+    assert groups["all"]["AP"] == pytest.approx(trainer.metrics["metrics/mAP50-95(B)"], abs=1e-6)
+
+
+def test_ultralytics_validation_metrics_give_the_group_table():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from detkd.eval.class_groups import group_ap, groups_from_mask, per_class_from_ultralytics
+
+    box = SimpleNamespace(ap_class_index=np.array([0, 2]), ap=np.array([0.3, 0.5]), ap50=np.array([0.6, 0.9]))
+    per_class = per_class_from_ultralytics(SimpleNamespace(box=box, nt_per_class=np.array([2, 0, 1])),
+                                           {0: "cat", 1: "dog", 2: "bird"})
+    assert per_class["per_class"] == {"cat": 0.3, "dog": None, "bird": 0.5}
+    groups = group_ap(per_class, groups_from_mask(["cat", "dog", "bird"], [True, True, False]))
+    assert groups["teacher's classes"]["AP"] == pytest.approx(0.3) and groups["new classes"]["AP"] == 0.5
+    assert groups["all"]["AP"] == pytest.approx(0.4) and groups["all"]["instances"] == 3

@@ -105,6 +105,8 @@ class DistillationTrainer(StudentTrainer):
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
         self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
         self.add_callback("on_train_start", _restore_balancer_on_resume)
+        self.class_group_metrics: dict = {}  # a teacher with other classes: final AP per class group
+        self.add_callback("on_train_end", _report_class_groups)
 
     def _checked_kd(self) -> KDConfig:
         """The run's KD settings (from the args: given, or the checkpoint's on resume), refused when unusable."""
@@ -658,6 +660,22 @@ def _update_kd_progress(trainer: DistillationTrainer) -> None:
         criterion.progress = trainer.epoch / max(trainer.epochs, 1)
     if trainer.labeled_means is not None:
         trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
+
+
+def _report_class_groups(trainer: DistillationTrainer) -> None:
+    """on_train_end (after the final validation): with a teacher that has other classes (a class map,
+    ``--keep-teacher-classes``), the final AP per class group: the classes the teacher teaches, the others, all."""
+    from detkd.eval.class_groups import format_group_table, group_ap, groups_from_mask, per_class_from_ultralytics
+
+    members = getattr(trainer.teacher, "members", None) or [trainer.teacher]
+    masks = [m.class_mask for m in members if isinstance(m, ClassMappedTeacher)]
+    metrics = getattr(getattr(trainer, "validator", None), "metrics", None)
+    if not masks or RANK not in {-1, 0} or getattr(metrics, "box", None) is None:
+        return
+    names = list(trainer.data["names"].values())
+    taught = torch.stack(masks).any(0).tolist()
+    trainer.class_group_metrics = group_ap(per_class_from_ultralytics(metrics, names), groups_from_mask(names, taught))
+    LOGGER.info(f"{PREFIX}final AP per class group (val split):\n" + format_group_table(trainer.class_group_metrics))
 
 
 def _restore_balancer_on_resume(trainer: DistillationTrainer) -> None:

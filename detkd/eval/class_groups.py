@@ -58,9 +58,31 @@ def groups_from_teacher(teacher_names, class_names) -> dict[str, list[str]]:
     ``{"teacher's classes": [...], "new classes": [...], "all": [...]}`` (an empty group is left out)."""
     names = names_list(class_names)
     known = {normalise_name(n) for n in names_list(teacher_names)}
-    groups = {"teacher's classes": [n for n in names if normalise_name(n) in known],
-              "new classes": [n for n in names if normalise_name(n) not in known]}
+    return groups_from_mask(names, [normalise_name(n) in known for n in names])
+
+
+def groups_from_mask(class_names, taught: list[bool]) -> dict[str, list[str]]:
+    """``{"teacher's classes": the classes with ``taught`` True, "new classes": the others, "all"}`` (an empty group
+    is left out), e.g. from a class map's :attr:`~detkd.models.class_map.ClassMap.student_mask`."""
+    names = names_list(class_names)
+    groups = {"teacher's classes": [n for n, t in zip(names, taught) if t],
+              "new classes": [n for n, t in zip(names, taught) if not t]}
     return {**{g: ms for g, ms in groups.items() if ms}, ALL: names}
+
+
+def per_class_from_ultralytics(det_metrics, class_names) -> dict:
+    """Ultralytics' validation metrics (``DetMetrics``) → the ``per_class`` / ``per_class_AP50`` /
+    ``per_class_instances`` entries :func:`group_ap` reads (None for a class without ground truth: Ultralytics'
+    mAP50-95 is the mean over the others, as COCO's)."""
+    names = names_list(class_names)
+    box = det_metrics.box
+    ap, ap50 = dict.fromkeys(names), dict.fromkeys(names)
+    for i, c in enumerate(getattr(box, "ap_class_index", None) if getattr(box, "ap_class_index", None) is not None
+                          else []):
+        ap[names[int(c)]], ap50[names[int(c)]] = float(box.ap[i]), float(box.ap50[i])
+    counts = det_metrics.nt_per_class if getattr(det_metrics, "nt_per_class", None) is not None else []
+    return {"per_class": ap, "per_class_AP50": ap50,
+            "per_class_instances": {names[c]: int(n) for c, n in enumerate(counts) if c < len(names)}}
 
 
 def group_ap(metrics: dict, groups: dict[str, list[str]]) -> dict[str, dict]:
