@@ -172,3 +172,20 @@ def test_an_int8_file_whose_detections_disagree_fails_even_within_the_ap_drop():
                         parity=_parity(50, 0, 40, 90, 50))
     assert result.within_drop and not result.passed
     assert "INT8 FAILED: its detections disagree" in result.summary()
+
+
+def test_weight_only_int8_formats_are_passed_through_without_calibration(monkeypatch, tmp_path, shapes_yaml):
+    """CoreML and MNN INT8 quantize weights only: Ultralytics refuses a 'data' argument for them, so none is given."""
+    import detkd.export.exporter as exporter
+    from detkd.export.int8 import export_calibrated, takes_calibration
+
+    assert takes_calibration("onnx") and takes_calibration("openvino") and not takes_calibration("mnn")
+    seen = {}
+
+    def fake_export(net, fmt, out_dir, stem, **kw):
+        seen.update(kw)
+        return Path(out_dir) / f"{stem}_int8.mnn"
+
+    monkeypatch.setattr(exporter, "export_loaded", fake_export)
+    path, calibration = export_calibrated(None, "mnn", shapes_yaml, tmp_path, "best", imgsz=IMGSZ)
+    assert seen["int8"] and "calibration_data" not in seen and calibration["weight_only"] and calibration["n"] == 0

@@ -134,10 +134,14 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     overrides = {"format": fmt, "imgsz": imgsz, "batch": batch, "quantize": 16 if half else None, "dynamic": dynamic,
                  "device": device, "mode": "export", "verbose": verbose, "data": None}
     if int8:
-        if not calibration_data:
-            raise DetKDError("INT8 export needs calibration data (a data.yaml): detkd never uses Ultralytics' "
-                             "default dataset, which would be downloaded.")
-        overrides.update(quantize=8, data=str(calibration_data), fraction=1.0)
+        from detkd.export.int8 import takes_calibration
+
+        overrides["quantize"] = 8
+        if takes_calibration(fmt):
+            if not calibration_data:
+                raise DetKDError("INT8 export needs calibration data (a data.yaml): detkd never uses Ultralytics' "
+                                 "default dataset, which would be downloaded.")
+            overrides.update(data=str(calibration_data), fraction=1.0)
     if fmt == "onnx":  # Ultralytics rejects ONNX-only arguments for other formats (OpenVINO: 'simplify' not supported)
         overrides.update(simplify=simplify, opset=opset)
     if is_end_to_end(net):

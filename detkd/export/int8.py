@@ -59,6 +59,15 @@ def int8_formats() -> list[str]:
     return [*MEASURED_FORMATS, *(f for f in FORMAT_REQUIREMENTS if f in INT8_FORMATS and f not in MEASURED_FORMATS)]
 
 
+def takes_calibration(fmt: str) -> bool:
+    """True when Ultralytics' INT8 export of ``fmt`` calibrates activations on data (onnx, openvino, engine, litert);
+    False for its weight-only INT8 formats (coreml, mnn)."""
+    from ultralytics.engine.exporter import export_formats
+
+    table = export_formats()
+    return "data" in dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
+
+
 def check_int8_request(fmt: str, data, half: bool = False, dynamic: bool = False, batch: int = 1) -> None:
     """Refuse an INT8 request detkd cannot honour, before any work (:class:`ConfigError`, exit 2)."""
     formats = int8_formats()
@@ -261,7 +270,8 @@ class Int8Result:
         c = self.calibration
         lines = [f"INT8 {self.format}: {self.int8_path}",
                  f"Calibration: {c['n']} of {c['available']} training images, drawn with seed {c['seed']} "
-                 f"(list: {c['list']})"]
+                 f"(list: {c['list']})" if not c.get("weight_only") else
+                 f"Calibration: none (Ultralytics' {self.format} INT8 quantizes weights only)"]
         if not self.measured:
             lines.append(f"Not scored: detkd measures AP and latency of {' and '.join(MEASURED_FORMATS)} artefacts "
                          f"only; validate this one on its target device.")
@@ -307,9 +317,14 @@ def export_calibrated(net, fmt: str, data_yaml: str, out_dir: str | Path, stem: 
     """
     from detkd.export.exporter import export_loaded
 
-    images = pick_calibration_images(data_yaml, calib_images, calib_seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not takes_calibration(fmt):  # weight-only INT8: nothing to calibrate
+        with _quiet_quantizers(verbose):
+            path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose, int8=True)
+        return path, {"n": 0, "available": len(split_images(data_yaml, "train")), "seed": int(calib_seed),
+                      "list": None, "split": "train", "weight_only": True}
+    images = pick_calibration_images(data_yaml, calib_images, calib_seed)
     listing = out_dir / f"{stem}_int8_calibration.txt"
     listing.write_text("".join(f"{p}\n" for p in images))
     calibration = {"n": len(images), "available": len(split_images(data_yaml, "train")), "seed": int(calib_seed),
