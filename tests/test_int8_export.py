@@ -92,8 +92,10 @@ def test_int8_bad_requests_fail_in_one_line(extra, needles, student_pt, shapes_c
     _fails_with(capsys, argv, *needles)
 
 
-def test_data_without_int8_is_refused(student_pt, shapes_coco, capsys):
+def test_int8_flags_without_int8_are_refused(student_pt, shapes_coco, capsys):
     _fails_with(capsys, ["export", "--model", str(student_pt), "--data", str(shapes_coco)], "--data is used by --int8")
+    _fails_with(capsys, ["export", "--model", str(student_pt), "--max-int8-drop", "0.05", "--calib-images", "9"],
+                "--calib-images, --max-int8-drop are used by --int8 only")
 
 
 def test_unreadable_calibration_images_fail_in_one_line(tmp_path, student_pt, shapes_yaml, capsys):

@@ -14,7 +14,8 @@ import argparse
 from detkd.export.exporter import FORMAT_REQUIREMENTS
 from detkd.export.int8 import DEFAULT_CALIB_IMAGES, DEFAULT_MAX_DROP
 
-HELP = "Export the distilled student (no teacher, no adapters) to ONNX or another format; ONNX gets a parity check."
+HELP = ("Export the distilled student (no teacher, no adapters) to ONNX or another format; ONNX gets a parity check; "
+        "--int8 calibrates on your training images and measures AP and latency against FP32.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "(default: beside the checkpoint; pt: <stem>_student.pt)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch vs ONNX Runtime parity check")
     p.add_argument("--parity-images", default=None, help="image file/folder for the parity check "
-                                                         "(default: Ultralytics' sample images)")
+                                                         "(default: Ultralytics' sample images; with --int8: 8 images "
+                                                         "of the --data split)")
     p.add_argument("--conf", type=float, default=0.25,
                    help="parity detection confidence threshold (detections are compared at 0.001 instead when none "
                         "reaches it; the summary says so)")
@@ -55,12 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --int8: seconds of timed calls per artefact (model-only, batch 1, CPU)")
 
 
+# --int8's own flags and their defaults: refused without --int8 (they would be ignored)
+INT8_ONLY = {"data": None, "calib_images": DEFAULT_CALIB_IMAGES, "calib_seed": 0, "max_int8_drop": DEFAULT_MAX_DROP,
+             "split": "val", "time_budget": 5.0}
+
+
 def run(args: argparse.Namespace) -> int:
     from detkd.errors import ConfigError
     from detkd.export import export_model
 
-    if args.data and not args.int8:
-        raise ConfigError("--data is used by --int8 only (calibration and scoring): add --int8 or drop --data.")
+    if not args.int8:
+        given = [f"--{k.replace('_', '-')}" for k in INT8_ONLY if getattr(args, k) != INT8_ONLY[k]]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} used by --int8 only "
+                              f"(calibration and scoring): add --int8 or drop {'it' if len(given) == 1 else 'them'}.")
     result = export_model(args.model, format=args.format, imgsz=args.imgsz, batch=args.batch, half=args.half,
                           dynamic=args.dynamic, device=args.device, output=args.output, opset=args.opset,
                           parity=not args.no_parity, parity_images=args.parity_images,
