@@ -418,3 +418,28 @@ def test_ultralytics_validation_metrics_give_the_group_table():
     groups = group_ap(per_class, groups_from_mask(["cat", "dog", "bird"], [True, True, False]))
     assert groups["teacher's classes"]["AP"] == pytest.approx(0.3) and groups["new classes"]["AP"] == 0.5
     assert groups["all"]["AP"] == pytest.approx(0.4) and groups["all"]["instances"] == 3
+
+
+def test_an_ensemble_reads_its_mapped_members_confidence_by_noisy_or_in_kl_mode():
+    from detkd.models.ensemble import TeacherEnsemble
+
+    class Fake:
+        reg_max, device = 1, torch.device("cpu")
+
+        def __call__(self, img):
+            return HeadOutputs(torch.ones(1, 1, 4), torch.logit(torch.tensor([[[0.5, 0.4]]])), [])
+
+    cmap = build_class_map(["car", "truck"], ["vehicle"], "car,truck=vehicle")
+    ensemble = TeacherEnsemble([ClassMappedTeacher(Fake(), cmap, "kl"), ClassMappedTeacher(Fake(), cmap, "kl")],
+                               cls_mode="kl")
+    # 1 - 0.5 x 0.6 = 0.7 (sigma of the kl scores' logsumexp would read 0.625)
+    assert ensemble(torch.zeros(1)).conf_logits.sigmoid().item() == pytest.approx(0.7, abs=1e-6)
+
+
+def test_keep_teacher_classes_with_coco_eval_is_refused(tmp_path, shapes_yaml, superset_teacher_pt):
+    from detkd.engine.trainer import DistillationTrainer
+
+    with pytest.raises(ConfigError, match="drop --coco-eval"):
+        DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                           coco_eval=True, **TINY_TRAIN),
+                            kd=KDConfig(teacher=superset_teacher_pt, keep_teacher_classes=True))

@@ -163,6 +163,10 @@ class DistillationTrainer(StudentTrainer):
         self._incremental = None
         kd = KDConfig.coerce(dict(self.args.kd)) if self.args.kd else None
         if kd is not None and kd.keep_teacher_classes and kd.teachers:
+            if self.args.coco_eval:
+                raise ConfigError("--coco-eval scores the categories of the data's COCO JSON, and with "
+                                  "--keep-teacher-classes the student predicts the teacher's classes too: drop "
+                                  "--coco-eval (Ultralytics' validation scores every class).")
             data, table, labelled, t_names = incremental_data(data, kd.teachers[0])
             self._incremental = {"table": table, "labelled": labelled, "teacher_names": t_names}
             if RANK in {-1, 0}:

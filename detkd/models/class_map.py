@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -192,17 +193,22 @@ class ClassMap:
         if logits.shape[-1] != len(self.teacher_names):
             raise RuntimeError(f"teacher scores have {logits.shape[-1]} classes, the class map "
                                f"{len(self.teacher_names)}")
-        first = [self.teachers_of(s)[:1] for s in range(len(self.student_names))]
-        index = torch.tensor([f[0] if f else 0 for f in first], device=logits.device)
-        out = logits.index_select(-1, index).clone()
-        for s in range(len(self.student_names)):
-            ts = self.teachers_of(s)
-            if not ts:
-                out[..., s] = ABSENT_LOGIT
-            elif len(ts) > 1:
-                merged = logits[..., ts]
-                out[..., s] = noisy_or_logit(merged) if mode == "bce" else torch.logsumexp(merged.float(), -1)
+        first, merged, absent = self._plan
+        out = logits.index_select(-1, torch.tensor(first, device=logits.device))
+        for s, ts in merged:
+            group = logits[..., ts]
+            out[..., s] = noisy_or_logit(group) if mode == "bce" else torch.logsumexp(group.float(), -1)
+        if absent:
+            out[..., absent] = ABSENT_LOGIT
         return out
+
+    @cached_property
+    def _plan(self) -> tuple[list[int], list[tuple[int, list[int]]], list[int]]:
+        """(per student class its first teacher class (0 when none), the merged classes [(student, [teachers])],
+        the student classes without a teacher class)."""
+        groups = [self.teachers_of(s) for s in range(len(self.student_names))]
+        return ([g[0] if g else 0 for g in groups], [(s, g) for s, g in enumerate(groups) if len(g) > 1],
+                [s for s, g in enumerate(groups) if not g])
 
     def map_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
         """Teacher class probabilities (..., C_t) in [0, 1] → student ones (..., C_s): copies, noisy-OR of merged

@@ -97,7 +97,8 @@ class TeacherEnsemble:
         outs = [m(img) for m in self.members]
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
         member_scores = [o.scores for o in outs]
-        conf = combine_scores(member_scores, self.weights, "bce")  # logit of the mean σ: the ensemble's confidence
+        member_conf = [o.scores if o.conf_logits is None else o.conf_logits for o in outs]  # (mapped members)
+        conf = combine_scores(member_conf, self.weights, "bce")  # logit of the mean σ: the ensemble's confidence
         scores = conf if self.cls_mode == "bce" else combine_scores(member_scores, self.weights, self.cls_mode)
         feats = [torch.cat(level, dim=1) for level in zip(*(o.feats for o in outs))]
         return HeadOutputs(boxes=boxes, scores=scores, feats=feats, members=outs, conf_logits=conf)
