@@ -443,3 +443,35 @@ def test_keep_teacher_classes_with_coco_eval_is_refused(tmp_path, shapes_yaml, s
         DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
                                            coco_eval=True, **TINY_TRAIN),
                             kd=KDConfig(teacher=superset_teacher_pt, keep_teacher_classes=True))
+
+
+@pytest.mark.slow
+def test_a_yolo26_superset_teacher_with_unlabelled_images(tmp_path, shapes_yaml):
+    import csv
+
+    from detkd.api import distill
+    from test_unlabeled import _write_images
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "t26.pt"
+    torch.save({"model": _net(5, ["bus", "circle", "SQUARE", "triangle", "cross"], "yolo26n.yaml"), "train_args": {},
+                "epoch": -1}, teacher)
+    _write_images(tmp_path / "frames", 4, size=(96, 96))
+    run = distill(teacher=str(teacher), student="yolo26n.yaml", data=shapes_yaml, unlabeled=tmp_path / "frames",
+                  kd={"unlabeled_ratio": 0.2}, project=str(tmp_path), name="u26",
+                  **{**TINY_TRAIN, "epochs": 1})
+    with open(run.results_csv) as f:
+        row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
+    assert float(row["train/cls_kd"]) > 0 and float(row["train/unlabeled_imgs"]) > 0
+    assert list(run.class_groups) == ["teacher's classes", "all"]  # every data class is the teacher's
+
+
+def test_cli_class_map_name_on_neither_side_is_exit_2_one_line(capsys, tmp_path, shapes_yaml, superset_teacher_pt):
+    from detkd.cli import main
+
+    assert main(["distill", "--teacher", superset_teacher_pt, "--data", shapes_yaml, "--class-map", "lorry=circle",
+                 "--epochs", "1", "--imgsz", "64", "--device", "cpu", "--workers", "0", "--project",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--class-map lorry=circle: 'lorry' is not a teacher class. Teacher classes: Cross, car, disc" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
