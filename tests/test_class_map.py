@@ -475,3 +475,24 @@ def test_cli_class_map_name_on_neither_side_is_exit_2_one_line(capsys, tmp_path,
     err = capsys.readouterr().err
     assert "--class-map lorry=circle: 'lorry' is not a teacher class. Teacher classes: Cross, car, disc" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_an_incremental_run_resumes_with_its_classes(tmp_path, shapes_yaml):
+    from detkd.engine.trainer import DistillationTrainer
+
+    torch.manual_seed(0)
+    old = tmp_path / "old.pt"
+    torch.save({"model": _net(2, ["circle", "car"]), "train_args": {}, "epoch": -1}, old)
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path),
+                                                 name="inc", val=False, **TINY_TRAIN),
+                                  kd=KDConfig(teacher=str(old), keep_teacher_classes=True, validate_teacher=False))
+    trainer.add_callback("on_model_save", _stop)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    union = ["circle", "car", "square", "triangle", "cross"]
+    resumed = DistillationTrainer(overrides=dict(resume=str(trainer.last)))
+    assert list(resumed.data["names"].values()) == union and resumed.kd.keep_teacher_classes
+    resumed.train()
+    assert resumed.model.criterion.det.bce.unlabelled.tolist() == [False, True, False, False, False]
+    assert list(torch.load(resumed.last, weights_only=False)["model"].names.values()) == union
