@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.errors import IncompatibleModelsError
-from detkd.models.class_map import ABSENT_LOGIT, _keys, names_list, normalise_name
+from detkd.models.class_map import ABSENT_LOGIT, name_index, names_list, normalise_name
 
 
 def union_classes(teacher_names, data_names) -> tuple[list[str], list[int], list[bool]]:
@@ -35,8 +35,8 @@ def union_classes(teacher_names, data_names) -> tuple[list[str], list[int], list
     student class, whether the data labels it). Names are matched case/space-insensitively; names colliding on one
     side are refused (:class:`IncompatibleModelsError`)."""
     t_names, d_names = names_list(teacher_names), names_list(data_names)
-    t_keys = _keys(t_names, "the teacher's")
-    _keys(d_names, "the data's")
+    t_keys = name_index(t_names, "the teacher's")
+    name_index(d_names, "the data's")
     union = list(t_names)
     data_to_union = []
     for name in d_names:

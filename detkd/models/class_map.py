@@ -253,8 +253,8 @@ def build_class_map(teacher_names, student_names, spec=None, role: str = "teache
     :func:`parse_class_map`). Raises :class:`IncompatibleModelsError` naming both class lists when names collide
     under normalisation on one side, a --class-map name is not a class of its side, or no class is shared."""
     t_names, s_names = names_list(teacher_names), names_list(student_names)
-    t_keys = _keys(t_names, f"the {role}'s")
-    s_keys = _keys(s_names, "the data's")
+    t_keys = name_index(t_names, f"the {role}'s")
+    s_keys = name_index(s_names, "the data's")
     pairs: dict[int, int] = {}
     explicit = set()
     for teacher, student in (parse_class_map(spec) or {}).items():
@@ -274,7 +274,7 @@ def build_class_map(teacher_names, student_names, spec=None, role: str = "teache
     return ClassMap(tuple(t_names), tuple(s_names), tuple(sorted(pairs.items())), frozenset(explicit))
 
 
-def _keys(names: list[str], whose: str) -> dict[str, int]:
+def name_index(names: list[str], whose: str) -> dict[str, int]:
     """{normalised name: index}; refuses two names equal under normalisation (the match would be ambiguous)."""
     keys: dict[str, int] = {}
     for i, n in enumerate(names):
