@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "(default: beside the checkpoint; pt: <stem>_student.pt)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch vs ONNX Runtime parity check")
     p.add_argument("--parity-images", default=None, help="image file/folder for the parity check "
-                                                         "(default: Ultralytics' sample images; with --int8: 8 images "
+                                                         "(default: Ultralytics' sample images; with --int8: 32 images "
                                                          "of the --data split)")
     p.add_argument("--conf", type=float, default=0.25,
                    help="parity detection confidence threshold (detections are compared at 0.001 instead when none "

@@ -376,10 +376,11 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     result.latency_fp32 = time_artefact(result.fp32_path, imgsz, time_budget=time_budget)
     result.latency_int8 = time_artefact(int8_path, imgsz, time_budget=time_budget)
     if parity:
-        from detkd.export.parity import check_int8_parity, load_parity_images
+        from detkd.export.parity import INT8_PARITY_IMAGES, check_int8_parity, load_parity_images
 
         source = parity_images or _val_folder(data_yaml, split)
-        result.parity = check_int8_parity(net, int8_path, load_parity_images(source, n=8), imgsz=imgsz,
+        images = load_parity_images(source, n=INT8_PARITY_IMAGES)
+        result.parity = check_int8_parity(net, int8_path, images, imgsz=imgsz,
                                           verbose=False, **(parity_kwargs or {}))
     return _saved(result, out_dir, stem)
 
