@@ -169,8 +169,8 @@ def test_an_int8_file_whose_detections_disagree_fails_even_within_the_ap_drop():
     from detkd.export.int8 import Int8Result
 
     latency = {"latency_ms": {"p50": 2.0}, "precision": "int8"}
-    result = Int8Result("onnx", Path("m_int8.onnx"), Path("m.onnx"), {"n": 8, "available": 24, "seed": 0,
-                                                                       "list": "l.txt"}, measured=True, method="COCO AP",
+    calibration = {"n": 8, "available": 24, "seed": 0, "list": "l.txt"}
+    result = Int8Result("onnx", Path("m_int8.onnx"), Path("m.onnx"), calibration, measured=True, method="COCO AP",
                         ap_fp32=0.5, ap_int8=0.499, latency_fp32=latency, latency_int8=latency,
                         parity=_parity(50, 0, 40, 90, 50))
     assert result.within_drop and not result.passed

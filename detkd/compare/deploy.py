@@ -83,8 +83,9 @@ def variant_specs(trained: list, variants: list[str]) -> list:
         for v in variants:
             tag = v.replace(":", "-")
             seed = r.label[len(r.config_label):]  # ' (seed 1)' with --seeds, else ''
-            specs.append(RunSpec(key=f"{r.key}.{tag}", kind="deploy", label=f"{r.config_label} [{variant_label(v)}]{seed}",
-                                 seed=r.seed, config=f"{r.config or r.key}.{tag}", variant=v, source=r.key))
+            specs.append(RunSpec(key=f"{r.key}.{tag}", kind="deploy", seed=r.seed, variant=v, source=r.key,
+                                 label=f"{r.config_label} [{variant_label(v)}]{seed}",
+                                 config=f"{r.config or r.key}.{tag}"))
     return specs
 
 

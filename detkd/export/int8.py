@@ -406,7 +406,8 @@ def _quiet_quantizers(verbose: bool):
 
 
 def _val_folder(data_yaml: str, split: str):
-    """The first images of the evaluation split (the INT8 parity images: the user's classes, not Ultralytics' assets)."""
+    """The folder of the evaluation split's images (the INT8 parity images: the user's classes, not Ultralytics'
+    sample images)."""
     files = split_images(data_yaml, split)
     return files[0].parent if files else None
 
