@@ -166,7 +166,8 @@ def write_calibration_yaml(images: list[Path], data_yaml: str | Path, folder: Pa
 def score_artefact(path: str | Path, data_yaml: str, coco: bool, split: str = "val", imgsz: int = 640,
                    device: str = "cpu", out_dir: str | Path | None = None) -> dict:
     """AP of an exported artefact on ``split``: detkd's COCOeval with the dataset's own ids for COCO data, else
-    Ultralytics' mAP50-95. Returns ``{'AP', 'AP50', 'method'}``."""
+    Ultralytics' mAP50-95. Returns ``{'AP', 'AP50', 'method', 'precision'}`` (the precision that ran, when known:
+    OpenVINO runs FP32 models in BF16 on CPUs with AMX)."""
     import contextlib
     import io
 
@@ -178,7 +179,8 @@ def score_artefact(path: str | Path, data_yaml: str, coco: bool, split: str = "v
 
             m = evaluate_coco(str(path), data_yaml, split=split, imgsz=imgsz, batch=1, device=device,
                               out_dir=out_dir, verbose=False)
-            return {"AP": float(m["AP"]), "AP50": float(m["AP50"]), "method": "COCO AP (COCOeval, dataset ids)"}
+            return {"AP": float(m["AP"]), "AP50": float(m["AP50"]), "method": "COCO AP (COCOeval, dataset ids)",
+                    "precision": m.get("precision")}
         from ultralytics import YOLO
 
         v = YOLO(str(path), task="detect").val(data=data_yaml, split=split, imgsz=imgsz, batch=1, device=device,
@@ -242,6 +244,8 @@ class Int8Result:
     method: str = ""
     ap_fp32: float | None = None
     ap_int8: float | None = None
+    ap_ran: dict = field(default_factory=dict)  # {'fp32': precision that ran while scoring, 'int8': ...}
+    split: str = "val"  # the split AP was measured on
     latency_fp32: dict = field(default_factory=dict)  # time_artefact() of each
     latency_int8: dict = field(default_factory=dict)
     max_drop: float = DEFAULT_MAX_DROP
@@ -278,7 +282,9 @@ class Int8Result:
             return "\n".join(lines)
         p32, p8 = self.latency_fp32["latency_ms"]["p50"], self.latency_int8["latency_ms"]["p50"]
         ran = lambda t: f" ({t['precision']} ran)" if t.get("precision") else ""  # noqa: E731
-        lines += [f"Accuracy ({self.method}, val split): FP32 {self.ap_fp32:.4f} -> INT8 {self.ap_int8:.4f}, "
+        ran32 = self.ap_ran.get("fp32")
+        note = f" ({ran32} ran)" if ran32 and ran32 != "fp32" else ""
+        lines += [f"Accuracy ({self.method}, {self.split} split): FP32 {self.ap_fp32:.4f}{note} -> INT8 {self.ap_int8:.4f}, "
                   f"ΔAP {self.delta_ap:+.4f} (allowed drop {self.max_drop:g})",
                   f"Latency (model-only, batch 1, CPU, p50): FP32 {p32:.2f} ms{ran(self.latency_fp32)} -> INT8 "
                   f"{p8:.2f} ms{ran(self.latency_int8)} (INT8 {max(p32, p8) / min(p32, p8):.2f}x "
@@ -371,8 +377,9 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     with tempfile.TemporaryDirectory(prefix="detkd-int8-eval-") as tmp:
         s32 = score_artefact(result.fp32_path, data_yaml, coco, split, imgsz, "cpu", Path(tmp) / "fp32")
         s8 = score_artefact(int8_path, data_yaml, coco, split, imgsz, "cpu", Path(tmp) / "int8")
-    result.measured, result.method = True, s8["method"]
+    result.measured, result.method, result.split = True, s8["method"], split
     result.ap_fp32, result.ap_int8 = s32["AP"], s8["AP"]
+    result.ap_ran = {"fp32": s32.get("precision"), "int8": s8.get("precision")}
     result.latency_fp32 = time_artefact(result.fp32_path, imgsz, time_budget=time_budget)
     result.latency_int8 = time_artefact(int8_path, imgsz, time_budget=time_budget)
     if parity:
