@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
+SPEED_PAGE = ROOT / "docs" / "speed.md"
 COMMAND = "python tools/render_results.py"
 
 # (file-name prefix, the script that writes those files, what it measures), in the order of the results page
@@ -32,6 +33,8 @@ BENCHMARKS = (
     ("unlabeled_gain", "benchmarks/unlabeled_gain.py", "distilling on unlabelled images"),
     ("demo_seeds", "benchmarks/demo_seeds.py", "the demo's recipe over several seeds"),
     ("kd_overhead", "benchmarks/kd_overhead.py", "the cost of distillation: epoch time, teacher forward"),
+    ("kd_profile", "benchmarks/kd_profile.py", "the cost of distillation: each part of one KD step, peak memory"),
+    ("kd_memory", "benchmarks/kd_memory.py", "peak memory of a KD step, verified weights"),
     ("speed", "benchmarks/speed.py", "inference speed, teacher vs student"),
     ("coco_eval_speed", "benchmarks/coco_eval_speed.py", "COCO evaluation speed, faster-coco-eval vs pycocotools"),
 )
@@ -240,11 +243,45 @@ def render_headline() -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------- the cost table in docs/speed.md
+CPU_COST = "kd_overhead_cpu-amd-epyc-2c"  # epoch times on the 2-core CPU
+CPU_PROFILES = ("kd_profile_cpu-amd-epyc-2c_160px_b16", "kd_profile_cpu-amd-epyc-2c_640px_b16")
+COST_RUNS = {"plain": "plain training (no teacher)",
+             "detkd": "**detkd, one teacher** (default: teacher one batch ahead in a worker thread)",
+             "detkd_inline": "detkd, one teacher inline (`--teacher-overlap false`)",
+             "detkd_2teachers": "detkd, 2 teachers (one ensemble)", "detkd_3teachers": "detkd, 3 teachers"}
+
+
+def render_cpu_cost() -> str:
+    """Epoch time vs plain (kd_overhead) and, per image size, step time and peak memory vs plain (kd_profile)."""
+    d = load(CPU_COST)
+    s = d["settings"]
+    lines = [f"Teacher {s['teacher']}, student {s['student']}, raccoon at {s['imgsz']} px, batch {s['batch']}, "
+             f"median train-loop epoch of {s['epochs']} ({machine_of(d)}; "
+             f"[{CPU_COST}](results.md#{CPU_COST})):", "", "| run | epoch s | vs plain |", "|---|---:|---:|"]
+    lines += [f"| {COST_RUNS.get(k, k)} | {v['median_epoch_s']:.2f} | {v['ratio_vs_plain']:.2f}× |"
+              for k, v in d["training"].items()]
+    lines += ["", "One training step without data loading, the teacher inline (`benchmarks/kd_profile.py`: what each part "
+              "costs; forward only, each part's backward is inside \"backward\"):", "",
+              "| size, batch | step vs plain | teacher forward | feature KD + adapters | guard | other KD parts "
+              "| peak memory vs plain |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for stem in CPU_PROFILES:
+        r = load(stem)
+        plain, kd = r["profile"]["plain"], r["profile"]["kd"]
+        ms = kd["ms"]
+        other = sum(ms.get(k, 0.0) for k in ("detection loss", "anchor weights (verified)", "cls KD", "box KD"))
+        lines.append(f"| [{r['settings']['imgsz']} px, {r['settings']['batch']}](results.md#{stem}) | "
+                     f"{ms['step'] / plain['ms']['step']:.2f}× | {ms['teacher forward']:.0f} ms | "
+                     f"{ms['feature KD (+ adapters)']:.0f} ms | {ms['guard (gradient alignment)']:.0f} ms | "
+                     f"{other:.0f} ms | {kd['peak_mib'] / plain['peak_mib']:.2f}× |")
+    return "\n".join(lines)
+
+
 def fill_markers(text: str, name: str, body: str) -> str:
     """``text`` with the lines between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` replaced by ``body``."""
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     if start not in text or end not in text:
-        raise SystemExit(f"{README.name}: marker {start} ... {end} not found")
+        raise SystemExit(f"marker {start} ... {end} not found")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
@@ -253,7 +290,8 @@ def fill_markers(text: str, name: str, body: str) -> str:
 def rendered() -> dict[Path, str]:
     """What each generated file should hold."""
     return {RESULTS_PAGE: render_results_page(),
-            README: fill_markers(README.read_text(), "headline", render_headline())}
+            README: fill_markers(README.read_text(), "headline", render_headline()),
+            SPEED_PAGE: fill_markers(SPEED_PAGE.read_text(), "cpu-cost", render_cpu_cost())}
 
 
 def main(argv: list[str] | None = None) -> int:
