@@ -251,5 +251,6 @@ def test_readme_numbers_have_a_source():
 def test_readme_keeps_the_ci_commands():
     """.ci/run installs exactly as the README says and runs its test command."""
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-    assert "pip install -e '.[test]' && pytest" in readme
-    assert "pip install -e '.[test]'" in ci and re.search(r"^pytest\s*$", ci, flags=re.M)
+    install = "pip install -e '.[test,deploy]'"
+    assert f"{install} && pytest" in readme
+    assert re.search(rf"^{re.escape(install)}", ci, flags=re.M) and re.search(r"^pytest\s*$", ci, flags=re.M)
