@@ -12,12 +12,17 @@ Ultralytics reaches the network in three places that matter to detkd:
 
 ``YOLO_OFFLINE=1`` is set before Ultralytics is imported, which turns off its online checks, hub events and
 auto-updates. Call :func:`install` once; it is idempotent and is called on ``import detkd``.
+
+OpenVINO's model converter and NNCF send usage telemetry unless told not to; every export runs inside
+:func:`no_telemetry`, which tells them so for its duration (their own CI switches), so an export never reaches
+the network.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 _INSTALLED = False
@@ -69,6 +74,25 @@ def offline_check_amp(model) -> bool:
 
 
 _ORIGINAL_CHECK_AMP = None
+
+# OpenVINO's converter (openvino_telemetry, ``disable_in_ci``) and NNCF (read when it is imported) send no telemetry
+# in a CI job; these are the switches they read
+NO_TELEMETRY_ENV = {"CI": "true", "NNCF_CI": "1"}
+
+
+@contextmanager
+def no_telemetry():
+    """Within this context OpenVINO's converter and NNCF send no usage telemetry (the environment is restored after;
+    a value the user set is kept)."""
+    saved = {k: os.environ.get(k) for k in NO_TELEMETRY_ENV}
+    for k, v in NO_TELEMETRY_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def install() -> None:

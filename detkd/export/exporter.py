@@ -17,6 +17,7 @@ import torch
 from detkd.errors import DetKDError
 from detkd.models.compat import is_end_to_end
 from detkd.export.student import FORBIDDEN_TOKENS, assert_student_only, load_student, save_student_checkpoint
+from detkd.offline import no_telemetry
 
 # format -> (Python modules it needs, all importable; pip packages that provide them). Formats Ultralytics offers but
 # that download tools/assets at export time (TensorFlow SavedModel/GraphDef/Edge TPU) or need vendor toolchains
@@ -147,7 +148,8 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     if is_end_to_end(net):
         overrides["nms"] = False  # end-to-end students export their NMS-free one-to-one head: (N, 300, 6) detections
     try:
-        path = Exporter(overrides=overrides)(model=model)
+        with no_telemetry():  # OpenVINO's converter and NNCF would report usage over the network
+            path = Exporter(overrides=overrides)(model=model)
     except DetKDError:
         raise
     except Exception as e:
