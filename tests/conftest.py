@@ -54,5 +54,28 @@ def teacher_pt(tmp_path_factory, shapes_yaml) -> str:
     return str(path)
 
 
+@pytest.fixture
+def ultralytics_log():
+    """Messages of Ultralytics' logger (it does not propagate to pytest's caplog)."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler, level = Collect(), LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)  # YOLO_VERBOSE=False (conftest) keeps only warnings
+    yield handler.messages
+    LOGGER.removeHandler(handler)
+    LOGGER.setLevel(level)
+
+
 TINY_TRAIN = dict(imgsz=64, batch=8, epochs=2, device="cpu", workers=0, plots=False, seed=0, exist_ok=True,
                   warmup_epochs=0)

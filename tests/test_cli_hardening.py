@@ -4,7 +4,6 @@ Tiny generated data (64 px), CPU."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -14,27 +13,6 @@ import torch
 from conftest import TINY_TRAIN
 from detkd.config import KDConfig
 from detkd.errors import ConfigError
-
-
-@pytest.fixture
-def ultralytics_log():
-    """Messages of Ultralytics' logger (it does not propagate to pytest's caplog)."""
-    from ultralytics.utils import LOGGER
-
-    class Collect(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.messages: list[str] = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    handler, level = Collect(), LOGGER.level
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)  # YOLO_VERBOSE=False (conftest) keeps only warnings
-    yield handler.messages
-    LOGGER.removeHandler(handler)
-    LOGGER.setLevel(level)
 
 
 def _one_error_line(err: str, *needles: str) -> None:
@@ -188,7 +166,7 @@ def test_resume_repoints_one_or_every_teacher_of_a_two_teacher_run(tmp_path, sha
 def test_resume_overrides_carry_no_default_project():
     """A resume keeps its run's project: the default one given to a fresh run made Ultralytics print
     "Resume ignores ['project']" for a run trained with --project."""
-    from detkd.api import DEFAULT_PROJECT, _train_overrides
+    from detkd.api import _train_overrides
 
     assert "project" not in _train_overrides(None, None, {"resume": "run/weights/last.pt"})
     assert _train_overrides(None, None, {"resume": "last.pt", "project": "p"})["project"] == "p"

@@ -225,29 +225,6 @@ def test_adapters_are_saved_with_each_checkpoint_and_resumed_from_the_right_one(
 
 
 # ------------------------------------------------------------------------------- item 16: interrupt message, teacher
-@pytest.fixture
-def ultralytics_log():
-    """Messages of Ultralytics' logger (it does not propagate to pytest's caplog)."""
-    import logging
-
-    from ultralytics.utils import LOGGER
-
-    class Collect(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.messages: list[str] = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    handler, level = Collect(), LOGGER.level
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)  # YOLO_VERBOSE=False (conftest) keeps only warnings
-    yield handler.messages
-    LOGGER.removeHandler(handler)
-    LOGGER.setLevel(level)
-
-
 def _cli_argv(teacher, data, project) -> list[str]:
     return ["distill", "--teacher", str(teacher), "--student", "yolov8n.yaml", "--data", data, "--epochs", "2",
             "--imgsz", "64", "--batch", "8", "--device", "cpu", "--workers", "0", "--seed", "0", "--plots", "false",

@@ -42,8 +42,7 @@ from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
-                                      load_balancer, reset_adapters, save_adapters, save_kd_state,
-                                      written_checkpoints)
+                                      load_balancer, reset_adapters, save_kd_state, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.incremental import (OldClassTargets, describe_union, incremental_data, mask_background_loss,
                                       remap_labels, start_from_old_model)
