@@ -86,11 +86,6 @@ def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, 
         adapters_path(ckpt).write_bytes(buffer.getvalue())
 
 
-def save_adapters(adapters, checkpoints: list[Path], epoch: int, kd: dict) -> None:
-    """Save ``adapters`` beside each checkpoint in ``checkpoints``, with the epoch they were trained to."""
-    save_kd_state(checkpoints, epoch, kd, adapters=adapters)
-
-
 def _saved_state(checkpoint: str | Path, device, epoch: int | None, part: str) -> tuple[dict | None, str | None]:
     """(the KD state saved with ``checkpoint``, None) when it holds ``part`` saved at ``epoch`` (any when None), else
     (None, why not)."""
