@@ -189,3 +189,36 @@ def test_training_curves_leave_out_panels_no_run_logged(tmp_path):
     csv_path.write_text("epoch,train/box_loss,train/cls_kd\n1,1.0,0.5\n2,0.8,0.4\n")
     assert plot_training_curves([("distilled", "distilled", "distilled-detkd", str(csv_path))],
                                 tmp_path / "curves.png").is_file()
+
+
+@pytest.fixture
+def fake_distillation_trainer(monkeypatch):
+    import detkd.engine.trainer as trainer_module  # imported before StudentTrainer is faked: its real base class
+
+    FakeTrainer.made = []
+    monkeypatch.setattr(trainer_module, "DistillationTrainer", FakeTrainer)
+    return FakeTrainer
+
+
+def test_a_finished_run_is_reused_after_detkd_adds_a_kd_setting_at_its_default(tmp_path, shapes_yaml, teacher_pt,
+                                                                             fake_distillation_trainer):
+    """A run fingerprinted before a KD setting existed (here: teacher_overlap, class_map) has the same settings when
+    the new one is at its default: reused, not retrained. Settings that do not change what is learnt (where the
+    teacher runs) never count."""
+    from detkd.compare.experiment import MARKER, CompareSettings, plan, train_fingerprint, train_run
+
+    fake_trainer = fake_distillation_trainer
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=2, project=str(tmp_path), name="k").validate()
+    spec = next(p for p in plan(s) if p.kind == "distilled")
+    train_run(spec, s, shapes_yaml, s.out_dir, log=lambda *_: None)
+    marker = s.out_dir / "train" / spec.key / MARKER
+    record = json.loads(marker.read_text())
+    from detkd.config import KDConfig
+
+    older = {k: v for k, v in KDConfig(teacher="t").to_dict().items() if k not in {"teacher_overlap", "class_map"}}
+    record["fingerprint"]["kd"] = {**older, "teacher": None, "teacher_overlap": False}
+    marker.write_text(json.dumps(record))
+    lines: list = []
+    train_run(next(p for p in plan(s) if p.kind == "distilled"), s, shapes_yaml, s.out_dir, log=lines.append)
+    assert len(fake_trainer.made) == 1 and any("reused" in line for line in lines), lines
+    assert "teacher_overlap" not in train_fingerprint(spec, s, shapes_yaml)["kd"]  # where the teacher runs: never

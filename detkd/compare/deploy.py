@@ -21,7 +21,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from detkd.engine.fingerprint import model_id, normal, read_json
+from detkd.engine.fingerprint import model_id, normal, read_json, same_settings
 from detkd.errors import ConfigError, DetKDError
 
 DEFAULT_VARIANTS = ("onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:int8")
@@ -110,7 +110,7 @@ def export_variant(spec, source, s, data_yaml: str, out: Path, log=print):
     marker = folder / f"{spec.variant.replace(':', '-')}.json"
     fp = export_fingerprint(source, spec.variant, s)
     old = read_json(marker)
-    if old and old.get("fingerprint") == fp and Path(old.get("path", "")).exists():
+    if old and same_settings(old.get("fingerprint"), fp) and Path(old.get("path", "")).exists():
         spec.weights, spec.train = old["path"], {"reused": True, **{k: v for k, v in old.items() if k != "fingerprint"}}
         log(f"      {spec.label}: reused {old['path']}")
         return spec
@@ -142,7 +142,7 @@ def benchmark_variant(spec, source, s, out: Path, log=print):
                  .get("fingerprint"), "warmup": s.bench_warmup, "iters": s.bench_iters,
                  "time_budget": s.bench_time_budget, "machine": machine_tag(device="cpu")})
     old = read_json(path)
-    if old and old.get("fingerprint") == fp:
+    if old and same_settings(old.get("fingerprint"), fp):
         spec.speed = {**old["speed"], "reused": True}
         log(f"      {spec.label}: p50 {spec.speed['latency_p50_ms']:.2f} ms, {spec.speed['fps']:.1f} FPS (reused)")
         return spec

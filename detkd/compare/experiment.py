@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from detkd.engine.fingerprint import diff, holds_a_run, model_id, normal, read_json, set_aside
+from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
+                                     set_aside)
 from detkd.errors import ConfigError, DetKDError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
@@ -251,7 +252,7 @@ def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict
     if spec.kind in {"distilled", "ultralytics_kd", "assistant"}:
         fp["teacher"] = model_id(spec.teacher or s.teacher)
     if spec.kind in {"distilled", "assistant"}:
-        fp["kd"] = kd_config(spec, s).to_dict() | {"teacher": None}
+        fp["kd"] = kd_signature(kd_config(spec, s).to_dict())
     return normal(fp)
 
 
@@ -289,7 +290,7 @@ def interrupted_checkpoint(run_dir: Path, fp: dict) -> Path | None:
 
     started = read_json(run_dir / STARTED)
     state, last = run_state(run_dir)
-    return last if state == "interrupted" and started and started.get("fingerprint") == fp else None
+    return last if state == "interrupted" and started and same_settings(started.get("fingerprint"), fp) else None
 
 
 def changed_settings(run_dir: Path, finished: dict | None, fp: dict) -> str:
@@ -297,7 +298,7 @@ def changed_settings(run_dir: Path, finished: dict | None, fp: dict) -> str:
     before = (finished or read_json(run_dir / STARTED) or {}).get("fingerprint")
     if before is None:
         return "no record of the settings it was started with"
-    return diff(before, fp) if before != fp else "its weights are missing"
+    return "its weights are missing" if same_settings(before, fp) else diff(before, fp)
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -309,7 +310,7 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     old = read_json(marker)
     if old:
         old = _rooted(old, run_dir)
-    if old and old.get("fingerprint") == fp and Path(old.get("best", "")).is_file():
+    if old and same_settings(old.get("fingerprint"), fp) and Path(old.get("best", "")).is_file():
         spec.weights, spec.results_csv = old["best"], old.get("results_csv")
         spec.train = {**old, "reused": True}
         log(f"      reused {run_dir} (finished {old.get('finished', '?')}, same settings): no retraining")
@@ -416,7 +417,7 @@ def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, 
                   "imgsz": int(s.imgsz), "conf": s.eval_conf, "iou": s.eval_iou, "batch": int(s.eval_batch),
                   "method": f"coco:{resolve_backend()}" if coco else "ultralytics"})
     old = read_json(eval_dir / EVAL_MARKER)
-    if old and old.get("fingerprint") == fp:
+    if old and same_settings(old.get("fingerprint"), fp):
         spec.metrics = {**old["metrics"], "reused": True}
         log(f"      {spec.label}: AP {spec.metrics['AP']:.3f} (evaluation reused)")
         return spec
@@ -476,7 +477,7 @@ def benchmark_run(spec: RunSpec, s: CompareSettings, out: Path, log=print) -> Ru
                   "warmup": s.bench_warmup, "iters": s.bench_iters, "time_budget": s.bench_time_budget,
                   "min_iters": s.bench_min_iters, "machine": machine_tag(device=str(s.bench_device))})
     old = read_json(path)
-    if old and old.get("fingerprint") == fp:
+    if old and same_settings(old.get("fingerprint"), fp):
         spec.speed = {**old["speed"], "reused": True}
         log(f"      {spec.label}: p50 {spec.speed['latency_p50_ms']:.2f} ms, {spec.speed['fps']:.1f} FPS (reused)")
         return spec

@@ -25,15 +25,14 @@ import json
 from pathlib import Path
 
 from detkd.engine.checkpoints import run_state
-from detkd.engine.fingerprint import diff, holds_a_run, model_id, normal, read_json, set_aside
+from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
+                                     set_aside)
 
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
 STAGE_RECORD = "chain_stage.json"  # in each stage folder: the fingerprint the stage was started with
 # Training arguments that change where or how fast a stage runs, not what it learns: left out of its fingerprint.
 RUN_ONLY_ARGS = {"device", "workers", "project", "name", "exist_ok", "plots", "verbose", "cache"}
-# KD settings that only gate the start (teacher checks) or its speed: left out of the fingerprint too.
-GATE_ONLY_KD = {"teacher", "validate_teacher", "min_teacher_map", "teacher_graphs", "teacher_overlap"}
 
 
 def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None, kd=None, from_both: bool = False,
@@ -95,9 +94,10 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
 
 def stage_fingerprint(model, teacher, data_yaml: str, kd_fields: dict, train_args: dict) -> dict:
     """What a stage's result depends on: the model it trains and its teacher(s) (file hashes, or a bundled config's
-    name), the data.yaml's hash, the KD settings and the training arguments (device, workers, ... left out)."""
+    name), the data.yaml's hash, the KD settings (:func:`~detkd.engine.fingerprint.kd_signature`) and the training arguments (device,
+    workers, ... left out)."""
     return normal({"model": model_id(model), "teacher": model_id(teacher), "data": model_id(data_yaml),
-                   "kd": {k: v for k, v in kd_fields.items() if k not in GATE_ONLY_KD},
+                   "kd": kd_signature(kd_fields),
                    "train_args": {k: v for k, v in train_args.items() if k not in RUN_ONLY_ARGS}})
 
 
@@ -107,7 +107,7 @@ def stage_state(run_dir: Path, fp: dict) -> tuple[str, Path | None]:
     else ('new', None)."""
     state, weights = run_state(run_dir)
     started = read_json(run_dir / STAGE_RECORD) or {}
-    if state in {"finished", "interrupted"} and started.get("fingerprint") == fp:
+    if state in {"finished", "interrupted"} and same_settings(started.get("fingerprint"), fp):
         return state, weights
     return ("changed", None) if holds_a_run(run_dir) else ("new", None)
 

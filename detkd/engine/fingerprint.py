@@ -43,10 +43,38 @@ def normal(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+# KD settings that change where or whether the teacher runs, not what the student learns
+RUNTIME_ONLY_KD = frozenset({"teacher", "validate_teacher", "min_teacher_map", "teacher_graphs", "teacher_overlap"})
+
+
+def kd_signature(kd: dict) -> dict:
+    """KD settings as a fingerprint holds them: those that change what is learnt and differ from detkd's defaults.
+
+    A setting detkd adds later, at its default, therefore leaves the fingerprints of earlier runs unchanged (their
+    records, written with every setting of their time, are compared through this too: :func:`same_settings`).
+    """
+    from detkd.config import KDConfig
+
+    defaults = normal(KDConfig().to_dict())
+    kd = normal(kd)
+    return {k: v for k, v in kd.items() if k not in RUNTIME_ONLY_KD and (k not in defaults or v != defaults[k])}
+
+
+def _comparable(fp: dict | None) -> dict | None:
+    return {**fp, "kd": kd_signature(fp["kd"])} if isinstance(fp, dict) and isinstance(fp.get("kd"), dict) else fp
+
+
+def same_settings(old: dict | None, new: dict) -> bool:
+    """True when a run recorded with fingerprint ``old`` was made with the settings ``new`` (KD settings compared as
+    :func:`kd_signature` gives them)."""
+    return old is not None and _comparable(old) == _comparable(new)
+
+
 def diff(old: dict, new: dict) -> str:
     """The settings that differ between two fingerprints, as ``key: old -> new`` (nested settings as
     ``train_args.epochs: 3 -> 4``; ``?`` when none is found)."""
-    return ", ".join(f"{k}: {_short(a)!r} -> {_short(b)!r}" for k, a, b in _changes(old, new)) or "?"
+    changes = _changes(_comparable(old), _comparable(new))
+    return ", ".join(f"{k}: {_short(a)!r} -> {_short(b)!r}" for k, a, b in changes) or "?"
 
 
 def _short(value):
