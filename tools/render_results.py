@@ -24,6 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
 SPEED_PAGE = ROOT / "docs" / "speed.md"
+EXPORT_PAGE = ROOT / "docs" / "export.md"
 COMMAND = "python tools/render_results.py"
 
 # (file-name prefix, the script that writes those files, what it measures), in the order of the results page
@@ -36,6 +37,8 @@ BENCHMARKS = (
     ("kd_profile", "benchmarks/kd_profile.py", "the cost of distillation: each part of one KD step, peak memory"),
     ("kd_memory", "benchmarks/kd_memory.py", "peak memory of a KD step, verified weights"),
     ("speed", "benchmarks/speed.py", "inference speed, teacher vs student"),
+    ("deploy_gain", "benchmarks/deploy_gain.py", "deployment: torch vs ONNX Runtime / OpenVINO, FP32 / INT8, AP and "
+                                                 "latency"),
     ("coco_eval_speed", "benchmarks/coco_eval_speed.py", "COCO evaluation speed, faster-coco-eval vs pycocotools"),
 )
 IMAGES = {"recipe": "recipe_curves.png"}  # figures shown under a file's section
@@ -277,6 +280,34 @@ def render_cpu_cost() -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ the measured deployments in docs/export.md
+DEPLOY = "deploy_gain_cpu-amd-epyc-2c"  # benchmarks/deploy_gain.py on the 2-core CPU
+
+
+def render_deploy() -> str:
+    """Per dataset x student: the fastest deployment within the AP budget at the training size and at 640 px."""
+    d = load(DEPLOY)
+    s = d["settings"]
+    target = d["target"]
+    lines = [f"Fastest deployment within ΔAP ≥ -{s['max_drop']:g} of torch FP32 (COCO AP on val, model-only batch-1 "
+             f"p50 on the CPU; {machine_of(d)}; every backend x precision in [{DEPLOY}](results.md#{DEPLOY})). "
+             f"Target of issue 29: ≥ {target['speedup']:g}× torch FP32 with ΔAP ≥ -{target['max_drop']:g}.", "",
+             "| data, student | torch FP32 AP | at the training size | at 640 px |", "|---|---:|---|---|"]
+
+    def cell(v) -> str:
+        if not v:
+            return "none within the AP budget"
+        return (f"{v['label']} (ran {v['ran']}): {v['speedup']:.2f}×, ΔAP {v['delta_AP']:+.4f}"
+                f"{'' if v['met'] else ' (target not met)'}")
+
+    for e in d["entries"]:
+        ref = next((r for r in e["rows"] if r["variant"] == "torch_fp32"), {})
+        student = Path(e["student"]).stem.replace("yolov8", "YOLOv8-").replace("yolo26", "YOLO26-")
+        lines.append(f"| {e['dataset']} {e['settings']['imgsz']} px, {student} | {ref.get('AP', 0):.4f} | "
+                     f"{cell(e['verdict'].get('train'))} | {cell(e['verdict'].get('bench'))} |")
+    return "\n".join(lines)
+
+
 def fill_markers(text: str, name: str, body: str) -> str:
     """``text`` with the lines between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` replaced by ``body``."""
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -291,7 +322,8 @@ def rendered() -> dict[Path, str]:
     """What each generated file should hold."""
     return {RESULTS_PAGE: render_results_page(),
             README: fill_markers(README.read_text(), "headline", render_headline()),
-            SPEED_PAGE: fill_markers(SPEED_PAGE.read_text(), "cpu-cost", render_cpu_cost())}
+            SPEED_PAGE: fill_markers(SPEED_PAGE.read_text(), "cpu-cost", render_cpu_cost()),
+            EXPORT_PAGE: fill_markers(EXPORT_PAGE.read_text(), "deploy", render_deploy())}
 
 
 def main(argv: list[str] | None = None) -> int:
