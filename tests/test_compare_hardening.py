@@ -37,9 +37,11 @@ class FakeTrainer:
 @pytest.fixture
 def fake_trainer(monkeypatch):
     import detkd.engine.baseline as baseline
+    import detkd.engine.trainer as trainer_module  # imported before StudentTrainer is faked: its real base class
 
     FakeTrainer.made = []
     monkeypatch.setattr(baseline, "StudentTrainer", FakeTrainer)
+    monkeypatch.setattr(trainer_module, "DistillationTrainer", FakeTrainer)
     return FakeTrainer
 
 
@@ -191,23 +193,13 @@ def test_training_curves_leave_out_panels_no_run_logged(tmp_path):
                                 tmp_path / "curves.png").is_file()
 
 
-@pytest.fixture
-def fake_distillation_trainer(monkeypatch):
-    import detkd.engine.trainer as trainer_module  # imported before StudentTrainer is faked: its real base class
-
-    FakeTrainer.made = []
-    monkeypatch.setattr(trainer_module, "DistillationTrainer", FakeTrainer)
-    return FakeTrainer
-
-
 def test_a_finished_run_is_reused_after_detkd_adds_a_kd_setting_at_its_default(tmp_path, shapes_yaml, teacher_pt,
-                                                                             fake_distillation_trainer):
+                                                                             fake_trainer):
     """A run fingerprinted before a KD setting existed (here: teacher_overlap, class_map) has the same settings when
     the new one is at its default: reused, not retrained. Settings that do not change what is learnt (where the
     teacher runs) never count."""
     from detkd.compare.experiment import MARKER, CompareSettings, plan, train_fingerprint, train_run
 
-    fake_trainer = fake_distillation_trainer
     s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, epochs=2, project=str(tmp_path), name="k").validate()
     spec = next(p for p in plan(s) if p.kind == "distilled")
     train_run(spec, s, shapes_yaml, s.out_dir, log=lambda *_: None)
