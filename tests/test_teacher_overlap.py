@@ -41,6 +41,27 @@ def test_outputs_started_ahead_equal_the_inline_teacher_and_serve_only_their_inp
     overlap.close()
 
 
+def test_an_ensemble_started_ahead_member_by_member_equals_the_inline_ensemble():
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.models.ensemble import TeacherEnsemble
+
+    torch.manual_seed(1)
+    second = FrozenTeacher(DetectionModel("yolo26n.yaml", nc=3, verbose=False), torch.device("cpu")).optimize()
+    ensemble = TeacherEnsemble([_teacher(), second], [0.7, 0.3])
+    overlap = TeacherOverlap(ensemble)
+    img = torch.rand(2, 3, 64, 64)
+    started = overlap.start(img.clone())
+    assert len(started) == 2  # one per member, side by side
+    overlap.expect(img, img.clone(), started)
+    out, ref = overlap(img), ensemble(img)
+    assert overlap.hits == 1
+    for a, b in zip((out.boxes, out.scores, out.conf_logits, *out.feats),
+                    (ref.boxes, ref.scores, ref.conf_logits, *ref.feats)):
+        assert torch.equal(a, b)
+    overlap.close()
+
+
 def test_lookahead_starts_each_batch_before_the_previous_one_is_handed_out():
     events = []
     loader = TeacherLookahead([{"i": 0}, {"i": 1}, {"i": 2}], lambda b: events.append(("start", b["i"])))

@@ -260,7 +260,7 @@ def render_cpu_cost() -> str:
     d = load(CPU_COST)
     s = d["settings"]
     lines = [f"Teacher {s['teacher']}, student {s['student']}, raccoon at {s['imgsz']} px, batch {s['batch']}, "
-             f"median train-loop epoch of {s['epochs']} ({machine_of(d)}; "
+             f"median train-loop epoch of epochs 2–{s['epochs']} ({machine_of(d)}; "
              f"[{CPU_COST}](results.md#{CPU_COST})):", "", "| run | epoch s | vs plain |", "|---|---:|---:|"]
     lines += [f"| {COST_RUNS.get(k, k)} | {v['median_epoch_s']:.2f} | {v['ratio_vs_plain']:.2f}× |"
               for k, v in d["training"].items()]

@@ -2,8 +2,9 @@
 
 On CPU Ultralytics trains with ``cpu_count − 1`` intra-op threads (one on a 2-core machine), so a core is free while
 the student runs forward, loss and backward. :class:`TeacherLookahead` wraps the training loader: when it hands out
-batch i it has already drawn batch i+1 and started the teacher on it in one worker thread (ATen releases the GIL in
-its kernels). The trainer's ``preprocess_batch`` then tells the teacher which input those outputs belong to
+batch i it has already drawn batch i+1 and started the teacher on it in a worker thread (ATen releases the GIL in
+its kernels; an ensemble's members each in their own thread, side by side, combined when the criterion asks). The
+trainer's ``preprocess_batch`` then tells the teacher which input those outputs belong to
 (:meth:`TeacherOverlap.expect`), and the criterion's ``teacher(img)`` collects them instead of running the teacher
 again. This is the CPU counterpart of the CUDA side stream in :mod:`detkd.models.teacher`.
 
@@ -38,23 +39,25 @@ class TeacherOverlap:
 
     def __init__(self, teacher):
         self.teacher = teacher
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detkd-teacher",
+        self._parts = list(getattr(teacher, "members", None) or [teacher])  # an ensemble: one thread per member
+        self._executor = ThreadPoolExecutor(max_workers=len(self._parts), thread_name_prefix="detkd-teacher",
                                             initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
-        self._expected: tuple[torch.Tensor, torch.Tensor, Future] | None = None  # (img, input started on, outputs)
+        self._expected: tuple[torch.Tensor, torch.Tensor, list[Future]] | None = None  # (img, started on, outputs)
         self.hits = 0  # steps served by the worker (the rest ran inline)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["teacher"], name)
 
-    def start(self, img: torch.Tensor) -> Future:
-        """Run the teacher on ``img`` (B, 3, H, W) float in the worker thread; the Future gives its outputs."""
-        return self._executor.submit(self._forward, img)
+    def start(self, img: torch.Tensor) -> list[Future]:
+        """Run the teacher on ``img`` (B, 3, H, W) float in worker threads (an ensemble's members side by side, each
+        in its own); the Futures give the outputs (per member)."""
+        return [self._executor.submit(_no_grad_call, part, img) for part in self._parts]
 
-    def _forward(self, img: torch.Tensor):
-        with torch.no_grad():
-            return self.teacher(img)
+    def _collect(self, outputs: list[Future]):
+        outs = [f.result() for f in outputs]
+        return self.teacher.combine(outs) if len(self._parts) > 1 else outs[0]
 
-    def expect(self, img: torch.Tensor, started_on: torch.Tensor, outputs: Future) -> None:
+    def expect(self, img: torch.Tensor, started_on: torch.Tensor, outputs: list[Future]) -> None:
         """The criterion's next ``self(img)`` may take ``outputs``, computed on ``started_on`` (checked equal)."""
         self._expected = (img, started_on, outputs)
 
@@ -62,7 +65,7 @@ class TeacherOverlap:
         expected, self._expected = self._expected, None
         if expected is not None:
             expected_img, started_on, outputs = expected
-            result = outputs.result()  # always collected: the worker is never left running on a dropped batch
+            result = self._collect(outputs)  # always collected: no worker is left running on a dropped batch
             if expected_img is img and started_on.shape == img.shape and torch.equal(started_on, img):
                 self.hits += 1
                 return result
@@ -70,6 +73,11 @@ class TeacherOverlap:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _no_grad_call(teacher, img: torch.Tensor):
+    with torch.no_grad():
+        return teacher(img)
 
 
 class TeacherLookahead:

@@ -94,7 +94,10 @@ class TeacherEnsemble:
 
     @torch.no_grad()
     def __call__(self, img: torch.Tensor) -> HeadOutputs:
-        outs = [m(img) for m in self.members]
+        return self.combine([m(img) for m in self.members])
+
+    def combine(self, outs: list[HeadOutputs]) -> HeadOutputs:
+        """The members' outputs on one batch (in member order) → the ensemble teacher's (see the module doc)."""
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
         member_scores = [o.scores for o in outs]
         member_conf = [o.scores if o.conf_logits is None else o.conf_logits for o in outs]  # (mapped members)
