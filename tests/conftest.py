@@ -38,20 +38,31 @@ def shapes_yaml(shapes_coco) -> str:
     return str(prepare_dataset(shapes_coco, verbose=False))
 
 
-@pytest.fixture(scope="session")
-def teacher_pt(tmp_path_factory, shapes_yaml) -> str:
-    """A random-init YOLOv8s teacher checkpoint carrying the shapes dataset's class names."""
+def named_model(cfg: str, data_yaml: str, seed: int = 0):
+    """A random-init ``DetectionModel`` of ``cfg`` carrying the class names of ``data_yaml``."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import YAML
 
-    names = YAML.load(shapes_yaml)["names"]
-    torch.manual_seed(0)
-    net = DetectionModel("yolov8s.yaml", nc=len(names), verbose=False)
+    names = YAML.load(data_yaml)["names"]
+    torch.manual_seed(seed)
+    net = DetectionModel(cfg, nc=len(names), verbose=False)
     net.names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    return net
+
+
+def save_checkpoint(net, path: Path) -> str:
+    """``net`` as an Ultralytics-format checkpoint at ``path``."""
+    import torch
+
     torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def teacher_pt(tmp_path_factory, shapes_yaml) -> str:
+    """A random-init YOLOv8s teacher checkpoint carrying the shapes dataset's class names."""
+    return save_checkpoint(named_model("yolov8s.yaml", shapes_yaml), tmp_path_factory.mktemp("teacher") / "teacher.pt")
 
 
 @pytest.fixture

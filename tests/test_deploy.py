@@ -22,20 +22,13 @@ FAST = {"warmup": 1, "iters": 4, "time_budget": 2.0, "min_iters": 3, "e2e": Fals
 @pytest.fixture(scope="session")
 def tiny_student_pt(tmp_path_factory, shapes_yaml) -> str:
     """A random-init YOLOv8-n with the shapes classes whose class scores sit around 0.1 (so it detects)."""
-    from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import YAML
+    from conftest import named_model, save_checkpoint
 
-    names = YAML.load(shapes_yaml)["names"]
-    torch.manual_seed(0)
-    net = DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
-    net.names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
-    head = net.model[-1]
+    net = named_model("yolov8n.yaml", shapes_yaml)
     with torch.no_grad():
-        for seq in head.cv3:
+        for seq in net.model[-1].cv3:
             seq[-1].bias.fill_(-2.0)  # sigmoid(-2) ~ 0.12, then the random features spread it
-    path = tmp_path_factory.mktemp("deploy") / "student.pt"
-    torch.save({"model": net, "train_args": {}, "epoch": -1}, path)
-    return str(path)
+    return save_checkpoint(net, tmp_path_factory.mktemp("deploy") / "student.pt")
 
 
 @pytest.fixture(scope="session")
