@@ -14,6 +14,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 RACCOON = SHARED / "datasets" / "raccoon"
 
 
+@pytest.fixture(autouse=True)
+def _teacher_precision_independent_of_the_cpu(monkeypatch):
+    """The same FP32 teacher on every CI machine: a CPU with AMX would otherwise run half teachers in BF16 (tests that
+    check BF16 switch it back on with their own fixture)."""
+    import detkd.models.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "cpu_has_fast_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def shapes_coco(tmp_path_factory) -> Path:
     """A tiny COCO-format shapes dataset (4 classes, ids 1..4, 96 px): 24 train / 8 val images."""

@@ -160,3 +160,68 @@ def test_a_teacher_without_its_one_to_many_branch_is_an_error_never_a_fallback()
     with pytest.raises(ValueError, match="one-to-many"):
         split_head_outputs({"one2many": {}, "one2one": {"boxes": torch.zeros(1, 4, 2), "scores": torch.zeros(1, 3, 2),
                                                         "feats": []}})
+
+
+# ------------------------------------------------------------------------------ reduced precision on CPU (BF16)
+@pytest.fixture
+def cpu_with_amx(monkeypatch):
+    """A CPU with BF16 matrix units (AMX): BF16 kernels run on any CPU, only their speed differs."""
+    import detkd.models.teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "cpu_has_fast_bf16", lambda: True)
+
+
+def _outputs(t: FrozenTeacher, img: torch.Tensor) -> list[torch.Tensor]:
+    out = t(img)
+    return [out.boxes, out.scores, *out.feats]
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_on_a_cpu_with_bf16_matrix_units_the_half_teacher_runs_in_bf16_and_hands_out_fp32(cpu_with_amx, cfg):
+    img = torch.rand(2, 3, 64, 64)
+    ref = _outputs(FrozenTeacher(_net(cfg), torch.device("cpu")).optimize(half=False), img)
+    teacher = FrozenTeacher(_net(cfg), torch.device("cpu")).optimize(half=True)
+    assert teacher.dtype == torch.bfloat16 and teacher.precision == "bf16"
+    assert {p.dtype for p in teacher.model.parameters()} == {torch.bfloat16}
+    out = _outputs(teacher, img)
+    for o, r in zip(out, ref):
+        assert o.dtype == torch.float32 and o.shape == r.shape
+        # BF16 keeps 8 bits of mantissa: a few parts in a thousand of each tensor's range, never more
+        assert float((o - r).abs().max()) <= 0.03 * float(r.abs().max())
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_without_bf16_matrix_units_or_with_half_off_the_cpu_teacher_stays_fp32_and_exact(monkeypatch, cpu_with_amx):
+    import detkd.models.teacher as teacher_module
+
+    img = torch.rand(2, 3, 64, 64)
+    ref = _outputs(FrozenTeacher(_net(), torch.device("cpu")).optimize(half=False), img)
+    off = FrozenTeacher(_net(), torch.device("cpu")).optimize(half=False)
+    monkeypatch.setattr(teacher_module, "cpu_has_fast_bf16", lambda: False)
+    plain_cpu = FrozenTeacher(_net(), torch.device("cpu")).optimize(half=True)
+    for t in (off, plain_cpu):
+        assert t.dtype == torch.float32 and t.precision == "fp32"
+        for o, r in zip(_outputs(t, img), ref):
+            assert torch.equal(o, r)
+
+
+def test_the_bf16_check_reads_torchs_amx_probe(monkeypatch):
+    import detkd.models.teacher as teacher_module
+
+    monkeypatch.undo()  # the real check, not conftest's stand-in
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert teacher_module.cpu_has_fast_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not teacher_module.cpu_has_fast_bf16()
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert not teacher_module.cpu_has_fast_bf16()  # an older torch without the probe: FP32, never a crash
+
+
+def test_the_run_says_which_precision_the_teacher_computes_in_and_how_to_change_it():
+    from detkd.models.teacher import teacher_precision_line
+
+    bf16 = teacher_precision_line("bf16", "cpu")
+    assert "BF16" in bf16 and "--teacher-half false" in bf16
+    assert "FP16" in teacher_precision_line("fp16", "cuda")
+    assert "no BF16 matrix units" in teacher_precision_line("fp32", "cpu")
+    assert "--teacher-half false" in teacher_precision_line("fp32", "cuda")

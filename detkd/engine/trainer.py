@@ -54,7 +54,7 @@ from detkd.models.class_map import ClassMappedTeacher, map_inference_output
 from detkd.models.compat import check_compatibility, teacher_class_map
 from detkd.models.ensemble import TeacherEnsemble
 from detkd.models.loading import YAML_SUFFIXES, load_detection_model
-from detkd.models.teacher import FrozenTeacher, feature_channels
+from detkd.models.teacher import FrozenTeacher, feature_channels, teacher_precision_line
 
 offline.install()
 register_detkd_arguments()
@@ -325,6 +325,8 @@ class DistillationTrainer(StudentTrainer):
                 self.adapters, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{PREFIX}{teacher_precision_line(self.teacher.precision, self.device.type)}")
         # what the criterion calls: the teacher, or on CPU the teacher started one batch ahead by the training loader
         self.teacher_runner = TeacherOverlap(self.teacher) if self._overlaps_teacher() else self.teacher
         student = unwrap_model(self.model)

@@ -117,6 +117,11 @@ class TeacherEnsemble:
         return self.members[0].nc
 
     @property
+    def precision(self) -> str:
+        """The members' compute precision (all run on the same device with the same setting)."""
+        return self.members[0].precision
+
+    @property
     def end_to_end(self) -> bool:
         """Some member has an end-to-end head (its one-to-many outputs are the targets, as for a single teacher)."""
         return any(m.end_to_end for m in self.members)
