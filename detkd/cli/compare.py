@@ -37,6 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --unlabeled: the teacher confidence at which its detections become hard labels on "
                         "the unlabelled images, in the pseudo-label baseline and in detkd + unlabelled; off: soft KD "
                         "only there, and no pseudo-label baseline [0.25]")
+    g.add_argument("--class-map", metavar="SPEC",
+                   help="a teacher with other classes: which teacher class teaches which data class, beyond same "
+                        "names, as in detkd distill, for every distilled run (e.g. 'car,truck,bus=vehicle'); the "
+                        "teacher row is scored in the data's classes through it, and the report adds AP per class "
+                        "group. See docs/classes.md")
+    g.add_argument("--keep-teacher-classes", action="store_true",
+                   help="every distilled run learns the data's classes without forgetting the teacher's (as in "
+                        "detkd distill); rows scored in the data's classes, AP per class group added. See "
+                        "docs/classes.md")
     g.add_argument("--with-ultralytics-kd", action="store_true",
                    help="also train the student with Ultralytics' built-in distill_model= (same teacher, settings)")
 
@@ -131,6 +140,7 @@ def build_settings(args):
         eval_batch=args.eval_batch, eval_device=args.eval_device, bench_device=args.bench_device,
         bench_imgsz=args.bench_imgsz, bench_warmup=args.bench_warmup, bench_iters=args.bench_iters,
         bench_time_budget=args.bench_time, deploy=args.deploy, calib_images=args.calib_images,
+        class_map=args.class_map, keep_teacher_classes=args.keep_teacher_classes,
     ).validate()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
                                      set_aside)
-from detkd.errors import ConfigError, DetKDError
+from detkd.errors import ConfigError, DetKDError, IncompatibleModelsError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
 MARKER = "compare_run.json"
@@ -38,6 +38,7 @@ STARTED = "compare_started.json"  # the fingerprint a run was started with (an i
 OWNED_TRAIN_ARGS = {"model", "data", "epochs", "imgsz", "batch", "seed", "device", "workers", "project", "name",
                     "exist_ok", "resume", "distill_model", "kd", "pretrained"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TEACHER_CLASS_FLAGS = {"class_map": "--class-map", "keep_teacher_classes": "--keep-teacher-classes"}
 
 
 @dataclass
@@ -77,6 +78,10 @@ class CompareSettings:
     bench_min_iters: int = 5
     deploy: list | None = None  # --deploy: 'backend:precision' variants of every student run (None: off; []: all)
     calib_images: int | None = None  # INT8 variants: calibration images from the training split (None: 300)
+    # a teacher with other classes (KDConfig's settings, the same for every run distilled from --teacher; see
+    # docs/classes.md and detkd.compare.classes for how each row is scored then)
+    class_map: str | dict | None = None
+    keep_teacher_classes: bool = False
 
     def validate(self) -> "CompareSettings":
         from detkd.config import KDConfig, check_train_args
@@ -101,17 +106,19 @@ class CompareSettings:
         from detkd.data.unlabeled import unlabeled_source
 
         self.unlabeled = unlabeled_source(self.unlabeled, self.data)  # --unlabeled, or the data YAML's entry
+        self._validate_teacher_classes()
         for name, cfg in self.kd_configs.items():
             if not _NAME_RE.match(str(name)):
                 raise ConfigError(f"KD configuration name '{name}' must be letters, digits, '_', '.', '-'.")
-            if "teacher" in cfg:
-                raise ConfigError(f"KD configuration '{name}' sets 'teacher': the teacher is --teacher, the same "
-                                  f"for every run.")
+            for key, flag in (("teacher", "--teacher"), *TEACHER_CLASS_FLAGS.items()):
+                if key in cfg:
+                    raise ConfigError(f"KD configuration '{name}' sets '{key}': that is {flag}, the same for "
+                                      f"every run.")
             if "pseudo_conf" in cfg and not self.unlabeled:
                 raise ConfigError(f"KD configuration '{name}' sets pseudo_conf: it is about unlabelled images, give "
                                   f"them with --unlabeled PATH.")
             extra = {"unlabeled": str(self.unlabeled)} if "pseudo_conf" in cfg else {}
-            KDConfig.from_dict({**cfg, **extra})  # unknown keys / bad values fail here, before any work
+            KDConfig.from_dict({**cfg, **extra, **self.teacher_classes})  # bad keys / values fail before any work
         if self.unlabeled:
             from detkd.data.unlabeled import resolve_unlabeled
 
@@ -132,6 +139,30 @@ class CompareSettings:
             self.calib_images = 300 if self.calib_images is None else int(self.calib_images)
             check_deploy_settings(self)
         return self
+
+    @property
+    def teacher_classes(self) -> dict:
+        """The KDConfig fields of ``--class-map`` / ``--keep-teacher-classes`` that are set (each run distilled from
+        --teacher gets them)."""
+        return {k: v for k, v in (("class_map", self.class_map), ("keep_teacher_classes", self.keep_teacher_classes))
+                if v}
+
+    def _validate_teacher_classes(self) -> None:
+        """``--class-map`` / ``--keep-teacher-classes``: distill's rules (KDConfig), and what compare cannot do
+        with them; the map's names are checked against the teacher's and the data's classes by check_models."""
+        from detkd.config import KDConfig
+
+        kd = KDConfig(teacher=str(self.teacher), **self.teacher_classes)
+        self.class_map, self.keep_teacher_classes = kd.class_map, bool(kd.keep_teacher_classes)
+        if not self.keep_teacher_classes:
+            return
+        if self.assistant:
+            raise ConfigError("--keep-teacher-classes with --assistant: the assistant would have to keep the "
+                              "teacher's classes too, which compare does not do. Drop --assistant.")
+        if self.deploy is not None:
+            raise ConfigError("--keep-teacher-classes with --deploy: the exported students predict the teacher's "
+                              "classes too, which the deployment rows do not score in the data's classes. Drop "
+                              "--deploy and export the student with detkd export.")
 
     def _pseudo_threshold(self) -> float | None:
         """``pseudo_conf`` as it acts (KDConfig's rules: a confidence in (0, 1), 'auto', or 'off'/None: soft KD only);
@@ -266,6 +297,8 @@ def kd_config(spec: RunSpec, s: CompareSettings):
     from detkd.config import KDConfig
 
     cfg = dict(spec.kd or {})
+    if not spec.teacher_from:  # distilled from --teacher (not from the assistant, which has the data's classes)
+        cfg.update(s.teacher_classes)
     if "min_teacher_map" not in cfg:
         cfg.setdefault("validate_teacher", False)
     return KDConfig.from_dict({**cfg, "teacher": str(Path(str(spec.teacher or s.teacher)).resolve())})
@@ -364,28 +397,38 @@ def train_run(spec: RunSpec, s: CompareSettings, data_yaml: str, out: Path, log=
     return spec
 
 
-def check_models(s: CompareSettings, data_yaml: str) -> None:
-    """Teacher, student and data agree (classes, head, reg_max, feature levels) — checked before any training."""
-    from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import YAML
+def check_models(s: CompareSettings, data_yaml: str):
+    """Teacher, student and data agree (classes, head, reg_max, feature levels) — checked before any training.
 
-    from detkd.models.compat import check_compatibility
+    A teacher with other classes is checked through its class map (``--class-map`` names included); with
+    ``--keep-teacher-classes`` the student is checked as the run builds it, with the teacher's and the data's classes.
+    Returns the teacher's class map (None: the data's classes)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detkd.compare.classes import data_classes
+    from detkd.models.compat import check_compatibility, teacher_class_map
     from detkd.models.loading import load_detection_model
 
-    data = YAML.load(data_yaml)
-    nc = int(data.get("nc") or len(data["names"]))
+    data = data_classes(data_yaml)
+    if s.keep_teacher_classes:
+        from detkd.engine.incremental import incremental_data
+
+        union = incremental_data(dict(data), str(s.teacher))[0]
+        data = {"nc": union["nc"], "names": union["names"]}
+    nc = data["nc"]
     teacher = load_detection_model(str(s.teacher), role="teacher", nc=nc)
     student = load_detection_model(str(s.student), role="student", nc=nc)
     if int(getattr(student, "yaml", {}).get("nc", nc)) != nc:  # a .pt student for other classes: its new head
         student = DetectionModel(student.yaml, nc=nc, verbose=False)
     box_kd = any(kd_config(r, s).box_kd > 0 for r in plan(s) if r.kind == "distilled")
     from_yaml = str(s.teacher).lower().endswith((".yaml", ".yml"))
-    check_compatibility(teacher, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd, teacher_from_yaml=from_yaml)
+    class_map = teacher_class_map(teacher, data, s.class_map, from_yaml)
+    check_compatibility(teacher, student, data, box_kd=box_kd, teacher_from_yaml=from_yaml, class_map=class_map)
     if s.assistant:  # teacher → assistant → student: both links must be distillable
         from detkd.engine.assistant import check_chain_links
 
-        check_chain_links(teacher, s.assistant, student, {"nc": nc, "names": data["names"]}, box_kd=box_kd,
-                          teacher_from_yaml=from_yaml)
+        check_chain_links(teacher, s.assistant, student, data, box_kd=box_kd, teacher_from_yaml=from_yaml)
+    return None if class_map.is_identity else class_map
 
 
 def _first_device(device) -> str:
@@ -409,40 +452,93 @@ def is_coco_data(data_yaml: str) -> bool:
         return False
 
 
-def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, out: Path, log=print) -> RunSpec:
+def evaluate_run(spec: RunSpec, s: CompareSettings, data_yaml: str, coco: bool, out: Path, log=print,
+                 per_class: bool = False) -> RunSpec:
     """COCO metrics of ``spec.weights`` (COCOeval on the dataset's own JSON, or Ultralytics val for a plain
-    data.yaml: AP, AP50, AP75 only); reused when weights and settings are unchanged."""
+    data.yaml: AP, AP50, AP75 only), with per-class AP; reused when weights and settings are unchanged (and, with
+    ``per_class``, the record has per-class AP: the report's class groups need it).
+
+    A model with other classes than the data's (a teacher through its class map, a --keep-teacher-classes student)
+    is scored in the data's classes, on those it predicts (:mod:`detkd.compare.classes`)."""
+    from detkd.compare.classes import data_classes, model_class_map, restrict_to, scored_classes, scored_label
+    from detkd.models.class_map import names_list
+
+    data = data_classes(data_yaml)
+    names = names_list(data["names"])
+    try:
+        cmap = model_class_map(spec.weights, data, s.class_map, role="teacher" if spec.kind == "teacher" else "model")
+    except IncompatibleModelsError:  # no class shared: --keep-teacher-classes may teach only new ones
+        if spec.kind != "teacher" or not s.keep_teacher_classes:
+            raise
+        spec.metrics = {k: None for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} | {"scored_classes": []}
+        spec.label = scored_label(spec.label, [], len(names))
+        log(f"      {spec.label}: no AP on this data (data classes: {', '.join(names[:8])}); it teaches the "
+            f"students its own classes")
+        return spec
     eval_dir = out / "eval" / spec.key
     fp = normal({"weights": model_id(spec.weights), "data": model_id(data_yaml), "split": s.eval_split,
                   "imgsz": int(s.imgsz), "conf": s.eval_conf, "iou": s.eval_iou, "batch": int(s.eval_batch),
-                  "method": f"coco:{resolve_backend()}" if coco else "ultralytics"})
+                  "method": f"coco:{resolve_backend()}" if coco else "ultralytics",
+                  **({"class_map": [list(p) for p in cmap.pairs]} if cmap else {})})
     old = read_json(eval_dir / EVAL_MARKER)
-    if old and same_settings(old.get("fingerprint"), fp):
+    if old and same_settings(old.get("fingerprint"), fp) and (not per_class or "per_class" in old["metrics"]):
         spec.metrics = {**old["metrics"], "reused": True}
-        log(f"      {spec.label}: AP {spec.metrics['AP']:.3f} (evaluation reused)")
+        spec.label = scored_label(spec.label, spec.metrics.get("scored_classes", names), len(names))
+        log(f"      {spec.label}: AP {_ap(spec.metrics['AP'])} (evaluation reused)")
         return spec
     eval_dir.mkdir(parents=True, exist_ok=True)
     device = _first_device(s.eval_device or s.device)
+    model = spec.weights
+    if cmap is not None:
+        from detkd.compare.classes import in_data_classes
+        from detkd.models.loading import load_detection_model
+
+        model = in_data_classes(load_detection_model(str(spec.weights), role=spec.kind), cmap)
     if coco:
         from detkd.eval.coco_eval import evaluate_coco
 
-        m = evaluate_coco(spec.weights, data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf,
+        m = evaluate_coco(model, data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf,
                           iou=s.eval_iou, batch=int(s.eval_batch), device=str(device), out_dir=eval_dir, verbose=False)
-        keep = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "n_images", "n_detections")
+        keep = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "n_images", "n_detections", "per_class",
+                "per_class_AP50", "per_class_instances")
         metrics = {k: m.get(k) for k in keep}
     else:
-        from ultralytics import YOLO
-
-        v = YOLO(spec.weights).val(data=data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf,
-                                   iou=s.eval_iou, batch=int(s.eval_batch), device=str(device), plots=False,
-                                   verbose=False, project=str((out / "eval").resolve()), name=spec.key, exist_ok=True)
-        metrics = {"AP": float(v.box.map), "AP50": float(v.box.map50), "AP75": float(v.box.map75),
-                   "APs": None, "APm": None, "APl": None}
+        metrics = _ultralytics_val(model, spec.key, s, data_yaml, names, str(device), out)
         (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    scored = scored_classes(cmap, names)
+    if len(scored) < len(names):  # a teacher without some data class: scored on its classes (detkd.compare.classes)
+        metrics = {**restrict_to(metrics, scored), "scored_classes": scored}
+        spec.label = scored_label(spec.label, scored, len(names))
     (eval_dir / EVAL_MARKER).write_text(json.dumps({"fingerprint": fp, "metrics": metrics}, indent=1))
     spec.metrics = {**metrics, "reused": False}
-    log(f"      {spec.label}: AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}")
+    log(f"      {spec.label}: AP {_ap(metrics['AP'])}  AP50 {_ap(metrics['AP50'])}"
+        + (f" (on the classes it predicts: {', '.join(scored)})" if len(scored) < len(names) else ""))
     return spec
+
+
+def _ap(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _ultralytics_val(model, key: str, s: CompareSettings, data_yaml: str, names: list[str], device: str,
+                     out: Path) -> dict:
+    """Ultralytics val of a checkpoint path (``YOLO().val``) or of a model in the data's classes (a module)."""
+    from detkd.eval.class_groups import per_class_from_ultralytics
+
+    args = dict(data=data_yaml, split=s.eval_split, imgsz=int(s.imgsz), conf=s.eval_conf, iou=s.eval_iou,
+                batch=int(s.eval_batch), device=device, plots=False, verbose=False)
+    if isinstance(model, (str, Path)):
+        from ultralytics import YOLO
+
+        v = YOLO(model).val(**args, project=str((out / "eval").resolve()), name=key, exist_ok=True)
+    else:
+        from ultralytics.models.yolo.detect import DetectionValidator
+
+        validator = DetectionValidator(save_dir=out / "eval" / key, args={**args, "rect": True})
+        validator(model=model)
+        v = validator.metrics
+    return {"AP": float(v.box.map), "AP50": float(v.box.map50), "AP75": float(v.box.map75),
+            "APs": None, "APm": None, "APl": None, **per_class_from_ultralytics(v, names)}
 
 
 def architecture_id(weights) -> str:
@@ -529,9 +625,14 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
         f"; output {out}")
 
     say(f"checking teacher/student/data, evaluating teacher {s.teacher} ...")
-    check_models(s, data_yaml)
+    from detkd.compare.classes import class_groups, data_classes
+
+    teacher_map = check_models(s, data_yaml)
+    for line in teacher_map.describe() if teacher_map else []:
+        log(f"      {line}")
+    groups = class_groups(s.teacher, data_classes(data_yaml), s.class_map, s.keep_teacher_classes)
     out.mkdir(parents=True, exist_ok=True)
-    evaluate_run(specs[0], s, data_yaml, coco, out, log)
+    evaluate_run(specs[0], s, data_yaml, coco, out, log, per_class=groups is not None)
 
     by_key = {r.key: r for r in specs}
     for r in trained:
@@ -543,7 +644,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
 
     say(f"evaluating {len(trained)} student runs ({'COCO' if coco else 'Ultralytics'} AP, {s.eval_split} split) ...")
     for r in trained:
-        evaluate_run(r, s, data_yaml, coco, out, log)
+        evaluate_run(r, s, data_yaml, coco, out, log, per_class=groups is not None)
 
     say(f"benchmarking {len(specs)} models (batch 1, {s.bench_imgsz or s.imgsz} px, {s.bench_device}; "
         f"one timing per architecture) ...")
@@ -569,7 +670,7 @@ def run_compare(s: CompareSettings, log=print) -> CompareResult:
                              + ("; torch and exported files" if deployed else ""),
                     ylabel="COCO AP@[.50:.95]" if coco else "mAP50-95 (Ultralytics val)")
     plot_training_curves([(r.label, r.kind, r.config, r.results_csv) for r in trained], out / "training_curves.png")
-    result = write_report(specs, s, data_yaml, coco, out, deployed=deployed)
+    result = write_report(specs, s, data_yaml, coco, out, deployed=deployed, groups=groups)
     log(f"\n{result.report_md.read_text()}")
     log(f"Report: {result.report_md}\nPlots: {result.map_vs_fps_png}, {result.training_curves_png}")
     return result

@@ -29,15 +29,20 @@ def read_guard(run_folder) -> dict | None:
         return None
 
 
-def build_rows(specs) -> list[dict]:
+def build_rows(specs, groups: dict[str, list[str]] | None = None) -> list[dict]:
     """Flat report rows from evaluated and benchmarked :class:`~detkd.compare.experiment.RunSpec` objects.
 
-    ΔAP is against the baseline trained with the same seed (the same augmentation stream)."""
-    base = {r.seed: r.metrics.get("AP") for r in specs if r.kind == "baseline"}
+    ΔAP is against the baseline trained with the same seed (the same augmentation stream), over the classes the row
+    is scored on (a teacher without some data class: the baseline's AP over the teacher's classes). ``groups``: the
+    class groups (:func:`detkd.compare.classes.class_groups`), each row's AP per group as ``class_groups``."""
+    from detkd.compare.classes import ap_over, group_cells
+
+    base = {r.seed: r.metrics for r in specs if r.kind == "baseline"}
     rows = []
     for r in specs:
         m, sp = r.metrics, r.speed
-        ap, b = m.get("AP"), base.get(r.seed)
+        scored = m.get("scored_classes")
+        ap, b = m.get("AP"), ap_over(base[r.seed], scored) if r.seed in base else None
         guard = read_guard(r.train["save_dir"]) if r.kind == "distilled" and r.train.get("save_dir") else None
         rows.append({
             "key": r.key, "kind": r.kind, "label": r.label, "seed": r.seed, "config": r.config or r.key,
@@ -51,22 +56,34 @@ def build_rows(specs) -> list[dict]:
             "reused": {"train": r.train.get("reused") if r.kind != "teacher" else None,
                        "eval": m.get("reused"), "bench": sp.get("reused")},
             "kd": r.kd,
+            "per_class": m.get("per_class"),
+            **({"scored_classes": scored} if scored is not None else {}),
+            **({"class_groups": group_cells(m, groups)} if groups else {}),
         })
     return rows
 
 
 def teacher_verdict(rows: list[dict]) -> str:
-    """The teacher verdict in words (empty when the teacher or the baseline has no AP)."""
+    """The teacher verdict in words (empty when the teacher or the baseline has no AP). A teacher scored on some of
+    the data's classes only is compared with the baseline on those classes."""
+    from detkd.compare.classes import ap_over
+
     t = next((r for r in rows if r["kind"] == "teacher"), None)
-    base = [r["AP"] for r in rows if r["kind"] == "baseline" and r.get("AP") is not None]
+    if t and t.get("scored_classes") == []:
+        return ("the teacher predicts none of the data's classes, so its AP cannot be measured on this data; it "
+                "teaches the students its own classes (--keep-teacher-classes), which the data does not label.")
+    scored = t.get("scored_classes") if t else None
+    base = [ap_over(r, scored) for r in rows if r["kind"] == "baseline"]
+    base = [b for b in base if b is not None]
     if not t or not base or t.get("AP") is None:
         return ""
     b = sum(base) / len(base)  # the baseline's mean over seeds
+    on = f" on the teacher's {len(scored)} classes ({', '.join(scored)})" if scored else ""
     if round(t["AP"], 3) <= round(b, 3):  # as printed: an equal teacher is not called weaker
         how = "weaker than" if round(t["AP"], 3) < round(b, 3) else "only as strong as"
-        return (f"this teacher is {how} the student trained alone (AP {t['AP']:.3f} vs {b:.3f}): "
+        return (f"this teacher is {how} the student trained alone (AP{on} {t['AP']:.3f} vs {b:.3f}): "
                 f"distilling from it will not help. Train the teacher longer or pick a stronger one.")
-    return (f"the teacher is stronger than the student trained alone (AP {t['AP']:.3f} vs {b:.3f}, "
+    return (f"the teacher is stronger than the student trained alone (AP{on} {t['AP']:.3f} vs {b:.3f}, "
             f"{t['AP'] - b:+.3f}): a useful teacher to distil from.")
 
 
@@ -157,9 +174,48 @@ def _guard_lines(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _group_lines(rows: list[dict], groups: dict[str, list[str]] | None, s) -> list[str]:
+    """The "AP per class group" section: one row per model, one column per group (ΔAP vs the same seed's baseline
+    beside each distilled or teacher value)."""
+    if not groups:
+        return []
+    teacher = next(r for r in rows if r["kind"] == "teacher")
+    taught, new = groups.get("teacher's classes", []), groups.get("new classes", [])
+    how = ("matched by name and --class-map" if s.class_map else "matched by name")
+    lines = ["## AP per class group", "",
+             f"The teacher's classes ({how}): {', '.join(taught) or 'none of the data classes'}; new classes (no "
+             f"teacher class: the labels alone teach them): {', '.join(new) or 'none'}. A group's AP is the mean COCO "
+             f"AP of its classes with ground truth in the {s.eval_split} split (`all`: the AP above); '-': the model "
+             f"does not predict every class of the group. In brackets: ΔAP vs the baseline of the same seed."]
+    if teacher.get("scored_classes") is not None:
+        lines[-1] += (" The teacher is scored on the data classes it predicts through its class map only "
+                      f"({', '.join(teacher['scored_classes']) or 'none'}).")
+    if s.keep_teacher_classes:
+        lines[-1] += (" With --keep-teacher-classes the distilled students also predict the teacher's classes the "
+                      "data does not label; this split has no ground truth for them, so they are not scored here "
+                      "(to measure what a student kept of them, evaluate it on images labelled with them).")
+    header = ["model"] + [f"{g} ({len(ms)})" for g, ms in groups.items()]
+    base = {r["seed"]: r.get("class_groups") or {} for r in rows if r["kind"] == "baseline"}
+    cells = [header]
+    for r in rows:
+        line = [r["label"]]
+        for g in groups:
+            v, b = (r.get("class_groups") or {}).get(g), (base.get(r["seed"]) or {}).get(g)
+            ap, bap = (v or {}).get("AP"), (b or {}).get("AP")
+            delta = f" ({ap - bap:+.3f})" if r["kind"] != "baseline" and ap is not None and bap is not None else ""
+            line.append(_num(ap) + delta)
+        cells.append(line)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    out = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+           + " |" for line in cells]
+    out.insert(1, "|" + "|".join("-" * (w + 1) + ("-" if i == 0 else ":") for i, w in enumerate(widths)) + "|")
+    return lines + [""] + out + [""]
+
+
 def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: dict,
-                    deploy: list[dict] | None = None) -> str:
-    """The whole report.md (``deploy``: :func:`detkd.compare.deploy.deploy_rows`, a section of its own)."""
+                    deploy: list[dict] | None = None, groups: dict[str, list[str]] | None = None) -> str:
+    """The whole report.md (``deploy``: :func:`detkd.compare.deploy.deploy_rows`, a section of its own; ``groups``:
+    the class groups, their section after the verdict)."""
     from detkd.compare.deploy import format_deploy_section
 
     from detkd.bench.report import machine_line
@@ -189,6 +245,7 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
         lines += [f"**Teacher verdict:** {verdict}", ""]
     if result:
         lines += [f"**Outcome:** {result}", ""]
+    lines += _group_lines(rows, groups, s)
     if is_multi_seed(rows):
         lines += ["## Across seeds", "", "ΔAP per row above is against the baseline of the same seed. Verdict: "
                   "'better' when every seed beats its baseline and the worst distilled seed is above the best "
@@ -219,22 +276,24 @@ def render_markdown(rows: list[dict], s, data_yaml: str, coco: bool, machine: di
     return "\n".join(lines) + "\n"
 
 
-def write_report(specs, s, data_yaml: str, coco: bool, out: Path, deployed=()):
+def write_report(specs, s, data_yaml: str, coco: bool, out: Path, deployed=(), groups=None):
     """Write report.md and report.json into ``out``; return a :class:`~detkd.compare.experiment.CompareResult`.
-    ``deployed``: the exported variants of ``--deploy`` (their own section and JSON key ``deploy``)."""
+    ``deployed``: the exported variants of ``--deploy`` (their own section and JSON key ``deploy``); ``groups``: the
+    class groups of a teacher with other classes (a section, each row's ``class_groups``, JSON key
+    ``class_groups``)."""
     from detkd.bench.machine import machine_info
     from detkd.compare.deploy import deploy_rows
     from detkd.compare.experiment import CompareResult, settings_dict
 
-    rows = build_rows(specs)
+    rows = build_rows(specs, groups)
     deploy = deploy_rows(deployed, specs)
     machine = machine_info(s.bench_device)
-    md = render_markdown(rows, s, data_yaml, coco, machine, deploy=deploy)
+    md = render_markdown(rows, s, data_yaml, coco, machine, deploy=deploy, groups=groups)
     out = Path(out)
     (out / "report.md").write_text(md)
     payload = {"settings": settings_dict(s), "data_yaml": str(data_yaml), "evaluation": BACKEND_LABEL[resolve_backend()] if coco else
                "ultralytics", "machine": machine, "rows": rows, "teacher_verdict": teacher_verdict(rows),
-               "outcome": outcome(rows), "deploy": deploy}
+               "outcome": outcome(rows), "deploy": deploy, "class_groups": groups}
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=str))
     return CompareResult(out_dir=out, report_md=out / "report.md", report_json=out / "report.json",
                          map_vs_fps_png=out / "map_vs_fps.png", training_curves_png=out / "training_curves.png",
