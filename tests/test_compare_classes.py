@@ -132,7 +132,8 @@ def test_a_teacher_without_some_data_class_is_scored_on_its_classes_only(tmp_pat
     assert "on the classes it predicts: circle, square, triangle" in lines[-1]
 
 
-def test_keeping_the_classes_of_a_teacher_that_has_none_of_the_data_leaves_its_row_unscored(tmp_path, shapes_yaml):
+def test_keeping_the_classes_of_a_teacher_without_any_data_class_leaves_its_row_unscored(tmp_path,
+                                                                                        shapes_yaml):
     """A teacher sharing no class with the data is fine for --keep-teacher-classes (every data class is new): its
     row has no AP (not a 0, not a crash), and the verdict says why."""
     from ultralytics.nn.tasks import DetectionModel
