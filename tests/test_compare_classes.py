@@ -158,7 +158,7 @@ def test_keeping_the_classes_of_a_teacher_without_any_data_class_leaves_its_row_
     assert rows[0]["delta_AP"] is None and rows[0]["class_groups"] == {"new classes": None, "all": None}
     assert "| teacher (none of the data's classes) |" in format_table(rows)
     assert "predicts none of the data's classes" in teacher_verdict(rows)
-    with pytest.raises(IncompatibleModelsError, match="share no class"):  # without --keep-teacher-classes: refused, as distill
+    with pytest.raises(IncompatibleModelsError, match="share no class"):  # else refused, as distill refuses it
         class_groups(teacher, data_classes(shapes_yaml))
 
 
