@@ -69,8 +69,11 @@ def teacher_forward_bench(teacher_cfg: str, nc: int, imgsz: int, batch: int, dev
                 return net(inp)
 
         out["amp"] = time_forward(amp_forward, x, warmup, iters, cuda)
+    if not cuda:  # the fused FP32 teacher, next to the BF16 one on CPUs with AMX
+        fp32 = FrozenTeacher(load_detection_model(teacher_cfg, role="teacher", nc=nc), dev).optimize(half=False)
+        out["detkd_fp32"] = time_forward(fp32, x, warmup, iters, cuda)
     teacher = FrozenTeacher(net, dev).optimize(half=True, cuda_graphs=False)
-    out["detkd"] = time_forward(teacher, x, warmup, iters, cuda)
+    out["detkd"] = {**time_forward(teacher, x, warmup, iters, cuda), "precision": teacher.precision}
     if cuda:
         teacher.use_graphs = True
         out["detkd_graph"] = time_forward(teacher, x, warmup, iters, cuda)
@@ -97,7 +100,7 @@ def train_timed(kind: str, args, data_yaml: str, teacher_pt: str | None) -> dict
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
     elif kind.startswith("detkd"):  # detkd_eager: no CUDA graphs/side stream; detkd_inline: no CPU lookahead
         kd = KDConfig(teacher=args.teacher, validate_teacher=False, teacher_graphs=kind != "detkd_eager",
-                      teacher_overlap=kind != "detkd_inline")
+                      teacher_overlap=kind != "detkd_inline", teacher_half=kind != "detkd_fp32")
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
     else:  # Ultralytics' built-in feature distillation
         trainer = DetectionTrainer(overrides={**overrides, "distill_model": teacher_pt})
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from detkd.api import resolve_data
+    from detkd.models.teacher import cpu_has_fast_bf16
     from ultralytics.utils import YAML
 
     data_yaml = resolve_data(args.data)
@@ -159,6 +163,8 @@ def main(argv=None) -> int:
         args.runs.mkdir(parents=True, exist_ok=True)
         cpu = args.device == "cpu"
         kinds = ["plain", "detkd", "detkd_inline" if cpu else "detkd_eager"]
+        if cpu and cpu_has_fast_bf16():  # the default runs a BF16 teacher there: the FP32 one beside it
+            kinds.append("detkd_fp32")
         kinds += ["ultralytics_kd"] if args.with_ultralytics_kd else []
         kinds += [f"detkd_{n}teachers" for n in range(2, args.extra_teachers + 2)]
         teacher_pt = save_random_checkpoint(args.teacher, nc, names, args.runs / "teacher_random.pt")
@@ -189,10 +195,12 @@ def render_markdown(r: dict) -> str:
              "## Teacher forward (one batch)", "", "| variant | mean ms | p50 ms | p90 ms | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|"]
     labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused",
-              "detkd": "detkd: fused (+ FP16 + channels_last on CUDA)",
+              "detkd": "detkd: fused (+ FP16 + channels_last on CUDA, BF16 + channels_last on CPUs with AMX)",
+              "detkd_fp32": "detkd: fused, FP32 (--teacher-half false)",
               "detkd_graph": "detkd: + CUDA graph (default)"}
     for k, v in r["teacher_forward"].items():
-        lines.append(f"| {labels.get(k, k)} | {v['mean_ms']:.2f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | "
+        label = labels.get(k, k) + (f" — ran {v['precision'].upper()}" if "precision" in v else "")
+        lines.append(f"| {label} | {v['mean_ms']:.2f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | "
                      f"{v['speedup_vs_fp32']:.2f}x |")
     if "training" in r:
         lines += ["", f"## Training epoch time ({s['data']}, {s['epochs']} epochs, median of epochs 2..N, "
@@ -202,6 +210,7 @@ def render_markdown(r: dict) -> str:
                  "detkd": "detkd KD (default recipe), teacher overlapped (CUDA: graphs + side stream; CPU: one batch "
                           "ahead in a worker thread)",
                  "detkd_inline": "detkd KD, teacher inline (--teacher-overlap false)",
+                 "detkd_fp32": "detkd KD, teacher overlapped, FP32 teacher (--teacher-half false)",
                  "detkd_eager": "detkd KD, teacher eager (no graphs/side stream)",
                  "ultralytics_kd": "Ultralytics built-in distill_model",
                  **{f"detkd_{n}teachers": f"detkd KD, {n} teachers (one ensemble)" for n in range(2, 9)}}

@@ -117,7 +117,8 @@ def profile_setting(setting: str, args) -> dict:
         criterion = student.init_criterion()
     else:
         n = 2 if setting == "kd_2teachers" else 1
-        members = [FrozenTeacher(DetectionModel(args.teacher, nc=1, verbose=False), device).optimize()
+        members = [FrozenTeacher(DetectionModel(args.teacher, nc=1, verbose=False), device).optimize(
+                       half=args.teacher_half)
                    for _ in range(n)]
         teacher = members[0] if n == 1 else TeacherEnsemble(members)
         kd = KDConfig(teacher="x", validate_teacher=False,
@@ -176,6 +177,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads (Ultralytics: cores - 1; 1 on 2 cores)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--teacher-half", type=lambda v: v.lower() in {"1", "true", "yes"}, default=True, metavar="BOOL",
+                   help="reduced-precision teacher as detkd runs it (FP16 on CUDA, BF16 on CPUs with AMX) [true]")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     p.add_argument("--one", choices=SETTINGS, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -196,7 +199,8 @@ def main(argv=None) -> int:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         result["profile"][setting] = json.loads(next(line[7:] for line in out.splitlines()
                                                       if line.startswith("RESULT ")))
-    stem = args.out_dir / f"kd_profile_{machine_tag(info, args.device)}_{args.imgsz}px_b{args.batch}"
+    stem = args.out_dir / (f"kd_profile_{machine_tag(info, args.device)}_{args.imgsz}px_b{args.batch}"
+                           + ("" if args.teacher_half else "_fp32"))
     write_json_and_markdown(stem, result, render_markdown(result))
     return 0
 

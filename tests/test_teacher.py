@@ -186,6 +186,7 @@ def test_on_a_cpu_with_bf16_matrix_units_the_half_teacher_runs_in_bf16_and_hands
     out = _outputs(teacher, img)
     for o, r in zip(out, ref):
         assert o.dtype == torch.float32 and o.shape == r.shape
+        assert o.is_contiguous()  # not channels_last: the KD terms mix them with the student's tensors
         # BF16 keeps 8 bits of mantissa: a few parts in a thousand of each tensor's range, never more
         assert float((o - r).abs().max()) <= 0.03 * float(r.abs().max())
     assert not any(p.requires_grad for p in teacher.model.parameters())

@@ -204,8 +204,12 @@ class FrozenTeacher:
         """FP32 outputs in fresh tensors (graph buffers are overwritten by the next replay)."""
         x = self._prepare(img)
         out = self._graphed_forward(x) if self.use_graphs else self._raw_forward(x)
-        reduced = self.dtype != torch.float32  # .float() of a reduced-precision tensor is already a fresh copy
-        own = (lambda t: t.float()) if reduced else (lambda t: t.float().clone() if self.use_graphs else t.float())
+        if self.dtype != torch.float32 or self.channels_last:  # one fresh FP32 copy in the default layout: the KD
+            # terms mix these with the student's (contiguous) tensors, and a channels_last operand makes their
+            # results, and what autograd keeps of them, channels_last copies too
+            own = lambda t: t.to(dtype=torch.float32, memory_format=torch.contiguous_format)  # noqa: E731
+        else:
+            own = (lambda t: t.clone()) if self.use_graphs else (lambda t: t)  # noqa: E731
         return HeadOutputs(own(out.boxes), own(out.scores), [own(f) for f in out.feats])
 
     @torch.no_grad()
