@@ -21,7 +21,7 @@ KD_FLAGS = {
     "box_kd": "box_kd", "box_temp": "box_temperature", "box_iou": "box_iou",
     "feat_kd": "feat_kd", "one2one_kd": "one2one_kd", "kd_e2e_schedule": "e2e_schedule", "feat_method": "feat_method", "feat_temp": "feat_temperature",
     "feat_fg_mask": "feat_fg_mask", "mgd_mask_ratio": "mgd_mask_ratio",
-    "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance",
+    "anchor_weighting": "anchor_weighting", "kd_schedule": "schedule", "kd_final": "schedule_final", "kd_balance": "balance", "kd_guard": "guard",
     "min_teacher_map": "min_teacher_map", "teacher_val": "validate_teacher", "teacher_half": "teacher_half",
     "teacher_graphs": "teacher_graphs", "teacher_overlap": "teacher_overlap", "unlabeled": "unlabeled", "unlabeled_ratio": "unlabeled_ratio",
     "pseudo_conf": "pseudo_conf", "ensemble_rule": "ensemble_rule", "class_map": "class_map",
@@ -101,6 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--kd-final", type=float, help="KD weight multiplier at the last epoch (linear/cosine) [0]")
     k.add_argument("--kd-balance", choices=("none", "detection"),
                    help="detection: each KD weight is a share of the running detection loss [none]")
+    k.add_argument("--kd-guard", choices=("warn", "adapt"),
+                   help="warn: log when a KD term's gradient works against the labels' for 3 epochs; adapt: also "
+                        "halve that term's weight each further such epoch (0 after 4), restored step by step when "
+                        "it agrees again; logged as train/kd_scale_* in results.csv [warn]")
     k.add_argument("--unlabeled-ratio", type=float, metavar="R",
                    help="with --unlabeled: the unlabelled share of each epoch; an epoch = all labelled images + "
                         "R/(1-R) x as many unlabelled [0.5]")
@@ -138,6 +142,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--coco-eval", action="store_true",
                    help="validate with COCOeval (faster-coco-eval; DETKD_COCO_BACKEND=pycocotools for the "
                         "reference) on the dataset's own COCO JSON; best.pt chosen on official AP")
+    t.add_argument("--qat", action="store_true",
+                   help="quantization-aware training: fine-tune a trained --student (.pt) with INT8 fake-quantization "
+                        "(Ultralytics' quantize=8, NVIDIA ModelOpt: the deploy extra), KD from the float teacher; "
+                        "export keeps the learnt ranges. See docs/export.md")
     t.add_argument("--augmentations", metavar="SPEC",
                    help="extra albumentations: YAML list (see tools/example_augmentations.yaml) or module.py:function")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -186,6 +194,8 @@ def build_settings(args) -> tuple[object, dict]:
     train.update(parse_set(args.set))
     if args.coco_eval:
         train["coco_eval"] = True
+    if args.qat:
+        train["quantize"] = 8  # Ultralytics' QAT (detkd/engine/qat.py)
     if args.augmentations:
         from detkd.data.augment import load_augmentations
 

@@ -24,7 +24,8 @@ What it changes, each at the narrowest point of the parent class:
                       (``data/unlabeled.py``); ``save_metrics`` adds each epoch's image counts to ``results.csv``.
 
 Everything else — dataloaders, augmentation, assigner, EMA (student only), AMP, checkpoints, validation, DDP,
-resume, plots — is Ultralytics' own.
+resume, plots, quantization-aware training of the student (``quantize=8``; detkd's checks: ``engine/qat.py``) — is
+Ultralytics' own.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
-                                      load_balancer, reset_adapters, save_kd_state, written_checkpoints)
+                                      load_balancer, load_guard, reset_adapters, save_kd_state, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.incremental import (OldClassTargets, describe_union, incremental_data, mask_background_loss,
                                       remap_labels, start_from_old_model)
-from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
+from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KD_TERM_OF, KDGuard, shared_across_ranks
+from detkd.engine.qat import check_qat_run, refuse_quantized_teacher
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
 from detkd.errors import ConfigError, DetKDError
 from detkd.models.adapters import FeatureAdapters
@@ -89,6 +91,7 @@ class DistillationTrainer(StudentTrainer):
         super().__init__(cfg, overrides, _callbacks)  # on resume, args (kd included) come from last.pt
         with self.discarding_run_dir_on_refusal():  # refused here: no run folder left behind
             self.kd = self._checked_kd()
+            check_qat_run(self.args, self.resume)  # --qat: the student fake-quantized by Ultralytics (engine/qat.py)
         if RANK in {-1, 0}:
             for note in self.kd.notes():
                 LOGGER.warning(f"{PREFIX}{note}")
@@ -99,8 +102,9 @@ class DistillationTrainer(StudentTrainer):
         self.teacher_metrics: dict = {}
         self.student_start_metrics: dict = {}
         self.add_callback("on_train_epoch_start", _update_kd_progress)
-        self.guard = KDGuard()
+        self.guard = KDGuard(mode=self.kd.guard)
         self.add_callback("on_train_epoch_end", _watch_kd_alignment)
+        self.add_callback("on_train_start", _restore_guard_on_resume)
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
         self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
         self.add_callback("on_train_start", _restore_balancer_on_resume)
@@ -217,6 +221,7 @@ class DistillationTrainer(StudentTrainer):
         teacher_from_yaml = str(path).lower().endswith(YAML_SUFFIXES)
         try:
             net = load_detection_model(path, role="teacher", nc=self.data["nc"] if teacher_from_yaml else None)
+            refuse_quantized_teacher(net, path)
             if teacher_from_yaml:
                 net.names = self.data["names"]
             class_map = teacher_class_map(net, self.data, self.kd.class_map, teacher_from_yaml)
@@ -424,7 +429,7 @@ class DistillationTrainer(StudentTrainer):
         (results.csv keeps the full names)."""
         header = super().progress_string()
         for name, short in HEADER_NAMES.items():
-            header = header.replace(name, f"{short:>{len(name) - 1}}")  # a 12-character name overflowed by one
+            header = header.replace(name, f"{short:>11}")  # a 12- or 13-character name overflowed its column
         return header
 
     def label_loss_items(self, loss_items=None, prefix="train"):
@@ -513,14 +518,15 @@ class DistillationTrainer(StudentTrainer):
         return getattr(self, "epoch", getattr(self, "_first_epoch", 0))
 
     def save_metrics(self, metrics):
-        """Ultralytics' results.csv row; with unlabelled images, the epoch's labelled/unlabelled image counts and
+        """Ultralytics' results.csv row plus the KD guard's scale of each term this epoch (``train/kd_scale_*``, 1
+        unless ``--kd-guard adapt`` scaled it); with unlabelled images, the epoch's labelled/unlabelled image counts and
         how many pool images could not be decoded so far (skipped as they were read; a warning when that grows)."""
         counts = getattr(getattr(self.train_loader, "sampler", None), "counts", None)
         if counts is not None:
             unreadable = self._unreadable_pool_images()
             metrics = {**metrics, "train/labeled_imgs": counts[0], "train/unlabeled_imgs": counts[1],
                        "train/unlabeled_unreadable": len(unreadable)}
-        super().save_metrics(metrics)
+        super().save_metrics({**metrics, **self.guard.scale_columns()})  # the scale of each KD term this epoch
 
     def _unreadable_pool_images(self) -> list[str]:
         """Unlabelled images found undecodable while loading (this rank's workers); warns about new ones."""
@@ -538,9 +544,8 @@ class DistillationTrainer(StudentTrainer):
         """Student checkpoints by Ultralytics (teacher-free); the adapters beside each checkpoint just written, with
         their epoch (see :mod:`detkd.engine.checkpoints`)."""
         saved = super().save_model()
-        balancer = self._balancer()
-        if self.adapters is not None or balancer is not None:
-            save_kd_state(written_checkpoints(self), self.epoch, self.kd.to_dict(), self.adapters, balancer)
+        save_kd_state(written_checkpoints(self), self.epoch, self.kd.to_dict(), self.adapters, self._balancer(),
+                      self.guard.state_dict())
         return saved
 
     def _balancer(self):
@@ -648,14 +653,19 @@ def _check_resumed_teachers(teachers: list[str]) -> None:
 
 
 def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
-    """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term (see engine/guard.py)."""
+    """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term; with ``--kd-guard
+    adapt`` the next epoch's scale of each term (rank 0's guard decides, every DDP rank applies; see engine/guard.py)."""
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not isinstance(criterion, DistillationLoss) or RANK not in {-1, 0}:
+    if not isinstance(criterion, DistillationLoss):
         return
-    w = criterion.term_weights()
-    for msg in trainer.guard.update(trainer.epoch + 1, trainer.tloss, {"cls": w["cls_kd"] > 0, "box": w["box_kd"] > 0}):
-        LOGGER.warning(f"{PREFIX}{msg}")
-    trainer.guard.save(trainer.save_dir)
+    if RANK in {-1, 0}:
+        w = criterion.term_weights()
+        active = {t: w[k] > 0 for t, k in KD_TERM_OF.items()}
+        for msg in trainer.guard.update(trainer.epoch + 1, trainer.tloss, active):
+            LOGGER.warning(f"{PREFIX}{msg}")
+        trainer.guard.save(trainer.save_dir)
+    scales = trainer.guard.loss_scales()  # all 1 in warn mode
+    criterion.term_scales = shared_across_ranks(scales) if trainer.kd.guard == "adapt" else scales
 
 
 def _update_kd_progress(trainer: DistillationTrainer) -> None:
@@ -681,6 +691,20 @@ def _report_class_groups(trainer: DistillationTrainer) -> None:
     taught = torch.stack(masks).any(0).tolist()
     trainer.class_group_metrics = group_ap(per_class_from_ultralytics(metrics, names), groups_from_mask(names, taught))
     LOGGER.info(f"{PREFIX}final AP per class group (val split):\n" + format_group_table(trainer.class_group_metrics))
+
+
+def _restore_guard_on_resume(trainer: DistillationTrainer) -> None:
+    """on_train_start (the criterion is installed): a resume continues the KD guard saved with its checkpoint — its
+    history and, with ``--kd-guard adapt``, the scales of the terms; without it (older runs) the guard restarts."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if not trainer.resume or not isinstance(criterion, DistillationLoss):
+        return
+    why_not = load_guard(trainer.guard, trainer.args.model, epoch=trainer.start_epoch - 1)
+    if why_not:
+        (LOGGER.warning if trainer.kd.guard == "adapt" else LOGGER.info)(
+            f"{PREFIX}{why_not}: the KD guard restarts" + (" (every term at x1)." if trainer.kd.guard == "adapt"
+                                                           else "."))
+    criterion.term_scales = trainer.guard.loss_scales()
 
 
 def _restore_balancer_on_resume(trainer: DistillationTrainer) -> None:

@@ -122,7 +122,11 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     """
     from ultralytics.engine.exporter import Exporter
 
+    from detkd.engine.qat import export_qat_int8, is_quantized
+
     assert_student_only(net)
+    if fmt == "openvino" and is_quantized(net):  # Ultralytics writes QAT ranges to ONNX Q/DQ only (engine/qat.py)
+        return export_qat_int8(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
     if simplify is None:
         simplify = importlib.util.find_spec("onnxslim") is not None
     model = net  # Exporter deep-copies before touching anything; pt_path only names the output

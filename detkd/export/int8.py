@@ -273,6 +273,8 @@ class Int8Result:
         """The lines ``detkd export --int8`` prints."""
         c = self.calibration
         lines = [f"INT8 {self.format}: {self.int8_path}",
+                 "Calibration: none (quantization-aware trained: the ranges learnt in training; FP32 twin: the "
+                 "student without its quantizers)" if c.get("qat") else
                  f"Calibration: {c['n']} of {c['available']} training images, drawn with seed {c['seed']} "
                  f"(list: {c['list']})" if not c.get("weight_only") else
                  f"Calibration: none (Ultralytics' {self.format} INT8 quantizes weights only)"]
@@ -321,10 +323,16 @@ def export_calibrated(net, fmt: str, data_yaml: str, out_dir: str | Path, stem: 
     ``<stem>_int8_calibration.txt`` into ``out_dir``. Returns ``(artefact, calibration)`` with calibration
     ``{'n', 'available', 'seed', 'list', 'split': 'train'}``.
     """
+    from detkd.engine.qat import export_qat_int8, is_quantized
     from detkd.export.exporter import export_loaded
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_quantized(net):  # quantization-aware trained (--qat): the ranges it learnt, nothing to calibrate
+        with _quiet_quantizers(verbose):
+            path = export_qat_int8(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
+        return path, {"n": 0, "available": len(split_images(data_yaml, "train")), "seed": int(calib_seed),
+                      "list": None, "split": "train", "qat": True}
     if not takes_calibration(fmt):  # weight-only INT8: nothing to calibrate
         with _quiet_quantizers(verbose):
             path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose, int8=True)
@@ -360,6 +368,7 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     """
     from detkd.api import resolve_data
     from detkd.compare.experiment import is_coco_data
+    from detkd.engine.qat import float_twin
     from detkd.export.exporter import check_onnx_graph, check_openvino_graph, export_loaded
 
     out_dir = Path(out_dir)
@@ -370,7 +379,8 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     if fmt not in MEASURED_FORMATS:
         return _saved(result, out_dir, stem)
     with _quiet_quantizers(verbose):
-        result.fp32_path = export_loaded(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
+        result.fp32_path = export_loaded(float_twin(net), fmt, out_dir, stem, imgsz=imgsz, device=device,
+                                         verbose=verbose)  # a QAT student: without its quantizers
     result.graph = (check_onnx_graph(int8_path, net, imgsz) if fmt == "onnx"
                     else check_openvino_graph(int8_path, net, imgsz))
     coco = is_coco_data(data_yaml)

@@ -19,7 +19,8 @@ from detkd.models.loading import load_model_and_checkpoint
 FORBIDDEN_TOKENS = ("teacher", "adapter", "projector", "distill")
 # Top-level keys of an Ultralytics checkpoint (after strip_optimizer) that a clean student checkpoint may carry.
 CLEAN_CKPT_KEYS = {"date", "version", "license", "docs", "epoch", "best_fitness", "model", "ema", "updates",
-                   "optimizer", "scaler", "train_args", "train_metrics", "train_results", "git", "stopper"}
+                   "optimizer", "scaler", "train_args", "train_metrics", "train_results", "git", "stopper",
+                   "modelopt"}  # modelopt: a quantization-aware trained student's ranges (Ultralytics' QAT)
 
 
 def _forbidden(name: str) -> bool:
@@ -96,7 +97,7 @@ def save_student_checkpoint(net: torch.nn.Module, path: str | Path, ckpt: dict |
 
     ``ckpt`` supplies ``train_args`` (and nothing else). The file loads with ``ultralytics.YOLO(path)``.
     """
-    from ultralytics.utils.torch_utils import strip_optimizer
+    from ultralytics.utils.torch_utils import qat_state, strip_optimizer, strip_qat
 
     assert_student_only(net)
     path = Path(path)
@@ -106,7 +107,10 @@ def save_student_checkpoint(net: torch.nn.Module, path: str | Path, ckpt: dict |
         if hasattr(student, attr):
             setattr(student, attr, None)
     train_args = dict((ckpt or {}).get("train_args") or {})
-    torch.save({"model": student, "ema": None, "train_args": train_args, "epoch": -1}, path)
+    quantized = qat_state(student)  # a QAT student: its ranges travel beside the plain module, as Ultralytics saves it
+    strip_qat(student)
+    torch.save({"model": student, "ema": None, "train_args": train_args, "epoch": -1,
+                **({"modelopt": quantized} if quantized else {})}, path)
     strip_optimizer(path)  # Ultralytics' own finalisation: FP16 weights, metadata, default-keyed train_args
     check_student_checkpoint(path)
     return path
