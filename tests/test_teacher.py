@@ -225,4 +225,5 @@ def test_the_run_says_which_precision_the_teacher_computes_in_and_how_to_change_
     assert "BF16" in bf16 and "--teacher-half false" in bf16
     assert "FP16" in teacher_precision_line("fp16", "cuda")
     assert "no BF16 matrix units" in teacher_precision_line("fp32", "cpu")
+    assert "--teacher-half false" in teacher_precision_line("fp32", "cpu", half=False)  # asked for, not the CPU
     assert "--teacher-half false" in teacher_precision_line("fp32", "cuda")

@@ -331,7 +331,7 @@ class DistillationTrainer(StudentTrainer):
                 find_unused_parameters=False)
         self.teacher.optimize(half=self.kd.teacher_half, cuda_graphs=self.kd.teacher_graphs)
         if RANK in {-1, 0}:
-            LOGGER.info(f"{PREFIX}{teacher_precision_line(self.teacher.precision, self.device.type)}")
+            LOGGER.info(f"{PREFIX}{teacher_precision_line(self.teacher.precision, self.device.type, self.kd.teacher_half)}")
         # what the criterion calls: the teacher, or on CPU the teacher started one batch ahead by the training loader
         self.teacher_runner = TeacherOverlap(self.teacher) if self._overlaps_teacher() else self.teacher
         student = unwrap_model(self.model)

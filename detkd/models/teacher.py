@@ -63,14 +63,15 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def teacher_precision_line(precision: str, device_type: str) -> str:
-    """The start-of-run line saying what precision the teacher computes in, and how to change it."""
+def teacher_precision_line(precision: str, device_type: str, half: bool = True) -> str:
+    """The start-of-run line saying what precision the teacher computes in, why, and how to change it."""
     if precision == "bf16":
         return ("teacher in BF16 (this CPU has BF16 matrix units, AMX: about 4x faster than FP32; targets move by a "
                 "few parts in a thousand). --teacher-half false keeps it FP32.")
     if precision == "fp16":
         return "teacher in FP16 on the GPU. --teacher-half false keeps it FP32."
-    why = "--teacher-half false" if device_type == "cuda" else "this CPU has no BF16 matrix units (AMX)"
+    why = ("--teacher-half false" if not half or device_type == "cuda" else
+           "this CPU has no BF16 matrix units (AMX)" if device_type == "cpu" else f"on {device_type}")
     return f"teacher in FP32 ({why})."
 
 
