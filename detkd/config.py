@@ -11,6 +11,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from detkd.engine.guard import GUARD_MODES
 from detkd.errors import ConfigError
 from detkd.losses.balance import BALANCE_MODES
 from detkd.losses.feature import FEATURE_METHODS
@@ -65,6 +66,10 @@ class KDConfig:
         schedule_final: the multiplier reached at the last epoch (linear/cosine).
         balance: ``none`` (weights multiply the raw terms) or ``detection`` (each term rescaled to its weight times
             the running detection loss, see :mod:`detkd.losses.balance`).
+        guard: the KD guard (:mod:`detkd.engine.guard`): ``warn`` (default) logs when a term's gradient works
+            against the labels' for 3 epochs; ``adapt`` also scales that term's weight down (halved each further such
+            epoch, 0 after 4) and back up once it agrees again, logged per epoch (``train/kd_scale_*``). Off by
+            default until measured on the tuning datasets.
         min_teacher_map: refuse to start when the teacher's val mAP50-95 is below this (None: never refuse).
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in reduced precision where the hardware is fast at it: FP16 on CUDA, BF16 on
@@ -114,6 +119,7 @@ class KDConfig:
     schedule: str = "cosine"
     schedule_final: float = 0.0
     balance: str = "none"
+    guard: str = "warn"
     min_teacher_map: float | None = None
     validate_teacher: bool = True
     teacher_half: bool = True
@@ -145,6 +151,7 @@ class KDConfig:
             "schedule": SCHEDULES,
             "balance": BALANCE_MODES,
             "ensemble_rule": ENSEMBLE_RULES,
+            "guard": GUARD_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -325,6 +332,9 @@ class KDConfig:
         rows.append(f"anchors {self.anchor_weighting:<10} schedule={self.schedule}"
                     + (f" -> x{self.schedule_final:g}" if self.schedule != "constant" else "")
                     + (" balance=detection (weights are shares of the detection loss)" if self.balance != "none" else ""))
+        if self.guard == "adapt":
+            rows.append("guard   adapt      (a KD term pulling against the labels for 3 epochs is scaled down, "
+                        "back up when it agrees again)")
         if self.class_map:
             rows.append(f"class_map          {format_class_map(self.class_map)} (+ classes matched by name)")
         if self.keep_teacher_classes:

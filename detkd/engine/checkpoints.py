@@ -1,9 +1,10 @@
-"""Where a checkpoint's run lives and where its KD training state (feature adapters, loss balancer) is saved.
+"""Where a checkpoint's run lives and where its KD training state (feature adapters, loss balancer, KD guard) is
+saved.
 
 Ultralytics writes ``weights/last.pt`` (every epoch), ``weights/best.pt`` (best fitness) and, with ``save_period``,
 ``weights/epochN.pt``. They hold the student only; detkd saves the feature adapters trained with it (and MGD
-generators) and, with ``--kd-balance detection``, the loss balancer's running scale beside each of them, in a file
-named after the checkpoint:
+generators), with ``--kd-balance detection`` the loss balancer's running scale, and the KD guard's state (its
+per-term scales with ``--kd-guard adapt``, its history) beside each of them, in a file named after the checkpoint:
 
     weights/last.pt     -> weights/kd_adapters.pt          (the name older runs used, so they still resume)
     weights/best.pt     -> weights/best_kd_adapters.pt
@@ -13,7 +14,7 @@ Each adapter file stores the epoch it was saved at. A resume (or NaN recovery) l
 checkpoint it continues from, and only when their epochs agree; otherwise the adapters restart from a fresh
 initialisation, with a warning saying why (training stays correct: adapters are re-learnt in a few hundred steps,
 whereas adapters from another epoch would silently mismatch the student). The balancer's scale follows the same
-rule (a fresh one re-learns its running averages within a few dozen batches).
+rule (a fresh one re-learns its running averages within a few dozen batches), and so does the guard's state.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def written_checkpoints(trainer) -> list[Path]:
     return paths
 
 
-def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, balancer=None) -> None:
+def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, balancer=None,
+                  guard: dict | None = None) -> None:
     """Save the KD training state beside each checkpoint in ``checkpoints``, with the epoch it was trained to: the
-    ``adapters`` (feature KD) and the ``balancer``'s running scale (``--kd-balance detection``), those given."""
+    ``adapters`` (feature KD), the ``balancer``'s running scale (``--kd-balance detection``) and the KD ``guard``'s
+    state (``KDGuard.state_dict()``), those given."""
     import io
 
     import torch
@@ -80,6 +83,8 @@ def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, 
         state["adapters"] = adapters.state_dict()
     if balancer is not None:
         state["balancer"] = balancer.state_dict()
+    if guard is not None:
+        state["guard"] = guard
     buffer = io.BytesIO()
     torch.save(state, buffer)
     for ckpt in checkpoints:
@@ -124,6 +129,16 @@ def load_balancer(balancer, checkpoint: str | Path, epoch: int | None = None) ->
     if why_not:
         return why_not
     balancer.load_state_dict(state["balancer"])
+    return None
+
+
+def load_guard(guard, checkpoint: str | Path, epoch: int | None = None) -> str | None:
+    """Load the KD guard's state saved with ``checkpoint`` into ``guard`` (same rules as :func:`load_adapters`).
+    Returns None when loaded, else why not."""
+    state, why_not = _saved_state(checkpoint, "cpu", epoch, "guard")
+    if why_not:
+        return why_not
+    guard.load_state_dict(state["guard"])
     return None
 
 
