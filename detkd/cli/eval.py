@@ -5,6 +5,11 @@ COCO dataset.
     detkd eval --model teacher.pt --data coco.yaml --split val --imgsz 640 --conf 0.001 --iou 0.7 --out runs/eval/t
     detkd eval --model runs/detect/train/weights/best_int8_openvino_model --data path/to/coco_dataset --imgsz 640
 
+The model's classes are matched to the data's by name: the same classes in another order, or more classes than the
+data's (a ``--keep-teacher-classes`` student), are scored on the data's classes and one line says so; a data class
+the model does not have is refused (exit 2) unless ``--class-map`` names the model class that is it; a model without
+class names (an export without Ultralytics' metadata) is scored by index, and one line says so.
+
 Writes ``metrics.json`` and ``predictions.json`` (COCO results with the dataset's own image and category
 ids) to ``--out`` (default ``runs/detkd/eval/exp*``) and prints the overall and per-class table.
 """
@@ -36,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco-backend", choices=("faster", "pycocotools"), default=None,
                    help="COCOeval implementation: faster (faster-coco-eval, C++, default) or pycocotools (the "
                         "reference, ~7.7x slower at COCO-val size; same numbers) [$DETKD_COCO_BACKEND or faster]")
+    p.add_argument("--class-map", default=None, metavar="MODEL=DATA;...",
+                   help="model classes named otherwise than the data's, e.g. 'ring=circle;car,truck=vehicle' "
+                        "(classes of the same name are matched without it; merged classes by noisy-OR)")
     p.add_argument("--class-groups", nargs="+", metavar="NAME=CLASS,CLASS",
                    help="also print AP per group of classes, e.g. --class-groups old=cat,dog new=bird (mean AP of "
                         "the group's classes; 'all' is added)")
@@ -50,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
                             iou=args.iou, batch=args.batch, device=args.device, out_dir=args.out, verbose=True,
-                            backend=args.coco_backend, precision=args.precision)
+                            backend=args.coco_backend, precision=args.precision, class_map=args.class_map)
     add_class_groups(metrics, args.class_groups, args.groups_from_teacher)
     return 0

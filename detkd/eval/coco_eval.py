@@ -3,7 +3,10 @@
 
 Inference is Ultralytics' validation loop (letterboxed rectangular batches, NMS) through
 :class:`~detkd.eval.validator.COCOEvalDetectionValidator`, so the numbers are those the distillation trainer
-selects ``best.pt`` on. Detections are written as a COCO results JSON with the ORIGINAL image and category ids::
+selects ``best.pt`` on. The model's classes are matched to the data's by name (:mod:`detkd.eval.class_match`: the
+same names in another order, or more classes than the data's, are mapped; a data class the model lacks is refused;
+a model without class names is scored by index, and said so). Detections are written as a COCO results JSON with the
+ORIGINAL image and category ids::
 
     out_dir/predictions.json   [{"image_id", "category_id", "bbox": [x, y, w, h] px, "score", "file_name"}]
     out_dir/metrics.json       see evaluate_coco()
@@ -19,15 +22,17 @@ from detkd.errors import DetKDError, WeightsNotFoundError
 from detkd.eval.metrics import BACKEND_LABEL, STAT_KEYS, format_table
 
 
-def resolve_model(model, nc: int):
+def resolve_model(model, nc: int, names=None):
     """What the validator can run: an ``nn.Module`` or a local weights path (never downloads).
 
     ``model``: a ``YOLO``/``Model`` object, an ``nn.Module`` (``DetectionModel``), a checkpoint path (``.pt``), an
     exported model path (``.onnx``, ``.torchscript``, ``*_openvino_model/`` ... whatever ``YOLO()`` loads), or a model
-    YAML (random initialisation with ``nc`` classes: a baseline for the pipeline, AP ~ 0).
+    YAML (random initialisation with ``nc`` classes, named ``names`` (the data's: it is built for them); a baseline
+    for the pipeline, AP ~ 0).
     """
     import torch
 
+    from detkd.models.class_map import names_list
     from detkd.models.loading import YAML_SUFFIXES, WEIGHT_SUFFIXES, load_detection_model, resolve_model_path
 
     if hasattr(model, "predictor") and hasattr(model, "model"):  # ultralytics Model (YOLO) object
@@ -38,7 +43,10 @@ def resolve_model(model, nc: int):
     name = str(model)
     suffix = Path(name).suffix.lower()
     if suffix in YAML_SUFFIXES:
-        return load_detection_model(name, nc=nc)
+        net = load_detection_model(name, nc=nc)
+        if names is not None:
+            net.names = dict(enumerate(names_list(names)))
+        return net
     if suffix in WEIGHT_SUFFIXES or not suffix and not Path(name).exists() and not _is_openvino_name(name):
         return resolve_model_path(name)
     if not Path(name).exists():
@@ -58,11 +66,16 @@ def resolve_model(model, nc: int):
 
 def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
                   batch: int = 16, device: str = "cpu", out_dir=None, verbose: bool = True,
-                  backend: str | None = None, precision: str | None = None) -> dict:
+                  backend: str | None = None, precision: str | None = None, class_map=None) -> dict:
     """Evaluate ``model`` on ``split`` of ``data`` (COCO folder, detkd COCO YAML, or a data.yaml from
     :func:`~detkd.data.coco.prepare_dataset`) with COCOeval of ``backend`` ('faster' = faster-coco-eval, default;
     'pycocotools' = the reference; default from ``$DETKD_COCO_BACKEND``). ``precision``: OpenVINO inference precision
     ('fp32', 'bf16', 'fp16'; None = OpenVINO's default, BF16 on CPUs with BF16 units) of an ``*_openvino_model/``.
+    ``class_map``: model classes named otherwise than the data's, ``'model_name=data_name;...'`` or a mapping (see
+    :func:`~detkd.models.class_map.parse_class_map`), on top of the matching by name.
+
+    The model's classes are matched to the data's by name (:func:`~detkd.eval.class_match.match_classes`); raises
+    :class:`~detkd.errors.IncompatibleModelsError` when a data class is none of the model's.
 
     Returns (and writes to ``out_dir/metrics.json``)::
 
@@ -70,7 +83,9 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
          'per_class': {name: AP | None}, 'per_class_AP50': {...}, 'per_class_instances': {...}, 'coco_backend',
          'n_images', 'n_detections', 'seconds' (all), 'seconds_per_1000_images' (the validation run: inference,
          NMS, COCOeval), 'ms_per_image' (Ultralytics' preprocess/inference/postprocess split), 'model', 'data', 'split', 'imgsz',
-         'conf', 'iou', 'gt_json', 'detections_json'}
+         'conf', 'iou', 'gt_json', 'detections_json',
+         'class_match': {'how': 'same names' | 'by name' | 'by index', 'dropped': [model classes not in the data],
+                         'model_to_data': {model class: data class} (by name)}}
 
     ``out_dir`` defaults to a new ``runs/detkd/eval/exp*``. Progress is shown by Ultralytics' bar; the table is
     printed when ``verbose``.
@@ -88,7 +103,10 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     meta = load_coco_meta(data_yaml)
     if split not in meta["coco_eval"]:
         raise DatasetError(f"dataset has no '{split}' split with COCO annotations (has: {', '.join(meta['coco'])}).")
-    net = resolve_model(model, nc=len(meta["category_ids"]))
+    from detkd.models.class_map import parse_class_map
+
+    parse_class_map(class_map)  # a malformed --class-map is refused before the model is loaded
+    net = resolve_model(model, nc=len(meta["category_ids"]), names=meta.get("names"))
     out_dir = Path(out_dir) if out_dir else increment_path(Path("runs/detkd/eval/exp"), mkdir=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = dict(task="detect", mode="val", data=str(data_yaml), split=split, imgsz=imgsz, conf=conf, iou=iou,
@@ -99,6 +117,7 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
         args["nms"] = False
     validator = COCOEvalDetectionValidator(save_dir=out_dir, args=args)
     validator.coco_backend = backend
+    validator.class_map_spec = class_map
     validator.openvino_precision = check_precision_request(precision, net)
     t1 = time.perf_counter()
     validator(model=net)
@@ -110,6 +129,9 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     if not dets_file.is_file():
         dets_file.write_text(json.dumps(validator.jdict))
     m.update(validator.ran or {})
+    match = validator.class_match
+    if match is not None:
+        m["class_match"] = match.to_dict()
     m.update({
         "n_images": m["n_images"], "seconds": round(seconds, 3),
         "seconds_per_1000_images": round(1000 * t_run / max(m["n_images"], 1), 1),
@@ -125,6 +147,8 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
         if validator.ran:
             print(f"{_describe(model)}: {validator.ran['backend']}, weights {validator.ran['weights']}, ran "
                   f"{validator.ran['precision']} ({validator.ran['precision_detail']}), {ordered['imgsz']} px")
+        if match is not None and match.describe():
+            print(match.describe())
         print(format_table(ordered, title=f"COCO bbox ({BACKEND_LABEL[backend]}), {split} of {Path(str(data)).name}, "
                                           f"{ordered['postprocess']}"))
         print(f"{seconds:.1f} s ({ordered['seconds_per_1000_images']:.1f} s per 1000 images). "

@@ -4,9 +4,13 @@ Ultralytics' ``DetectionValidator`` already serialises predictions to COCO resul
 ``pred_to_json``, ``class_map``) and evaluates them in ``eval_json``; it is only wired for the official COCO/LVIS
 files and maps image ids from numeric file stems. This subclass changes the narrowest points:
 
-* ``init_metrics``: ``class_map`` = the data.yaml's ``category_ids`` (original, possibly non-contiguous COCO ids);
+* ``init_metrics``: a standalone run matches the model's classes to the data's by name
+  (:mod:`detkd.eval.class_match`: ``class_match``; ``class_map_spec`` = ``--class-map``), refusing a data class the
+  model does not have; ``class_map`` = the data.yaml's ``category_ids`` (original, possibly non-contiguous COCO ids);
   the file -> COCO ``image_id`` map comes from the data.yaml's ``image_ids``; Ultralytics' rebuilt-from-labels
   ground truth (``gdict``) is turned off: the dataset's own JSON is the ground truth.
+* ``postprocess``: a model matched by name answers in the data's classes
+  (:func:`~detkd.models.class_map.map_inference_output`, before NMS; its classes the data lacks dropped).
 * ``pred_to_json``: Ultralytics' boxes (scaled to the original image, ``[x, y, w, h]``), with the true image id,
   in the frame of the JSON's boxes: Ultralytics predicts on the EXIF-rotated (displayed) image, so images whose
   JSON is in the stored frame (the data.yaml's ``exif_stored`` map, see :mod:`detkd.data.exif`) get their boxes
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from ultralytics.models.yolo.detect import DetectionValidator
@@ -46,7 +51,9 @@ from ultralytics.utils import LOGGER
 
 from detkd.data.exif import box_to_stored
 from detkd.errors import DatasetError, IncompatibleModelsError
+from detkd.eval.class_match import ClassMatch, match_classes, model_class_names
 from detkd.eval.metrics import BACKEND_LABEL, coco_box_metrics, format_table, load_gt, resolve_backend
+from detkd.models.class_map import map_inference_output
 
 
 def describe_run(model, path=None) -> dict:
@@ -62,6 +69,22 @@ def describe_run(model, path=None) -> dict:
             "precision": ran["precision"], "precision_detail": ran["detail"]}
 
 
+@contextmanager
+def _named(model, names):
+    """``model.names`` = ``names`` meanwhile (an ``AutoBackend`` gets them as its own attribute, then its backend's
+    again)."""
+    own = "names" in vars(model)
+    before = vars(model).get("names")
+    model.names = dict(names)
+    try:
+        yield
+    finally:
+        if own:
+            model.names = before
+        else:
+            del model.names
+
+
 class COCOEvalDetectionValidator(DetectionValidator):
     """DetectionValidator scoring with COCOeval on the dataset's own JSON (see module docstring)."""
 
@@ -72,6 +95,8 @@ class COCOEvalDetectionValidator(DetectionValidator):
         self.ran: dict | None = None  # standalone runs: backend, stored weights and the precision that really ran
         self.openvino_precision: str | None = None  # fp32/bf16/fp16 for an OpenVINO model; None = its default
         self.coco_backend = resolve_backend()  # 'faster' or 'pycocotools' (evaluate_coco sets it)
+        self.class_map_spec = None  # --class-map: model classes named otherwise than the data's (model=data)
+        self.class_match: ClassMatch | None = None  # standalone runs: how the model's classes were matched
         self._gt_cache: dict = {}
 
     @property
@@ -86,7 +111,13 @@ class COCOEvalDetectionValidator(DetectionValidator):
         return stats
 
     def init_metrics(self, model) -> None:
-        super().init_metrics(model)
+        self.class_match = None if self.training else match_classes(
+            model_class_names(model), self.data["names"], self.class_map_spec)
+        if self.class_match is not None and self.class_match.class_map is not None:
+            with _named(model, self.data["names"]):  # Ultralytics reads the classes (count, names) from the model
+                super().init_metrics(model)
+        else:
+            super().init_metrics(model)
         if not self.training:
             path = self.args.model if isinstance(self.args.model, str) else None
             if self.openvino_precision and getattr(model, "format", None) == "openvino":
@@ -120,6 +151,14 @@ class COCOEvalDetectionValidator(DetectionValidator):
         self._exif_stored = {os.path.normpath(split_dir / rel): int(o) for rel, o in exif.items()}
         files = [os.path.normpath(f) for f in self.dataloader.dataset.im_files]
         self._eval_img_ids = [self._image_ids[f] for f in files if f in self._image_ids]
+
+    def postprocess(self, preds):
+        cmap = self.class_match.class_map if self.class_match is not None else None
+        if cmap is not None:  # matched by name: the model's inference output in the data's classes, before NMS
+            y = preds[0] if isinstance(preds, (list, tuple)) else preds  # (inference, raw) of a torch model
+            y = y[0] if isinstance(y, (list, tuple)) else y  # Segment: (inference, mask protos)
+            preds = map_inference_output(y, cmap, self.end2end)
+        return super().postprocess(preds)
 
     def pred_to_json(self, predn, pbatch) -> None:
         n = len(self.jdict)
