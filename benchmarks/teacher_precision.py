@@ -46,15 +46,23 @@ def run_seed(seed: int, args) -> dict:
     data_t, data_s = resolve_data(root), resolve_data(train_subset(root, out / "data" / "student", s.n_student))
     common = dict(imgsz=s.imgsz, batch=s.batch, device="cpu", workers=0, seed=seed, plots=False,
                   project=str(out / "runs"), exist_ok=True, warmup_epochs=1)
-    print(f"[seed {seed}] teacher {s.teacher}, {s.n_teacher} images, {s.teacher_epochs} epochs", flush=True)
-    teacher = train_baseline(student=s.teacher, data=data_t, epochs=s.teacher_epochs, name="teacher",
-                             close_mosaic=max(1, s.teacher_epochs // 3), **common)
-    weights = {"teacher": str(teacher.best)}
-    for row, half in PRECISIONS.items():
-        print(f"[seed {seed}] distilled, {row.upper()} teacher", flush=True)
-        r = distill(teacher=str(teacher.best), student=s.student, data=data_s, epochs=s.epochs,
-                    name=f"distilled_{row}", kd=KDConfig(**DEMO_KD, teacher_half=half), **common)
-        weights[f"distilled_{row}"] = str(r.best)
+    weights = {}
+    for name in ("teacher", *(f"distilled_{row}" for row in PRECISIONS)):  # a finished model is reused
+        marker = out / "runs" / name / "detkd_finished.txt"
+        if marker.exists():
+            weights[name] = marker.read_text().strip()
+            continue
+        if name == "teacher":
+            print(f"[seed {seed}] teacher {s.teacher}, {s.n_teacher} images, {s.teacher_epochs} epochs", flush=True)
+            r = train_baseline(student=s.teacher, data=data_t, epochs=s.teacher_epochs, name="teacher",
+                               close_mosaic=max(1, s.teacher_epochs // 3), **common)
+        else:
+            row = name.split("_")[1]
+            print(f"[seed {seed}] distilled, {row.upper()} teacher", flush=True)
+            r = distill(teacher=weights["teacher"], student=s.student, data=data_s, epochs=s.epochs, name=name,
+                        kd=KDConfig(**DEMO_KD, teacher_half=PRECISIONS[row]), **common)
+        weights[name] = str(r.best)
+        marker.write_text(weights[name])
     ap = {name: evaluate_coco(w, data_s, split="val", imgsz=s.imgsz, device="cpu", batch=32,
                               out_dir=out / "eval" / name, verbose=False)["AP"] for name, w in weights.items()}
     result = {"seed": seed, "AP": ap, "weights": weights}
