@@ -43,7 +43,7 @@ TIMED = {
     ("detkd.engine.criterion", "distance_kd_loss"): "box KD",
     ("detkd.engine.criterion", "box_iou_kd_loss"): "box KD",
     ("detkd.engine.criterion", "feature_kd_loss"): "feature KD (+ adapters)",
-    ("detkd.engine.criterion", "gradient_alignment"): "guard (gradient alignment)",
+    ("detkd.engine.guard", "gradient_alignment"): "guard (gradient alignment)",
     ("detkd.engine.criterion", "teacher_confidence_weights"): "unlabelled: confidence weights",
     ("detkd.engine.criterion", "pseudo_label_targets"): "unlabelled: pseudo-labels",
     ("detkd.models.ensemble", "combine_scores"): "ensemble: combine outputs",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from detkd.config import KDConfig
-from detkd.engine.guard import ALIGN_ITEMS, SCALE_ITEMS, KDGuard, gradient_alignment
+from detkd.engine.guard import ALIGN_ITEMS, SCALE_ITEMS, AlignmentProbe, KDGuard, gradient_alignment
 from detkd.errors import ConfigError
 
 
@@ -83,6 +83,28 @@ def test_feature_alignment_is_zero_when_the_term_is_off_or_no_features_are_given
     on = {**off, "feat_kd": det.sum()}
     assert gradient_alignment(det, on, scores, boxes)["kd_align_feat"].item() == 0.0  # no features: not measured
     assert list(gradient_alignment(det, on, scores, boxes, feats)) == list(ALIGN_ITEMS)  # results.csv order
+
+
+def test_the_probe_measures_the_feature_term_every_nth_batch_and_holds_it_in_between():
+    """align_feat costs a backward through the head: measured on batches 0, n, 2n, ... of each epoch, the last value
+    held in between (the epoch mean is then a sample-and-hold mean); align_cls/box every batch."""
+    feats, scores, boxes = _linear_graph()
+    det = _det(scores, boxes)
+    probe = AlignmentProbe(feat_every=3)
+    signs = [1, -1, -1, -1, 1, 1, -1]  # the feature term's direction at each batch: +1 with the labels, -1 against
+    seen = []
+    for sign in signs:
+        kd = {"cls_kd": sign * det[1], "box_kd": torch.zeros(()), "feat_kd": sign * det.sum()}
+        out = probe(det, kd, scores, boxes, feats)
+        seen.append((round(out["kd_align_cls"].item()), round(out["kd_align_feat"].item())))
+    assert [c for c, _ in seen] == signs  # every batch
+    assert [f for _, f in seen] == [1, 1, 1, -1, -1, -1, -1]  # batches 0, 3, 6: +1, -1, -1; held in between
+    probe.start_epoch()  # a new epoch starts with a measured batch
+    assert probe(det, {**kd, "feat_kd": det.sum()}, scores, boxes, feats)["kd_align_feat"].item() == \
+        pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():  # not a training batch: zeros, and it does not count
+        assert all(v.item() == 0 for v in probe(det, kd, scores, boxes, feats).values())
+    assert probe.batches == 1
 
 
 # ------------------------------------------------------------------------------------------- the guard
@@ -237,6 +259,7 @@ def test_the_criterion_multiplies_each_term_by_its_scale_and_measures_the_unscal
     batch = _batch()
     loss, items, _ = _step(student, crit, batch)
     crit.term_scales = {"cls_kd": 0.5, "box_kd": 0.0, "feat_kd": 0.25}
+    crit.alignment.start_epoch()  # align_feat measured again on the next batch (not held)
     scaled, scaled_items, _ = _step(student, crit, batch)
     assert torch.equal(scaled[:3], loss[:3])  # the detection loss is untouched
     for k, s in crit.term_scales.items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from detkd.config import KDConfig
-from detkd.engine.guard import ALIGN_ITEMS, gradient_alignment
+from detkd.engine.guard import ALIGN_ITEMS, AlignmentProbe
 from detkd.engine.unlabeled import (labeled_flags, pseudo_label_targets, scatter_rows, select_images, select_targets,
                                     teacher_confidence_weights)
 from detkd.losses.balance import LossBalancer
@@ -57,6 +57,7 @@ class DistillationLoss:
         self.kd = kd
         self.progress = 0.0  # epoch / epochs, set by the trainer each epoch
         self.balancer = LossBalancer() if kd.balance == "detection" else None
+        self.alignment = AlignmentProbe()  # the KD guard's gradient cosines, per batch (engine/guard.py)
         self.term_scales = dict.fromkeys(KD_LOSS_NAMES, 1.0)  # the KD guard's (--kd-guard adapt, engine/guard.py)
         self.last_batch_labeled = True  # the last batch had a detection loss (labelled images or pseudo-labels)
         self.old_class_targets = None  # --keep-teacher-classes: the teacher's targets (engine/incremental.py)
@@ -128,7 +129,7 @@ class DistillationLoss:
         kd_terms = self.distillation_terms(student, kd_batch, fg_mask, anchor_points, stride_tensor,
                                            one2one=None if o2o_raw is None else (split_head_outputs(o2o_raw), o2o_fg),
                                            teacher=teacher, labeled=labeled)
-        align = gradient_alignment(det_loss, kd_terms, dense_raw["scores"], dense_raw["boxes"], dense_raw["feats"])
+        align = self.alignment(det_loss, kd_terms, dense_raw["scores"], dense_raw["boxes"], dense_raw["feats"])
         kd_terms = {k: v * self.term_scales[k] for k, v in kd_terms.items()}  # the guard's scales (1: untouched)
         items.update({k: v.detach() for k, v in kd_terms.items()})
         items.update(align)  # diagnostics, measured on the terms before their scales

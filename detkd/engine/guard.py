@@ -48,6 +48,7 @@ TERM_NAMES = {"cls": "cls KD", "box": "box KD", "feat": "feature KD"}
 HEADER_NAMES = {item: item[len("kd_"):] for item in ALIGN_ITEMS}  # fit the progress bar's 11-wide columns
 GUARD_MODES = ("warn", "adapt")
 CUT_STEPS = 4  # adapt: a term's weight goes 1, 1/2, 1/4, 1/8, then 0
+FEAT_EVERY = 4  # align_feat is measured on every 4th batch (see AlignmentProbe)
 
 
 def scale_of(cuts: int, steps: int = CUT_STEPS) -> float:
@@ -96,6 +97,35 @@ def gradient_alignment(det_loss: torch.Tensor, kd_terms: dict[str, torch.Tensor]
     box = _alignment(det_loss[0] + det_loss[2], kd_terms["box_kd"], boxes)
     feat = torch.zeros(()) if feats is None else _alignment(det_loss.sum(), kd_terms["feat_kd"], feats)
     return {k: v.to(det_loss.device) for k, v in zip(ALIGN_ITEMS, (cls, box, feat))}
+
+
+class AlignmentProbe:
+    """:func:`gradient_alignment` as the criterion calls it, once per training batch.
+
+    ``align_feat`` costs a backward through the head's convolutions and the adapters: about ten times the two others
+    together, ~14% of a KD step on a 2-core CPU (measured: docs/recipe.md, "The KD guard"). It is measured on batches 0, n, 2n, ... of each epoch (``feat_every`` = n) and its last value held in between, so
+    the epoch mean in results.csv is a sample-and-hold mean (each measured batch stands for the n - 1 after it).
+    """
+
+    def __init__(self, feat_every: int = FEAT_EVERY):
+        self.feat_every = feat_every
+        self.batches = 0  # training batches seen this epoch
+        self.held = torch.zeros(())
+
+    def start_epoch(self) -> None:
+        """A new epoch: its first batch is measured (no value held over from the last epoch)."""
+        self.batches = 0
+
+    def __call__(self, det_loss: torch.Tensor, kd_terms: dict[str, torch.Tensor], scores: torch.Tensor,
+                 boxes: torch.Tensor, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not torch.is_grad_enabled():
+            return gradient_alignment(det_loss, kd_terms, scores, boxes)
+        measure = self.batches % self.feat_every == 0
+        self.batches += 1
+        out = gradient_alignment(det_loss, kd_terms, scores, boxes, feats if measure else None)
+        if measure:
+            self.held = out["kd_align_feat"]
+        return {**out, "kd_align_feat": self.held}
 
 
 class KDGuard:

@@ -673,6 +673,7 @@ def _update_kd_progress(trainer: DistillationTrainer) -> None:
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if isinstance(criterion, DistillationLoss):
         criterion.progress = trainer.epoch / max(trainer.epochs, 1)
+        criterion.alignment.start_epoch()  # the KD guard's feature cosine: measured on the epoch's first batch
     if trainer.labeled_means is not None:
         trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
 
