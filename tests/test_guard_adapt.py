@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from copy import deepcopy
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,3 +349,32 @@ def test_progress_header_keeps_the_feature_alignment_in_its_column():
     header = trainer.progress_string()
     assert header.split()[-4:-2] == ["align_box", "align_feat"]
     assert len(header.strip("\n")) == 11 * (4 + len(names))  # Epoch, GPU_mem, the items, Instances, Size
+
+
+def _scales_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from detkd.engine.guard import shared_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        own = {"cls_kd": 0.5, "box_kd": 1.0, "feat_kd": 0.0} if rank == 0 else dict.fromkeys(("cls_kd", "box_kd",
+                                                                                               "feat_kd"), 1.0)
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(shared_across_ranks(own)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with gloo")
+def test_under_ddp_every_rank_applies_rank_0s_scales(tmp_path):
+    """Only rank 0's guard judges (it alone logs and saves); the scales it decides reach every rank."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_scales_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] == {"cls_kd": 0.5, "box_kd": 1.0, "feat_kd": 0.0}
+    from detkd.engine.guard import shared_across_ranks
+
+    own = {"cls_kd": 0.25, "box_kd": 1.0, "feat_kd": 1.0}
+    assert shared_across_ranks(own) is own  # one process (no process group): nothing to share

@@ -103,8 +103,9 @@ class AlignmentProbe:
     """:func:`gradient_alignment` as the criterion calls it, once per training batch.
 
     ``align_feat`` costs a backward through the head's convolutions and the adapters: about ten times the two others
-    together, ~14% of a KD step on a 2-core CPU (measured: docs/recipe.md, "The KD guard"). It is measured on batches 0, n, 2n, ... of each epoch (``feat_every`` = n) and its last value held in between, so
-    the epoch mean in results.csv is a sample-and-hold mean (each measured batch stands for the n - 1 after it).
+    together, 9 to 15% of a KD step on a 2-core CPU (measured: docs/recipe.md, "The KD guard"). It is measured on
+    batches 0, n, 2n, ... of each epoch (``feat_every`` = n) and its last value held in between, so the epoch mean in
+    results.csv is a sample-and-hold mean (each measured batch stands for the n - 1 after it).
     """
 
     def __init__(self, feat_every: int = FEAT_EVERY):

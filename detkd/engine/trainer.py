@@ -654,7 +654,7 @@ def _check_resumed_teachers(teachers: list[str]) -> None:
 
 def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
     """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term; with ``--kd-guard
-    adapt`` the next epoch's scale of each term (rank 0's guard decides, every DDP rank applies; see engine/guard.py)."""
+    adapt`` the next epoch's scale of each term (rank 0's guard decides, every DDP rank applies: engine/guard.py)."""
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if not isinstance(criterion, DistillationLoss):
         return
