@@ -378,3 +378,19 @@ def test_under_ddp_every_rank_applies_rank_0s_scales(tmp_path):
 
     own = {"cls_kd": 0.25, "box_kd": 1.0, "feat_kd": 1.0}
     assert shared_across_ranks(own) is own  # one process (no process group): nothing to share
+
+
+def test_the_guard_state_is_loaded_only_from_its_own_checkpoint_epoch(tmp_path):
+    """Saved beside the checkpoint with its epoch, like the adapters: another epoch's state, or an older run's file
+    without one, is not loaded (the caller says why and the guard restarts)."""
+    from detkd.engine.checkpoints import load_guard, save_kd_state
+
+    guard = KDGuard(patience=1, mode="adapt")
+    _feed(guard, [-0.5])
+    last = tmp_path / "last.pt"
+    save_kd_state([last], 0, {}, guard=guard.state_dict())
+    fresh = KDGuard(mode="adapt")
+    assert "epoch 0" in load_guard(fresh, last, epoch=3) and fresh.scales()["feat"] == 1.0
+    assert load_guard(fresh, last, epoch=0) is None and fresh.scales()["feat"] == 0.5
+    save_kd_state([last], 0, {})  # an older run: adapters/balancer only
+    assert "holds no guard" in load_guard(KDGuard(), last, epoch=0)
