@@ -83,9 +83,13 @@ def test_report_across_seeds_and_guard(tmp_path, teacher_pt, shapes_yaml):
         run_dir = tmp_path / r.key
         run_dir.mkdir()
         r.train, r.weights = {"save_dir": str(run_dir), "median_epoch_s": 1.0}, str(run_dir / "weights" / "best.pt")
-    guard = {"threshold": 0.0, "patience": 3, "history": {"kd_align_cls": [0.2, -0.1, -0.2, -0.3],
-                                                          "kd_align_box": [0.5, 0.4, 0.3, 0.3]},
-             "warned": {"kd_align_cls": 4}}
+    guard = {"mode": "adapt", "threshold": 0.0, "patience": 3,
+             "history": {"kd_align_cls": [0.2, -0.1, -0.2, -0.3], "kd_align_box": [0.5, 0.4, 0.3, 0.3],
+                         "kd_align_feat": [0.1, -0.1, -0.2, -0.4]},
+             "warned": {"kd_align_cls": 4, "kd_align_feat": 4}, "scales": {"kd_scale_cls": 0.5, "kd_scale_box": 1.0,
+                                                                            "kd_scale_feat": 0.5},
+             "scale_history": {"kd_scale_cls": [1.0, 1.0, 1.0, 0.5], "kd_scale_box": [1.0] * 4,
+                               "kd_scale_feat": [1.0, 1.0, 1.0, 0.5]}}
     (tmp_path / "distilled-detkd-s1" / "kd_guard.json").write_text(json.dumps(guard))
 
     rows = build_rows(specs)
@@ -97,7 +101,9 @@ def test_report_across_seeds_and_guard(tmp_path, teacher_pt, shapes_yaml):
     assert "seeds 0 1" in md and "## Across seeds" in md
     assert "| distilled: detkd | 0 1 | 0.360, 0.380 | 0.370 ± 0.014 | +0.050 | better |" in md
     assert "**Outcome:** best configuration: distilled: detkd" in md
-    assert "## KD guard" in md and "| distilled: detkd (seed 1) | +0.20 → -0.20 → -0.30 | +0.50 → +0.30 → +0.30 | cls KD from epoch 4 |" in md
+    assert "## KD guard" in md
+    assert ("| distilled: detkd (seed 1) | +0.20 → -0.20 → -0.30 | +0.50 → +0.30 → +0.30 | +0.10 → -0.20 → -0.40 "
+            "| cls KD from epoch 4, feat KD from epoch 4 | cls ×0.5, feat ×0.5 |") in md  # adapt: the final scales
     assert "| distilled: detkd (seed 0) |" not in md.split("## KD guard")[1].split("##")[0]  # no guard file: no row
     assert md.count("- **distilled: detkd**") == 1  # the configuration is described once
     assert "teacher is stronger than the student trained alone (AP 0.600 vs 0.320" in md  # baseline mean

@@ -159,18 +159,27 @@ def _guard_lines(rows: list[dict]) -> list[str]:
     runs = [r for r in rows if r["kind"] == "distilled" and r.get("guard")]
     if not runs:
         return []
-    out = ["## KD guard", "", "Mean cosine between the KD and detection-loss gradients on the student's head outputs, "
-           "per epoch (first, middle, last); a term is flagged when it stays below "
-           f"{runs[0]['guard'].get('threshold', 0):g} for {runs[0]['guard'].get('patience', 3)} epochs in a row.", "",
-           "| run | cls alignment | box alignment | flagged |", "|---|---|---|---|"]
+    adapting = any(r["guard"].get("mode") == "adapt" for r in runs)
+    out = ["## KD guard", "", "Mean cosine between the KD and detection-loss gradients (logit and box KD: on the "
+           "student's head outputs; feature KD: on its neck features), per epoch (first, middle, last); a term is "
+           f"flagged when it stays below {runs[0]['guard'].get('threshold', 0):g} for "
+           f"{runs[0]['guard'].get('patience', 3)} epochs in a row"
+           + ("; with `--kd-guard adapt` a flagged term is scaled down (last column: the scales at the end)."
+              if adapting else "."), "",
+           "| run | cls alignment | box alignment | feature alignment | flagged |" + (" scales |" if adapting else ""),
+           "|---|---|---|---|---|" + ("---|" if adapting else "")]
     for r in runs:
         g = r["guard"]
         cells = []
-        for item in ("kd_align_cls", "kd_align_box"):
+        for item in ("kd_align_cls", "kd_align_box", "kd_align_feat"):
             h = g.get("history", {}).get(item) or []
             cells.append(" → ".join(f"{h[i]:+.2f}" for i in sorted({0, len(h) // 2, len(h) - 1})) if h else "-")
         flagged = ", ".join(f"{k.split('_')[-1]} KD from epoch {e}" for k, e in (g.get("warned") or {}).items())
-        out.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {flagged or 'no'} |")
+        line = f"| {r['label']} | {cells[0]} | {cells[1]} | {cells[2]} | {flagged or 'no'} |"
+        if adapting:
+            scaled = ", ".join(f"{k.split('_')[-1]} ×{v:g}" for k, v in (g.get("scales") or {}).items() if v != 1)
+            line += f" {scaled or 'none scaled'} |"
+        out.append(line)
     return out + [""]
 
 
