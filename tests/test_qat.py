@@ -85,7 +85,8 @@ def test_qat_without_modelopt_is_one_line_naming_the_deploy_extra(tmp_path, monk
     from detkd.cli import main
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "modelopt" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "modelopt" else find_spec(name, *a))
     code = main(["distill", "--qat", "--teacher", teacher_pt, "--student", student_pt, "--data", shapes_yaml,
                  "--imgsz", "64", "--epochs", "1", "--device", "cpu", "--project", str(tmp_path), "--name", "q"])
     err = capsys.readouterr().err

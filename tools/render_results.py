@@ -39,6 +39,7 @@ BENCHMARKS = (
     ("speed", "benchmarks/speed.py", "inference speed, teacher vs student"),
     ("deploy_gain", "benchmarks/deploy_gain.py", "deployment: torch vs ONNX Runtime / OpenVINO, FP32 / INT8, AP and "
                                                  "latency"),
+    ("qat_gain", "benchmarks/qat_gain.py", "quantization-aware distillation: PTQ vs QAT vs QAT + KD, OpenVINO INT8 AP"),
     ("coco_eval_speed", "benchmarks/coco_eval_speed.py", "COCO evaluation speed, faster-coco-eval vs pycocotools"),
 )
 IMAGES = {"recipe": "recipe_curves.png"}  # figures shown under a file's section

@@ -125,7 +125,8 @@ def _openvino_from_qdq_onnx(onnx_path: Path, folder: Path, name: str) -> Path:
     from detkd.offline import no_telemetry
 
     metadata = BaseBackend.read_metadata(onnx_path)  # Ultralytics' metadata, stored as strings in the ONNX
-    args = ast.literal_eval(metadata["args"]) if isinstance(metadata.get("args"), str) else dict(metadata.get("args") or {})
+    args = metadata.get("args") or {}
+    args = ast.literal_eval(args) if isinstance(args, str) else dict(args)
     metadata["args"] = {**args, "format": "openvino"}
     if folder.exists():
         shutil.rmtree(folder)
