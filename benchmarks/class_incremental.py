@@ -38,7 +38,9 @@ and in the superset case detkd is never below the baseline (each seed against th
 
 Runs are recorded in ``<runs>/state.json`` as they finish; a re-run skips them (an interrupted run is resumed from
 its ``last.pt``). ``--time-budget S`` starts no run expected to end after S seconds and exits with 3 while runs
-remain. Results: ``<out-dir>/class_incremental_<tag>_<machine>.json`` and ``.md``.
+remain. ``--variant NAME=JSON`` adds a further ``incremental_NAME`` row on every seed (KDConfig fields on top of
+``--kd``; e.g. one documented round of changes after a missed target), run after the protocol and reported beside
+it; the targets are checked for it too. Results: ``<out-dir>/class_incremental_<tag>_<machine>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="target: incremental AP over all classes >= this share of joint training's")
     p.add_argument("--kd", default="{}", help="KDConfig fields (JSON) of the detkd rows; {} = detkd's defaults")
     p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")
+    p.add_argument("--variant", dest="variant_items", action="append", default=[], metavar="NAME=JSON",
+                   help="a further detkd incremental row (kind incremental_NAME): KDConfig fields on top of --kd")
     p.add_argument("--only", nargs="+", help="run only these kinds or runs now (old finetune incremental_s1 ...)")
     p.add_argument("--time-budget", type=float, metavar="S",
                    help="start no run expected to finish after S seconds; exit 3 while runs remain")
@@ -105,7 +109,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.kd, args.train_args = json.loads(args.kd), json.loads(args.train_args)
     args.runs = args.runs.resolve()  # Ultralytics puts a relative project under its own runs_dir, not here
     args.tag = args.tag or args.data.resolve().name
+    args.variants = {}
+    for item in args.variant_items:
+        name, _, spec = item.partition("=")
+        if not name.isidentifier():
+            raise SystemExit(f"--variant '{item}': NAME must be an identifier")
+        args.variants[name] = json.loads(spec or "{}")
     return args
+
+
+def is_incremental(kind: str) -> bool:
+    """The default incremental row or one of its ``--variant`` rows."""
+    return kind == "incremental" or kind.startswith("incremental_")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -190,6 +205,7 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     for seed in args.seeds:
         runs += [("old", seed), ("finetune", seed), ("incremental", seed), ("new_only", seed), ("joint", seed),
                  ("superset", seed)]
+    runs += [(f"incremental_{name}", seed) for name in args.variants for seed in args.seeds]
     if only and args.only:
         runs = [r for r in runs if r[0] in args.only or run_key(*r) in args.only]
     return runs
@@ -242,18 +258,34 @@ def train(kind: str, seed: int, args, folders: dict, state: dict) -> dict:
     elif kind in {"finetune", "joint"}:
         start = widened_old_model(old_pt, args.old + args.new, args.runs / f"widened_old_s{seed}.pt")
         run = train_baseline(student=start, data=folders["new_all" if kind == "finetune" else "joint"], **common)
-    elif kind == "incremental":
-        run = distill(teacher=old_pt, student=old_pt, data=folders["new"], kd={**kd, "keep_teacher_classes": True},
-                      **common)
+    elif is_incremental(kind):
+        kd = {**kd, **args.variants.get(kind.removeprefix("incremental_"), {}), "keep_teacher_classes": True}
+        run = distill(teacher=old_pt, student=old_pt, data=folders["new"], kd=kd, **common)
     else:  # superset: the teacher knows A + B, the student's data A
         run = distill(teacher=teacher_pt, student=args.student, data=folders["old"], kd=kd, **common)
+    detkd_row = is_incremental(kind) or kind == "superset"
     return {"kind": kind, "seed": seed, "epochs": common["epochs"], "wall_s": time.perf_counter() - t0,
-            "resumed": bool(resumed), "best": str(run.best)}
+            "kd": {k: v for k, v in kd.items() if k != "validate_teacher"} if detkd_row else None,
+            "resumed": bool(resumed), "best": str(run.best), "median_epoch_s": median_epoch_s(run.save_dir)}
+
+
+def median_epoch_s(run_dir: Path) -> float | None:
+    """The median time of one epoch, from the cumulative ``time`` column of the run's results.csv (unlike the wall
+    time, not lengthened by a pause of the process on a shared machine)."""
+    import csv
+
+    csv_path = Path(run_dir) / "results.csv"
+    if not csv_path.is_file():
+        return None
+    with open(csv_path) as f:
+        times = [float(v) for r in csv.DictReader(f) for k, v in r.items() if k.strip() == "time"]
+    steps = [b - a for a, b in zip([0.0, *times], times)]
+    return statistics.median(steps) if steps else None
 
 
 def needs(kind: str, seed: int, args, state: dict) -> str | None:
     """The run (kind, seed) must wait for (its seed's old model, the superset teacher), or None."""
-    need = run_key("old", seed) if kind in FROM_OLD else run_key("joint", args.seeds[0]) if kind == "superset" \
+    need = run_key("old", seed) if kind in FROM_OLD or is_incremental(kind) else run_key("joint", args.seeds[0]) if kind == "superset" \
         else None
     return need if need and need not in state["runs"] else None
 
@@ -301,18 +333,22 @@ def stats(values: list[float]) -> dict:
 def summarise(runs: dict) -> dict:
     """Per kind and group: mean, spread and the per-seed values (in seed order)."""
     out = {}
-    for kind in LABELS:
+    variants = sorted({r["kind"] for r in runs.values() if r["kind"].startswith("incremental_")})
+    for kind in [*LABELS, *variants]:
         rs = sorted((r for r in runs.values() if r["kind"] == kind and r.get("eval")), key=lambda r: r["seed"])
         if rs:
+            epoch_s = [r["median_epoch_s"] for r in rs if r.get("median_epoch_s")]
             out[kind] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
                          "wall_s": statistics.mean(r["wall_s"] for r in rs),
+                         "median_epoch_s": statistics.mean(epoch_s) if epoch_s else None,
                          **{g: stats([r["eval"]["groups"][g]["AP"] or 0.0 for r in rs]) for g in GROUPS}}
     return out
 
 
-def targets(summary: dict, joint_share: float) -> dict:
-    """The issue's three checks, each with its numbers (None where a row is missing)."""
-    inc, ft, joint = summary.get("incremental"), summary.get("finetune"), summary.get("joint")
+def targets(summary: dict, joint_share: float, incremental: str = "incremental") -> dict:
+    """The issue's three checks, each with its numbers (None where a row is missing); ``incremental``: the row
+    checked (the default, or a ``--variant`` row: then ``variants`` holds each one's first two checks)."""
+    inc, ft, joint = summary.get(incremental), summary.get("finetune"), summary.get("joint")
     sup, base = summary.get("superset"), summary.get("old")
     out = {"keeps_old_classes": None, "reaches_joint_share": None, "superset_never_below_baseline": None}
     if inc and ft:
@@ -330,6 +366,10 @@ def targets(summary: dict, joint_share: float) -> dict:
                                                 "per_seed": {str(s): {"detkd": d, "baseline": b}
                                                              for s, (d, b) in paired.items()},
                                                 "delta_mean": sup["old"]["mean"] - base["old"]["mean"]}
+    if incremental == "incremental":
+        out["variants"] = {k.removeprefix("incremental_"): {n: v for n, v in targets(summary, joint_share, k).items()
+                                                            if n in ("keeps_old_classes", "reaches_joint_share")}
+                           for k in summary if k.startswith("incremental_")}
     return out
 
 
@@ -371,29 +411,26 @@ def render(result: dict) -> str:
              f"with A and B labels. detkd rows: detkd's default recipe"
              f"{' + ' + json.dumps(s['kd']) if s['kd'] else ''}. COCO AP@[.50:.95] on val per class, averaged per "
              f"group; a class a model does not predict scores 0; mean ± spread (half the min–max range) over the "
-             f"seeds.", "",
+             f"seeds; epoch s: the median epoch's time (mean over the seeds).", "",
              "## New classes on top of an old model", "",
-             "| row | epochs | seeds | old classes A | new classes B | all classes | all, per seed | wall s |",
+             "| row | epochs | seeds | old classes A | new classes B | all classes | all, per seed | epoch s |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for kind in PROTOCOL_ROWS:
+    variants = [k for k in summary if k.startswith("incremental_")]
+    for kind in [*PROTOCOL_ROWS[:4], *variants, PROTOCOL_ROWS[4]]:
         a = summary.get(kind)
         if a:
-            lines.append(f"| {LABELS[kind]} | {a['epochs']} | {', '.join(map(str, a['seeds']))} | {_cell(a['old'])} "
-                         f"| {_cell(a['new'])} | {_cell(a['all'])} | {_per_seed(a['all'])} | {a['wall_s']:.0f} |")
-    keep, share = t["keeps_old_classes"], t["reaches_joint_share"]
-    lines += ["", "Targets:", "",
-              f"- detkd keeps old-class AP beyond the seed spread above fine-tuning: {_verdict(keep)}"
-              + (f" (worst detkd seed {keep['incremental_worst_seed']:.3f}, best fine-tuning seed "
-                 f"{keep['finetune_best_seed']:.3f})." if keep else "."),
-              f"- detkd's AP over all classes reaches {s['joint_share']:.2f}× joint training's: {_verdict(share)}"
-              + (f" ({share['incremental']:.3f} / {share['joint']:.3f} = {share['ratio']:.2f}×)."
-                 if share and share["ratio"] is not None else ".")]
+            lines.append(f"| {row_label(kind, result['runs'])} | {a['epochs']} | {', '.join(map(str, a['seeds']))} | {_cell(a['old'])} "
+                         f"| {_cell(a['new'])} | {_cell(a['all'])} | {_per_seed(a['all'])} | {_epoch_s(a)} |")
+    lines += ["", "Targets (detkd's default recipe):", "", *_target_lines(t, s["joint_share"])]
+    for name, vt in t.get("variants", {}).items():
+        lines += ["", f"The same targets for {row_label('incremental_' + name, result['runs'])}:", "",
+                  *_target_lines(vt, s["joint_share"])]
     lines += ["", "## A teacher with more classes", "",
               f"Teacher: the joint model of seed {first} (classes A + B; the row above). Student: {s['student']} from "
               f"its YAML on the old images labelled for A only (classes A; the teacher's B classes unused), "
               f"{s['old_epochs']} epochs. The baseline is the old model row above (the same student, data, epochs "
               f"and seeds without a teacher). AP over A.", "",
-              "| row | seeds | AP (A) | per seed | Δ vs baseline | wall s |", "|---|---|---:|---:|---:|---:|"]
+              "| row | seeds | AP (A) | per seed | Δ vs baseline | epoch s |", "|---|---|---:|---:|---:|---:|"]
     teacher = result["runs"].get(f"joint_s{first}", {}).get("eval")
     if teacher:
         lines.append(f"| teacher (joint training, seed {first}) | {first} | {teacher['groups']['old']['AP']:.3f} "
@@ -404,12 +441,35 @@ def render(result: dict) -> str:
         if a:
             delta = f"{a['old']['mean'] - base['old']['mean']:+.3f}" if kind != "old" else ""
             lines.append(f"| {label} | {', '.join(map(str, a['seeds']))} | {_cell(a['old'])} | {_per_seed(a['old'])} "
-                         f"| {delta} | {a['wall_s']:.0f} |")
+                         f"| {delta} | {_epoch_s(a)} |")
     sup = t["superset_never_below_baseline"]
     lines += ["", f"Target: detkd never below the baseline (each seed against the same seed): {_verdict(sup)}."]
     if result.get("pending"):
         lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
+
+
+def row_label(kind: str, runs: dict) -> str:
+    """The row's name; a ``--variant`` row named by the KD settings it ran with."""
+    if not kind.startswith("incremental_"):
+        return LABELS[kind]
+    kd = next((r.get("kd") or {} for r in runs.values() if r["kind"] == kind), {})
+    changed = ", ".join(f"{k}={v}" for k, v in kd.items() if k != "keep_teacher_classes")
+    return f"detkd `--keep-teacher-classes`, {changed or 'as the default'} (`{kind}`)"
+
+
+def _target_lines(t: dict, joint_share: float) -> list[str]:
+    keep, share = t["keeps_old_classes"], t["reaches_joint_share"]
+    return [f"- detkd keeps old-class AP beyond the seed spread above fine-tuning: {_verdict(keep)}"
+            + (f" (worst detkd seed {keep['incremental_worst_seed']:.3f}, best fine-tuning seed "
+               f"{keep['finetune_best_seed']:.3f})." if keep else "."),
+            f"- detkd's AP over all classes reaches {joint_share:.2f}× joint training's: {_verdict(share)}"
+            + (f" ({share['incremental']:.3f} / {share['joint']:.3f} = {share['ratio']:.2f}×)."
+               if share and share["ratio"] is not None else ".")]
+
+
+def _epoch_s(a: dict) -> str:
+    return f"{a['median_epoch_s']:.1f}" if a.get("median_epoch_s") else ""
 
 
 def _boxes(counts: dict) -> str:
@@ -459,13 +519,15 @@ def main(argv=None) -> int:
 
     pending = [run_key(*r) for r in plan(args, only=False) if run_key(*r) not in state["runs"]]
     left_now = [run_key(*r) for r in todo if run_key(*r) not in state["runs"]]
+    for key, record in state["runs"].items():  # records from before the epoch times were kept
+        record.setdefault("median_epoch_s", median_epoch_s(args.runs / key))
     summary = summarise(state["runs"])
     machine = state.get("machine") or machine_info(args.device)
     settings = {"dataset": args.tag, "data": str(args.data), "old": args.old, "new": args.new,
                 "old_fraction": args.old_fraction, "split_seed": args.split_seed, "student": args.student,
                 "old_epochs": args.old_epochs, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
                 "workers": args.workers, "device": args.device, "seeds": args.seeds, "joint_share": args.joint_share, "kd": args.kd,
-                "train_args": args.train_args}
+                "train_args": args.train_args, "variants": args.variants}
     result = {"machine": machine, "settings": settings, "split": split, "summary": summary,
               "targets": targets(summary, args.joint_share), "runs": state["runs"], "pending": pending}
     write_json_and_markdown(args.out_dir / f"class_incremental_{args.tag}_{machine_tag(machine, args.device)}",

@@ -122,7 +122,8 @@ def test_protocol_runs_every_row_reports_and_reuses_runs(tmp_path, shapes_coco, 
     out = tmp_path / "out"
     argv = ["--data", str(shapes_coco), "--tag", "tiny", "--old", "circle", "square", "--new", "triangle",
             "--old-epochs", "2", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--device", "cpu", "--seeds", "0",
-            "--runs", str(tmp_path / "runs"), "--out-dir", str(out), "--train-args", '{"warmup_epochs": 0}']
+            "--runs", str(tmp_path / "runs"), "--out-dir", str(out), "--train-args", '{"warmup_epochs": 0}',
+            "--variant", 'nofeat={"feat_kd": 0}']
     assert ci.main([*argv, "--only", "old"]) == 0
     (report,) = out.glob("class_incremental_tiny_*.json")
     partial = json.loads(report.read_text())
@@ -131,7 +132,12 @@ def test_protocol_runs_every_row_reports_and_reuses_runs(tmp_path, shapes_coco, 
     assert ci.main(argv) == 0
     result = json.loads(report.read_text())
     assert set(result["runs"]) == {"old_s0", "finetune_s0", "incremental_s0", "new_only_s0", "joint_s0",
-                                   "superset_s0"} and result["pending"] == []
+                                   "superset_s0", "incremental_nofeat_s0"} and result["pending"] == []
+    # each detkd row records the KD settings it ran with; a variant row adds its own
+    assert result["runs"]["incremental_nofeat_s0"]["kd"] == {"feat_kd": 0, "keep_teacher_classes": True}
+    assert result["runs"]["superset_s0"]["kd"] == {} and result["runs"]["joint_s0"]["kd"] is None
+    assert set(result["targets"]["variants"]["nofeat"]) == {"keeps_old_classes", "reaches_joint_share"}
+    assert all(r["median_epoch_s"] > 0 for r in result["runs"].values())
     ev = {k: r["eval"] for k, r in result["runs"].items()}
     assert ev["old_s0"]["classes"] == ev["superset_s0"]["classes"] == ["circle", "square"]
     assert ev["old_s0"]["per_class"]["triangle"] == 0.0 and ev["superset_s0"]["eval_data"] == "old"
@@ -142,12 +148,15 @@ def test_protocol_runs_every_row_reports_and_reuses_runs(tmp_path, shapes_coco, 
     for r in ev.values():  # 'all' is the mean over the classes, those a model does not predict at 0
         per = [v for v in r["per_class"].values() if v is not None]
         assert r["groups"]["all"]["AP"] == pytest.approx(sum(per) / len(per))
-    assert set(result["targets"]) == {"keeps_old_classes", "reaches_joint_share", "superset_never_below_baseline"}
+    assert set(result["targets"]) == {"keeps_old_classes", "reaches_joint_share", "superset_never_below_baseline",
+                                      "variants"}
     md = report.with_suffix(".md").read_text()
     assert "## New classes on top of an old model" in md and "## A teacher with more classes" in md
     assert "| fine-tuning the old model on the new data | 1 | 0 |" in md and "left out: cross" in md
     assert result["runs"]["superset_s0"]["epochs"] == 2 and result["runs"]["joint_s0"]["epochs"] == 1
-    assert "Not run yet" not in md and "Targets:" in md
+    assert "Not run yet" not in md and "Targets (detkd's default recipe):" in md
+    assert "| detkd `--keep-teacher-classes`, feat_kd=0 (`incremental_nofeat`) | 1 | 0 |" in md
+    assert "The same targets for detkd `--keep-teacher-classes`, feat_kd=0" in md
     capsys.readouterr()
     assert ci.main(argv) == 0  # everything reused
-    assert capsys.readouterr().out.count("done before, reused") == 6
+    assert capsys.readouterr().out.count("done before, reused") == 7
