@@ -63,28 +63,6 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def _glibc_malloc_trim():
-    """glibc's ``malloc_trim`` (returns freed heap memory to the OS), or None where the C library has none."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # pragma: no cover - not glibc (macOS, Windows, musl)
-        return None
-
-
-MALLOC_TRIM = _glibc_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """After a CPU teacher forward: hand the blocks its activations used back to the OS. glibc otherwise keeps them
-    for reuse, and the student's backward, which needs blocks of other sizes, grows the process beside them: at
-    640 px, batch 16, a BF16 teacher's step peaked at 1.32× the plain step's memory (RSS), 1.21× with this
-    (``benchmarks/kd_profile.py``)."""
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
-
-
 def teacher_precision_line(precision: str, device_type: str, half: bool = True) -> str:
     """The start-of-run line saying what precision the teacher computes in, why, and how to change it."""
     if precision == "bf16":
@@ -227,9 +205,6 @@ class FrozenTeacher:
         """FP32 outputs in fresh tensors (graph buffers are overwritten by the next replay)."""
         x = self._prepare(img)
         out = self._graphed_forward(x) if self.use_graphs else self._raw_forward(x)
-        if self.device.type == "cpu":
-            del x
-            release_freed_memory()
         if self.dtype != torch.float32 or self.channels_last:  # one fresh FP32 copy in the default layout: the KD
             # terms mix these with the student's (contiguous) tensors, and a channels_last operand makes their
             # results, and what autograd keeps of them, channels_last copies too
