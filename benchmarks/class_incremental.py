@@ -411,7 +411,8 @@ def render(result: dict) -> str:
              f"with A and B labels. detkd rows: detkd's default recipe"
              f"{' + ' + json.dumps(s['kd']) if s['kd'] else ''}. COCO AP@[.50:.95] on val per class, averaged per "
              f"group; a class a model does not predict scores 0; mean ± spread (half the min–max range) over the "
-             f"seeds; epoch s: the median epoch's time (mean over the seeds).", "",
+             f"seeds; epoch s: the median epoch's time (mean over the seeds; a rough guide: other jobs shared the "
+             f"machine).", "",
              "## New classes on top of an old model", "",
              "| row | epochs | seeds | old classes A | new classes B | all classes | all, per seed | epoch s |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -464,7 +465,7 @@ def _target_lines(t: dict, joint_share: float) -> list[str]:
             + (f" (worst detkd seed {keep['incremental_worst_seed']:.3f}, best fine-tuning seed "
                f"{keep['finetune_best_seed']:.3f})." if keep else "."),
             f"- detkd's AP over all classes reaches {joint_share:.2f}× joint training's: {_verdict(share)}"
-            + (f" ({share['incremental']:.3f} / {share['joint']:.3f} = {share['ratio']:.2f}×)."
+            + (f" ({share['incremental']:.3f} / {share['joint']:.3f} = {share['ratio']:.4f}×)."
                if share and share["ratio"] is not None else ".")]
 
 
@@ -523,7 +524,7 @@ def main(argv=None) -> int:
         record.setdefault("median_epoch_s", median_epoch_s(args.runs / key))
     summary = summarise(state["runs"])
     machine = state.get("machine") or machine_info(args.device)
-    settings = {"dataset": args.tag, "data": str(args.data), "old": args.old, "new": args.new,
+    settings = {"dataset": args.tag, "data": os.path.relpath(args.data.resolve(), ROOT), "old": args.old, "new": args.new,
                 "old_fraction": args.old_fraction, "split_seed": args.split_seed, "student": args.student,
                 "old_epochs": args.old_epochs, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
                 "workers": args.workers, "device": args.device, "seeds": args.seeds, "joint_share": args.joint_share, "kd": args.kd,

@@ -7,7 +7,9 @@
 benchmark rendered beside it), grouped by benchmark in a fixed order, each headed by the benchmark, the dataset, the
 machine and the seeds, read from the JSON. ``README.md``: the table between ``<!-- results:headline -->`` and
 ``<!-- /results:headline -->`` is built from the JSON files named in :data:`HEADLINE` (nothing in it is typed by
-hand). ``tests/test_docs.py`` fails when either differs from what this script renders.
+hand); the tables between ``<!-- results:classes -->`` and ``<!-- /results:classes -->`` (README.md and
+docs/classes.md) from every ``class_incremental_*.json``. ``tests/test_docs.py`` fails when any differs from what
+this script renders.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RESULTS_PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
 SPEED_PAGE = ROOT / "docs" / "speed.md"
 EXPORT_PAGE = ROOT / "docs" / "export.md"
+CLASSES_PAGE = ROOT / "docs" / "classes.md"
 COMMAND = "python tools/render_results.py"
 
 # (file-name prefix, the script that writes those files, what it measures), in the order of the results page
@@ -41,6 +44,8 @@ BENCHMARKS = (
                                                  "latency"),
     ("qat_gain", "benchmarks/qat_gain.py", "quantization-aware distillation: PTQ vs QAT vs QAT + KD, OpenVINO INT8 AP"),
     ("coco_eval_speed", "benchmarks/coco_eval_speed.py", "COCO evaluation speed, faster-coco-eval vs pycocotools"),
+    ("class_incremental", "benchmarks/class_incremental.py", "teachers with other classes: new classes without "
+                                                             "forgetting, a teacher with more classes"),
 )
 IMAGES = {"recipe": "recipe_curves.png"}  # figures shown under a file's section
 
@@ -195,7 +200,8 @@ def render_results_page() -> str:
         "Each section is one file of `benchmarks/results/`, as its benchmark wrote it (the `.md` beside the `.json`), "
         "under a line naming the benchmark, the dataset, the machine and the seeds. What the numbers mean, and "
         "which caveats apply, is on the topic pages: [recipe](recipe.md), [models](models.md), "
-        "[teachers](teachers.md), [unlabelled images](unlabeled.md), [speed](speed.md), [demo](demo.md), "
+        "[teachers](teachers.md), [unlabelled images](unlabeled.md), [teachers with other classes](classes.md), "
+        "[speed](speed.md), [demo](demo.md), "
         "[data and evaluation](data.md).",
         "",
         "| file | benchmark | dataset | machine | seeds |",
@@ -309,6 +315,59 @@ def render_deploy() -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------- teachers with other classes, in README.md and docs/classes.md
+DATASET_LABELS = {"deeppcb": "DeepPCB", "aerial_cars": "aerial cars"}
+
+
+def class_incremental_files() -> list[str]:
+    """Every benchmarks/class_incremental.py results file, one per dataset and machine."""
+    return sorted(p.stem for p in RESULTS.glob("class_incremental_*.json"))
+
+
+def _mean_spread(a: dict | None, group: str) -> str:
+    if not a:
+        return "—"
+    g = a[group]
+    return f"{g['mean']:.3f} ± {g['spread']:.3f}" if g.get("spread") is not None else f"{g['mean']:.3f}"
+
+
+def render_classes(results_md: str) -> str:
+    """Issue 28's two tables from the class_incremental files: new classes on top of an old model (AP per class
+    group per row, the targets), and a teacher with more classes (baseline vs detkd). ``results_md``: the path of
+    docs/results.md from the page that shows them."""
+    rows = ["| data: old classes A → new classes B | AP over | old model | fine-tuning | new data alone | "
+            "**detkd `--keep-teacher-classes`** | joint training (upper bound) | target |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    superset = ["| data: teacher's classes → student's | teacher | baseline (student alone) | **detkd** | Δ | "
+                "per seed, baseline → detkd | never below the baseline |", "|---|---:|---:|---:|---:|---|---|"]
+    for stem in class_incremental_files():
+        d = load(stem)
+        s, summary, t = d["settings"], d["summary"], d["targets"]
+        name = f"[{DATASET_LABELS.get(s['dataset'], s['dataset'])}]({results_md}#{stem})"
+        setup = f"{s['imgsz']} px, seeds {', '.join(map(str, s['seeds']))}; {machine_of(d)}"
+        keep, share = t.get("keeps_old_classes"), t.get("reaches_joint_share")
+        targets = {
+            "old": (f"detkd's worst seed above fine-tuning's best: {'met' if keep['met'] else 'not met'}"
+                    if keep else "—"),
+            "all": (f"≥ {share['target']:.2f}× joint: {share['ratio']:.4f}×, {'met' if share['met'] else 'not met'}"
+                    if share and share.get("ratio") is not None else "—")}
+        labels = {"old": "A", "new": "B", "all": "all"}
+        for i, group in enumerate(("old", "new", "all")):
+            first = f"{name}: {', '.join(s['old'])} → {', '.join(s['new'])} ({setup})" if i == 0 else ""
+            cells = [_mean_spread(summary.get(k), group) for k in ("old", "finetune", "new_only", "incremental",
+                                                                    "joint")]
+            rows.append(f"| {first} | {labels[group]} | {' | '.join(cells)} | {targets.get(group, '')} |")
+        base, ours, never = summary.get("old"), summary.get("superset"), t.get("superset_never_below_baseline")
+        teacher = d["runs"].get(f"joint_s{s['seeds'][0]}", {}).get("eval")
+        if base and ours:
+            pairs = ", ".join(f"{v['baseline']:.3f} → {v['detkd']:.3f}" for v in never["per_seed"].values())
+            superset.append(
+                f"| {name}: {len(s['old'] + s['new'])} classes → {', '.join(s['old'])} ({setup}) | "
+                f"{teacher['groups']['old']['AP']:.3f} | {_mean_spread(base, 'old')} | {_mean_spread(ours, 'old')} | "
+                f"{ours['old']['mean'] - base['old']['mean']:+.3f} | {pairs} | {'met' if never['met'] else 'not met'} |")
+    return "\n".join(rows + [""] + superset)
+
+
 def fill_markers(text: str, name: str, body: str) -> str:
     """``text`` with the lines between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` replaced by ``body``."""
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -322,7 +381,9 @@ def fill_markers(text: str, name: str, body: str) -> str:
 def rendered() -> dict[Path, str]:
     """What each generated file should hold."""
     return {RESULTS_PAGE: render_results_page(),
-            README: fill_markers(README.read_text(), "headline", render_headline()),
+            README: fill_markers(fill_markers(README.read_text(), "headline", render_headline()), "classes",
+                                 render_classes("docs/results.md")),
+            CLASSES_PAGE: fill_markers(CLASSES_PAGE.read_text(), "classes", render_classes("results.md")),
             SPEED_PAGE: fill_markers(SPEED_PAGE.read_text(), "cpu-cost", render_cpu_cost()),
             EXPORT_PAGE: fill_markers(EXPORT_PAGE.read_text(), "deploy", render_deploy())}
 
