@@ -254,33 +254,46 @@ def render_headline() -> str:
 
 
 # ------------------------------------------------------------------------------- the cost table in docs/speed.md
-CPU_COST = "kd_overhead_cpu-amd-epyc-2c"  # epoch times on the 2-core CPU
-CPU_PROFILES = ("kd_profile_cpu-amd-epyc-2c_160px_b16", "kd_profile_cpu-amd-epyc-2c_640px_b16")
+CPU_COSTS = {  # epoch times on the 2-core CPUs the project has run on: what the teacher computes in there
+    "kd_overhead_cpu-intel-xeon-processor-2c": "Intel Xeon with AMX: BF16 teacher",
+    "kd_overhead_cpu-amd-epyc-2c": "AMD EPYC, no AMX: FP32 teacher"}
+CPU_PROFILES = ("kd_profile_cpu-intel-xeon-processor-2c_160px_b16", "kd_profile_cpu-intel-xeon-processor-2c_640px_b16",
+                "kd_profile_cpu-intel-xeon-processor-2c_640px_b16_fp32",
+                "kd_profile_cpu-amd-epyc-2c_160px_b16", "kd_profile_cpu-amd-epyc-2c_640px_b16")
 COST_RUNS = {"plain": "plain training (no teacher)",
              "detkd": "**detkd, one teacher** (default: teacher one batch ahead in a worker thread)",
+             "detkd_fp32": "detkd, one teacher, FP32 (`--teacher-half false`)",
              "detkd_inline": "detkd, one teacher inline (`--teacher-overlap false`)",
              "detkd_2teachers": "detkd, 2 teachers (one ensemble)", "detkd_3teachers": "detkd, 3 teachers"}
 
 
 def render_cpu_cost() -> str:
-    """Epoch time vs plain (kd_overhead) and, per image size, step time and peak memory vs plain (kd_profile)."""
-    d = load(CPU_COST)
-    s = d["settings"]
+    """Epoch time vs plain (kd_overhead) per CPU and, per image size, step time and peak memory vs plain
+    (kd_profile)."""
+    runs = {stem: load(stem) for stem in CPU_COSTS}
+    s = next(iter(runs.values()))["settings"]
     lines = [f"Teacher {s['teacher']}, student {s['student']}, raccoon at {s['imgsz']} px, batch {s['batch']}, "
-             f"median train-loop epoch of epochs 2–{s['epochs']} ({machine_of(d)}; "
-             f"[{CPU_COST}](results.md#{CPU_COST})):", "", "| run | epoch s | vs plain |", "|---|---:|---:|"]
-    lines += [f"| {COST_RUNS.get(k, k)} | {v['median_epoch_s']:.2f} | {v['ratio_vs_plain']:.2f}× |"
-              for k, v in d["training"].items()]
+             f"median train-loop epoch of epochs 2–{s['epochs']}, on each 2-core CPU the project ran on (epoch s / "
+             "vs plain; an empty cell: not run there):", "",
+             "| run | " + " | ".join(f"[{label}](results.md#{stem})" for stem, label in CPU_COSTS.items()) + " |",
+             "|---|" + "---:|" * len(CPU_COSTS)]
+    for k, name in COST_RUNS.items():
+        cells = [f"{d['training'][k]['median_epoch_s']:.2f} s / {d['training'][k]['ratio_vs_plain']:.2f}×"
+                 if k in d["training"] else "" for d in runs.values()]
+        if any(cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "One training step without data loading, the teacher inline (`benchmarks/kd_profile.py`: what each part "
               "costs; forward only, each part's backward is inside \"backward\"):", "",
-              "| size, batch | step vs plain | teacher forward | feature KD + adapters | guard | other KD parts "
+              "| CPU, size, batch | step vs plain | teacher forward | feature KD + adapters | guard | other KD parts "
               "| peak memory vs plain |", "|---|---:|---:|---:|---:|---:|---:|"]
     for stem in CPU_PROFILES:
         r = load(stem)
         plain, kd = r["profile"]["plain"], r["profile"]["kd"]
         ms = kd["ms"]
         other = sum(ms.get(k, 0.0) for k in ("detection loss", "anchor weights (verified)", "cls KD", "box KD"))
-        lines.append(f"| [{r['settings']['imgsz']} px, {r['settings']['batch']}](results.md#{stem}) | "
+        cpu = ("AMD EPYC, FP32 teacher" if "amd" in stem else
+               "Intel Xeon (AMX), FP32 teacher" if stem.endswith("_fp32") else "Intel Xeon (AMX), BF16 teacher")
+        lines.append(f"| [{cpu}, {r['settings']['imgsz']} px, {r['settings']['batch']}](results.md#{stem}) | "
                      f"{ms['step'] / plain['ms']['step']:.2f}× | {ms['teacher forward']:.0f} ms | "
                      f"{ms['feature KD (+ adapters)']:.0f} ms | {ms['guard (gradient alignment)']:.0f} ms | "
                      f"{other:.0f} ms | {kd['peak_mib'] / plain['peak_mib']:.2f}× |")
