@@ -60,19 +60,20 @@ TARGET_SPEEDUP, TARGET_DROP = 2.0, 0.005
 
 
 # ------------------------------------------------------------------------------------------- state
+STATE_SECTIONS = ("runs", "measured")
+
+
 def load_state(path: Path) -> dict:
-    state = json.loads(path.read_text()) if path.exists() else {}
-    state.setdefault("runs", {})
-    state.setdefault("measured", {})
-    return state
+    from detkd.bench.state import load_state as load
+
+    return load(path, STATE_SECTIONS)
 
 
 def save_state(path: Path, update) -> dict:
     """Re-read, apply ``update(state)``, write (another process may have recorded rows meanwhile)."""
-    state = load_state(path)
-    update(state)
-    path.write_text(json.dumps(state, indent=1, default=str))
-    return state
+    from detkd.bench.state import save_state as save
+
+    return save(path, update, STATE_SECTIONS)
 
 
 def run_name(tag: str, student: str) -> str:

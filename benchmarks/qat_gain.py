@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import shutil
 import statistics
 import sys
@@ -50,18 +49,20 @@ LABELS = {"fp32": "FP32 student (torch)", "fp32_ov": "FP32 student (OpenVINO FP3
 
 
 # ------------------------------------------------------------------------------------------- state
+STATE_SECTIONS = ("runs", "scores")
+
+
 def load_state(path: Path) -> dict:
-    state = json.loads(path.read_text()) if path.exists() else {}
-    for key in ("runs", "scores"):
-        state.setdefault(key, {})
-    return state
+    from detkd.bench.state import load_state as load
+
+    return load(path, STATE_SECTIONS)
 
 
 def save_state(path: Path, update) -> dict:
-    state = load_state(path)
-    update(state)
-    path.write_text(json.dumps(state, indent=1, default=str))
-    return state
+    """Re-read, apply ``update(state)``, write (another process may have recorded rows meanwhile)."""
+    from detkd.bench.state import save_state as save
+
+    return save(path, update, STATE_SECTIONS)
 
 
 # ------------------------------------------------------------------------------------------- data, training

@@ -68,6 +68,25 @@ def save_checkpoint(net, path: Path) -> str:
     return str(path)
 
 
+def with_class_rows(ref, names: list[str], rows: list[int | None]):
+    """A model of ``ref``'s architecture predicting ``names``: every weight is ``ref``'s except the head's class rows:
+    class k gets ``ref``'s class ``rows[k]``; None: a class ``ref`` lacks, confident everywhere (bias +12)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel(ref.yaml, nc=len(names), verbose=False)
+    ref_sd, sd = ref.state_dict(), net.state_dict()
+    sd.update({k: v.clone() for k, v in ref_sd.items() if sd[k].shape == v.shape})
+    for branch in ("cv3", "one2one_cv3"):  # one-to-many and (YOLO26) one-to-one class branches
+        for level in range(len(getattr(ref.model[-1], branch, None) or [])):
+            key = f"model.{len(ref.model) - 1}.{branch}.{level}.2"  # the class conv of head level ``level``
+            for k, r in enumerate(rows):
+                sd[f"{key}.weight"][k] = 0.0 if r is None else ref_sd[f"{key}.weight"][r]
+                sd[f"{key}.bias"][k] = 12.0 if r is None else ref_sd[f"{key}.bias"][r]
+    net.load_state_dict(sd)
+    net.names = dict(enumerate(names))
+    return net
+
+
 @pytest.fixture(scope="session")
 def teacher_pt(tmp_path_factory, shapes_yaml) -> str:
     """A random-init YOLOv8s teacher checkpoint carrying the shapes dataset's class names."""

@@ -13,33 +13,11 @@ import json
 import pytest
 import torch
 
-from conftest import named_model, save_checkpoint
+from conftest import named_model, save_checkpoint, with_class_rows
 from detkd.cli import main
 from detkd.errors import IncompatibleModelsError
 
 SHAPES = ["circle", "square", "triangle", "cross"]
-
-
-def _cls_key(net, level: int) -> str:
-    return f"model.{len(net.model) - 1}.cv3.{level}.2"  # the class conv of head level ``level``
-
-
-def _permuted(ref, names: list[str], rows: list[int | None]):
-    """A model of ``ref``'s architecture predicting ``names``: every weight is ``ref``'s, except the class rows of the
-    head: class k gets ``ref``'s class ``rows[k]``; None: a class ``ref`` lacks, confident everywhere (bias +12)."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    net = DetectionModel(ref.yaml, nc=len(names), verbose=False)
-    ref_sd, sd = ref.state_dict(), net.state_dict()
-    sd.update({k: v.clone() for k, v in ref_sd.items() if sd[k].shape == v.shape})
-    for level in range(len(ref.model[-1].cv3)):
-        key = _cls_key(ref, level)
-        for k, r in enumerate(rows):
-            sd[f"{key}.weight"][k] = 0.0 if r is None else ref_sd[f"{key}.weight"][r]
-            sd[f"{key}.bias"][k] = 12.0 if r is None else ref_sd[f"{key}.bias"][r]
-    net.load_state_dict(sd)
-    net.names = dict(enumerate(names))
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +29,8 @@ def teachers(tmp_path_factory, shapes_yaml) -> dict:
     with torch.no_grad():
         for level in range(len(ref.model[-1].cv3)):
             ref.model[-1].cv3[level][-1].bias += 6.0
-    superset = _permuted(ref, ["bus", "Triangle", "car", "circle ", "cross", "Square"], [None, 2, None, 0, 3, 1])
-    partial = _permuted(ref, ["bus", "Triangle", "car", "ring", "Square"], [None, 2, None, 0, 1])
+    superset = with_class_rows(ref, ["bus", "Triangle", "car", "circle ", "cross", "Square"], [None, 2, None, 0, 3, 1])
+    partial = with_class_rows(ref, ["bus", "Triangle", "car", "ring", "Square"], [None, 2, None, 0, 1])
     return {name: save_checkpoint(net, folder / f"{name}.pt")
             for name, net in (("reference", ref), ("superset", superset), ("partial", partial))}
 

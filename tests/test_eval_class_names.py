@@ -14,31 +14,12 @@ import json
 import pytest
 import torch
 
-from conftest import named_model, save_checkpoint
+from conftest import named_model, save_checkpoint, with_class_rows
 from detkd.cli import main
 from detkd.errors import IncompatibleModelsError
 
 SHAPES = ["circle", "square", "triangle", "cross"]  # the shapes dataset's classes, in its order
 IMGSZ = 64
-
-
-def _with_classes(ref, names: list[str], rows: list[int | None]):
-    """A model of ``ref``'s architecture predicting ``names``: every weight is ``ref``'s except the head's class rows:
-    class k gets ``ref``'s class ``rows[k]``; None: a class ``ref`` lacks, confident everywhere (bias +12)."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    net = DetectionModel(ref.yaml, nc=len(names), verbose=False)
-    ref_sd, sd = ref.state_dict(), net.state_dict()
-    sd.update({k: v.clone() for k, v in ref_sd.items() if sd[k].shape == v.shape})
-    for branch in ("cv3", "one2one_cv3"):  # one-to-many and (YOLO26) one-to-one class branches
-        for level in range(len(getattr(ref.model[-1], branch, None) or [])):
-            key = f"model.{len(ref.model) - 1}.{branch}.{level}.2"  # the class conv of head level ``level``
-            for k, r in enumerate(rows):
-                sd[f"{key}.weight"][k] = 0.0 if r is None else ref_sd[f"{key}.weight"][r]
-                sd[f"{key}.bias"][k] = 12.0 if r is None else ref_sd[f"{key}.bias"][r]
-    net.load_state_dict(sd)
-    net.names = dict(enumerate(names))
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +39,12 @@ def models(tmp_path_factory, shapes_yaml) -> dict:
             seq[-1].bias.view(4, -1)[:, 1] = 10.0
     nets = {
         "reference": ref,
-        "permuted": _with_classes(ref, ["Cross", "triangle", "circle", " square"], [3, 2, 0, 1]),
-        "superset": _with_classes(ref, ["bus", "triangle", "car", "circle", "cross", "square"],
+        "permuted": with_class_rows(ref, ["Cross", "triangle", "circle", " square"], [3, 2, 0, 1]),
+        "superset": with_class_rows(ref, ["bus", "triangle", "car", "circle", "cross", "square"],
                                   [None, 2, None, 0, 3, 1]),
-        "other": _with_classes(ref, ["star", "circle", "square", "triangle"], [None, 0, 1, 2]),
-        "renamed": _with_classes(ref, ["ring", "square", "triangle", "cross"], [0, 1, 2, 3]),
-        "nameless": _with_classes(ref, ["0", "1", "2", "3"], [0, 1, 2, 3]),
+        "other": with_class_rows(ref, ["star", "circle", "square", "triangle"], [None, 0, 1, 2]),
+        "renamed": with_class_rows(ref, ["ring", "square", "triangle", "cross"], [0, 1, 2, 3]),
+        "nameless": with_class_rows(ref, ["0", "1", "2", "3"], [0, 1, 2, 3]),
     }
     return {name: save_checkpoint(net, folder / f"{name}.pt") for name, net in nets.items()}
 
@@ -172,7 +153,7 @@ def test_an_nms_free_model_is_matched_by_name(shapes_yaml, shapes_coco, tmp_path
     with torch.no_grad():
         for seq in ref.model[-1].one2one_cv3:
             seq[-1].bias += torch.tensor([3.0, 1.0, -1.0, -3.0])
-    perm = _with_classes(ref, ["cross", "triangle", "circle", "square"], [3, 2, 0, 1])
+    perm = with_class_rows(ref, ["cross", "triangle", "circle", "square"], [3, 2, 0, 1])
     m_ref, m = _eval(ref, shapes_coco, tmp_path / "ref"), _eval(perm, shapes_coco, tmp_path / "perm")
 
     def by_class(metrics):
