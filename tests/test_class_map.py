@@ -355,6 +355,20 @@ def test_teacher_targets_are_added_for_the_unlabelled_classes_only():
     assert out["bboxes"][1].tolist() == pytest.approx([0.25, 0.25, 0.5, 0.5])  # normalised xywh of the old object
 
 
+def test_a_teacher_detection_on_a_labelled_object_is_not_added_the_label_wins():
+    """The old model calls a bus (a new, labelled class) 'car': that object is labelled already, so no 'car' target is
+    added on it (two targets on one object split its anchors and train 'bus' as background on half of them)."""
+    from detkd.engine.incremental import add_teacher_pseudo_labels
+
+    batch = {"img": torch.zeros(1, 3, 64, 64), "batch_idx": torch.zeros(1), "cls": torch.tensor([[1.0]]),
+             "bboxes": torch.tensor([[0.25, 0.25, 0.5, 0.5]])}  # a labelled 'bus' (class 1) at px (0, 0, 32, 32)
+    boxes = torch.tensor([[[1.0, 1.0, 31.0, 33.0], [34.0, 34.0, 62.0, 62.0]]])  # (B, A=2, 4) px
+    logits = torch.tensor([[[3.0, -9.0], [3.0, -9.0]]])  # both: old class 0 ('car'); anchor 0 lies on the bus
+    out = add_teacher_pseudo_labels(batch, torch.tensor([True]), boxes, logits, torch.tensor([True, False]), 0.25)
+    assert out["cls"].view(-1).tolist() == [1.0, 0.0]  # the bus label + the car elsewhere, not the car on the bus
+    assert out["bboxes"][1].tolist() == pytest.approx([48 / 64, 48 / 64, 28 / 64, 28 / 64])
+
+
 def test_keep_teacher_classes_bad_inputs_are_one_line(tmp_path):
     from detkd.engine.incremental import start_from_old_model
 

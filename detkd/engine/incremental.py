@@ -16,7 +16,8 @@ unlabelled A object as background. Here:
   (:class:`BackgroundMaskedBCE` replaces the BCE of Ultralytics' detection loss: zero where the target is 0 for such
   a class): an unlabelled old object is not pushed to background. Their positives still count: the teacher's
   confident detections of those classes are added to each image's targets (:func:`add_teacher_pseudo_labels`, the
-  pseudo-label machinery of ``--unlabeled``, at ``pseudo_conf``, default 0.25) and the soft KD (logit KD on the
+  pseudo-label machinery of ``--unlabeled``, at ``pseudo_conf``, default 0.25), except on objects the image labels
+  (the label wins: the old model calls a new class by an old name, a bus a 'car'), and the soft KD (logit KD on the
   teacher's classes through the class map, box and feature KD) teaches them everywhere.
 * **new classes** are taught by the labels (the teacher has no score for them: no logit KD there).
 """
@@ -110,16 +111,22 @@ def mask_background_loss(detection_loss, unlabelled: torch.Tensor) -> None:
         loss.bce = BackgroundMaskedBCE(unlabelled)
 
 
+LABEL_WINS_IOU = 0.5  # a teacher detection overlapping a label this much is the labelled object (COCO's match IoU)
+
+
 def add_teacher_pseudo_labels(batch: dict, rows: torch.Tensor, teacher_boxes_px: torch.Tensor,
                               teacher_logits: torch.Tensor, unlabelled: torch.Tensor, conf: float) -> dict:
     """``batch`` with the teacher's detections (≥ ``conf``, after NMS) of the ``unlabelled`` classes added to the
-    targets of the images ``rows`` (B,) bool (see :func:`detkd.engine.unlabeled.pseudo_label_targets`).
+    targets of the images ``rows`` (B,) bool (see :func:`detkd.engine.unlabeled.pseudo_label_targets`), except on
+    the objects the image labels (IoU ≥ ``LABEL_WINS_IOU`` with a label): the old model calls a new class by an old
+    name (a bus a 'car'), and two targets on one object would split its anchors and train the label's class as
+    background on half of them.
 
     Shapes: teacher_boxes_px (B, A, 4) xyxy px, teacher_logits (B, A, C) in the student's classes, unlabelled (C,)."""
     from detkd.engine.unlabeled import pseudo_label_targets
 
     only_unlabelled = teacher_logits.masked_fill(~unlabelled.to(teacher_logits.device), ABSENT_LOGIT)
-    return pseudo_label_targets(batch, ~rows, teacher_boxes_px, only_unlabelled, conf)
+    return pseudo_label_targets(batch, ~rows, teacher_boxes_px, only_unlabelled, conf, label_iou=LABEL_WINS_IOU)
 
 
 class OldClassTargets:

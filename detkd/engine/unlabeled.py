@@ -74,12 +74,13 @@ def teacher_confidence_weights(weights: torch.Tensor, teacher_logits: torch.Tens
 
 
 def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: torch.Tensor,
-                         teacher_logits: torch.Tensor, conf: float) -> dict:
+                         teacher_logits: torch.Tensor, conf: float, label_iou: float | None = None) -> dict:
     """``batch`` with the teacher's detections on the unlabelled images added as targets.
 
     Per unlabelled image: class-wise NMS (IoU 0.7, at most 300) over anchors whose best class probability is
     ≥ ``conf``; boxes go in as Ultralytics' normalised xywh, classes as floats; the targets stay grouped by image in
-    image order, as Ultralytics' loss expects.
+    image order, as Ultralytics' loss expects. With ``label_iou``, a detection overlapping one of the image's own
+    labels at IoU ≥ ``label_iou`` is left out: that object is labelled already, and the label wins.
 
     Shapes: teacher_boxes_px (B, A, 4) xyxy pixels of the batch's letterboxed images, teacher_logits (B, A, C),
     labeled (B,) bool.
@@ -97,6 +98,8 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
             continue
         b, s, c = teacher_boxes_px[i][keep].float(), score[keep], label[keep]
         kept = torchvision.ops.batched_nms(b, s, c, PSEUDO_NMS_IOU)[:PSEUDO_MAX_DET]
+        if label_iou is not None:
+            kept = kept[~_on_a_label(b[kept], batch, i, scale, label_iou)]
         xyxy = (b[kept] / scale).clamp(0, 1)
         xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
         idx.append(torch.full((len(kept),), i, dtype=batch["batch_idx"].dtype, device=idx[0].device))
@@ -105,6 +108,18 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
     idx, cls, boxes = torch.cat(idx), torch.cat(cls), torch.cat(boxes)
     order = torch.sort(idx, stable=True).indices  # each image's targets together, in image order (Ultralytics' loss)
     return {**batch, "batch_idx": idx[order], "cls": cls[order], "bboxes": boxes[order]}
+
+
+def _on_a_label(boxes_px: torch.Tensor, batch: dict, image: int, scale: torch.Tensor, iou: float) -> torch.Tensor:
+    """(N,) bool: which of ``boxes_px`` (N, 4) xyxy px overlap one of image ``image``'s labels at IoU ≥ ``iou``."""
+    import torchvision
+
+    mine = batch["batch_idx"].view(-1) == image
+    if not bool(mine.any()):
+        return torch.zeros(len(boxes_px), dtype=torch.bool, device=boxes_px.device)
+    xywh = batch["bboxes"][mine.to(batch["bboxes"].device)].to(boxes_px)
+    labels = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1) * scale
+    return (torchvision.ops.box_iou(boxes_px, labels) >= iou).any(1)
 
 
 class LabeledBatchMean:
