@@ -206,16 +206,19 @@ def test_without_bf16_matrix_units_or_with_half_off_the_cpu_teacher_stays_fp32_a
             assert torch.equal(o, r)
 
 
-def test_the_bf16_check_reads_torchs_amx_probe(monkeypatch):
+def test_the_bf16_check_reads_torchs_amx_and_avx512_bf16_probes(monkeypatch):
     import detkd.models.teacher as teacher_module
 
     monkeypatch.undo()  # the real check, not conftest's stand-in
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert teacher_module.cpu_has_fast_bf16()
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not teacher_module.cpu_has_fast_bf16()
+    for amx, avx512_bf16, unit in [(True, False, "AMX"), (True, True, "AMX"), (False, True, "AVX-512 BF16"),
+                                   (False, False, None)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert teacher_module.cpu_bf16_unit() == unit
+        assert teacher_module.cpu_has_fast_bf16() is (unit is not None)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert not teacher_module.cpu_has_fast_bf16()  # an older torch without the probe: FP32, never a crash
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert not teacher_module.cpu_has_fast_bf16()  # an older torch without the probes: FP32, never a crash
 
 
 def test_the_run_says_which_precision_the_teacher_computes_in_and_how_to_change_it():
@@ -223,7 +226,8 @@ def test_the_run_says_which_precision_the_teacher_computes_in_and_how_to_change_
 
     bf16 = teacher_precision_line("bf16", "cpu")
     assert "BF16" in bf16 and "--teacher-half false" in bf16
+    assert "AVX-512 BF16" in teacher_precision_line("bf16", "cpu", unit="AVX-512 BF16")
     assert "FP16" in teacher_precision_line("fp16", "cuda")
-    assert "no BF16 matrix units" in teacher_precision_line("fp32", "cpu")
+    assert "no fast BF16" in teacher_precision_line("fp32", "cpu")
     assert "--teacher-half false" in teacher_precision_line("fp32", "cpu", half=False)  # asked for, not the CPU
     assert "--teacher-half false" in teacher_precision_line("fp32", "cuda")

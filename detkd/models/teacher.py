@@ -52,26 +52,39 @@ MISSING_ONE2MANY = ("the end-to-end head has no one-to-many branch (removed by f
                     "targets, are gone. Use the unfused training checkpoint (weights/best.pt or last.pt).")
 
 
+BF16_SPEEDUPS = {"AMX": "about 4x", "AVX-512 BF16": "about 2x"}  # teacher forward vs FP32, measured (docs/speed.md)
+
+
+def cpu_bf16_unit() -> str | None:
+    """The CPU's BF16 hardware that oneDNN uses for convolutions: ``"AMX"`` (Intel's BF16 matrix units, about 4x a
+    FP32 forward), ``"AVX-512 BF16"`` (BF16 dot products, e.g. AMD Zen 4: about 2x), or None — BF16 is then emulated
+    and the teacher stays FP32. Read through torch's own probes; a torch without them counts as none."""
+    for unit, name in (("AMX", "_is_amx_tile_supported"), ("AVX-512 BF16", "_is_avx512_bf16_supported")):
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and bool(probe()):
+                return unit
+        except Exception:  # pragma: no cover - a probe that fails is a CPU we do not know
+            continue
+    return None
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with BF16 matrix units (Intel AMX), where oneDNN runs BF16 convolutions several times faster
-    than FP32. Elsewhere BF16 on CPU is emulated or barely faster, so the teacher stays FP32. Read through torch's
-    own probe; a torch without it counts as no."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # pragma: no cover - a probe that fails is a CPU we do not know
-        return False
+    """True on CPUs where a BF16 teacher is markedly faster than FP32 (see :func:`cpu_bf16_unit`)."""
+    return cpu_bf16_unit() is not None
 
 
-def teacher_precision_line(precision: str, device_type: str, half: bool = True) -> str:
-    """The start-of-run line saying what precision the teacher computes in, why, and how to change it."""
+def teacher_precision_line(precision: str, device_type: str, half: bool = True, unit: str | None = None) -> str:
+    """The start-of-run line saying what precision the teacher computes in, why, and how to change it; ``unit``:
+    the CPU's BF16 hardware (default: this CPU's)."""
     if precision == "bf16":
-        return ("teacher in BF16 (this CPU has BF16 matrix units, AMX: about 4x faster than FP32; targets move by a "
-                "few parts in a thousand). --teacher-half false keeps it FP32.")
+        unit = unit or cpu_bf16_unit() or "BF16 instructions"
+        return (f"teacher in BF16 (this CPU has {unit}: {BF16_SPEEDUPS.get(unit, 'faster than')} FP32; targets move "
+                f"by a few parts in a thousand). --teacher-half false keeps it FP32.")
     if precision == "fp16":
         return "teacher in FP16 on the GPU. --teacher-half false keeps it FP32."
     why = ("--teacher-half false" if not half or device_type == "cuda" else
-           "this CPU has no BF16 matrix units (AMX)" if device_type == "cpu" else f"on {device_type}")
+           "this CPU has no fast BF16: neither AMX nor AVX-512 BF16" if device_type == "cpu" else f"on {device_type}")
     return f"teacher in FP32 ({why})."
 
 
