@@ -195,7 +195,7 @@ def render_markdown(r: dict) -> str:
              "## Teacher forward (one batch)", "", "| variant | mean ms | p50 ms | p90 ms | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|"]
     labels = {"fp32": "FP32 eager, unfused", "amp": "AMP autocast, unfused",
-              "detkd": "detkd: fused (+ FP16 + channels_last on CUDA, BF16 + channels_last on CPUs with AMX)",
+              "detkd": "detkd: fused (+ FP16 + channels_last on CUDA, BF16 + channels_last on CPUs with AMX or AVX-512 BF16)",
               "detkd_fp32": "detkd: fused, FP32 (--teacher-half false)",
               "detkd_graph": "detkd: + CUDA graph (default)"}
     for k, v in r["teacher_forward"].items():

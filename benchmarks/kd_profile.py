@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (Ultralytics: cores - 1; 1 on 2 cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--teacher-half", type=lambda v: v.lower() in {"1", "true", "yes"}, default=True, metavar="BOOL",
-                   help="reduced-precision teacher as detkd runs it (FP16 on CUDA, BF16 on CPUs with AMX) [true]")
+                   help="reduced-precision teacher as detkd runs it (FP16 on CUDA, BF16 on CPUs with AMX or AVX-512 BF16) [true]")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     p.add_argument("--one", choices=SETTINGS, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")

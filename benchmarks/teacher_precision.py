@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Does a BF16 teacher distil as well as an FP32 one? -> benchmarks/results/teacher_precision_<machine>.json, .md
 
-On CPUs with BF16 matrix units (Intel AMX) detkd runs the teacher in BF16 (``--teacher-half``, the default), about
-4× faster than FP32 (``benchmarks/kd_overhead.py``). Its targets move by a few parts in a thousand; this checks that
+On CPUs with fast BF16 (Intel AMX, AVX-512 BF16) detkd runs the teacher in BF16 (``--teacher-half``, the default),
+2–4× faster than FP32 (``benchmarks/kd_overhead.py``). Its targets move by a few parts in a thousand; this checks that
 the student learns as well from them. The demo's setting and recipe (:mod:`detkd.demo`: generated shapes, a YOLOv8-s
 teacher on 600 images, YOLOv8-n students on 100 of them), per seed: one teacher, then two distilled students that
 differ only in the teacher's precision (same data, epochs, augmentation stream and seed), COCO AP of each on the
@@ -91,12 +91,13 @@ def render_markdown(r: dict) -> str:
 
     s, summary = r["settings"], r["summary"]
     seeds = s["seeds"]
+    unit = r.get("bf16_unit", "AMX" if r["amx"] else None)  # files before AVX-512 BF16 counted recorded AMX only
     lines = [f"# BF16 vs FP32 teacher — {r['machine']['cpu']['name']}", "", f"{machine_line(r['machine'])}.", "",
              f"The demo's setting and recipe ({s['imgsz']} px; teacher yolov8s on {s['n_teacher']} images, "
              f"{s['teacher_epochs']} epochs; students yolov8n on {s['n_student']} images, {s['epochs']} epochs; "
              f"{s['n_val']} val images). Per seed one teacher, two distilled students that differ only in the "
-             f"teacher's precision (`--teacher-half true` / `false`). BF16 matrix units (AMX) on this CPU: "
-             f"{'yes' if r['amx'] else 'no (both rows ran FP32)'}.", "",
+             f"teacher's precision (`--teacher-half true` / `false`). Fast BF16 on this CPU: "
+             f"{unit or 'no (both rows ran FP32)'}.", "",
              "| model | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± spread |",
              "|---|" + "---:|" * (len(seeds) + 1)]
     labels = {"teacher": "teacher", "distilled_bf16": "distilled, BF16 teacher (default here)",
@@ -132,11 +133,12 @@ def main(argv=None) -> int:
 
     from detkd.bench.machine import machine_info, machine_tag
     from detkd.bench.report import write_json_and_markdown
-    from detkd.models.teacher import cpu_has_fast_bf16
+    from detkd.models.teacher import cpu_bf16_unit
 
     seeds = [run_seed(seed, args) for seed in args.seeds]
     info = machine_info("cpu")
-    result = {"machine": info, "amx": cpu_has_fast_bf16(),
+    unit = cpu_bf16_unit()
+    result = {"machine": info, "bf16_unit": unit, "amx": unit == "AMX",
               "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
               "seeds": seeds, "summary": summarise(seeds)}
     write_json_and_markdown(args.out_dir / f"teacher_precision_{machine_tag(info, 'cpu')}", result,

@@ -73,7 +73,7 @@ class KDConfig:
         min_teacher_map: refuse to start when the teacher's val mAP50-95 is below this (None: never refuse).
         validate_teacher: validate the teacher on the val split at start (prints what you distil from).
         teacher_half: run the teacher in reduced precision where the hardware is fast at it: FP16 on CUDA, BF16 on
-            CPUs with BF16 matrix units (Intel AMX); fused, channels_last. False keeps FP32.
+            CPUs with fast BF16 (Intel AMX, AVX-512 BF16); fused, channels_last. False keeps FP32.
         teacher_graphs: on CUDA, replay the teacher as CUDA graphs on a side stream overlapping the student.
         teacher_overlap: on CPU, run the teacher one batch ahead in a worker thread while the student steps (see
             :mod:`detkd.engine.teacher_overlap`). False runs it inline.

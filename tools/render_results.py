@@ -256,10 +256,12 @@ def render_headline() -> str:
 # ------------------------------------------------------------------------------- the cost table in docs/speed.md
 CPU_COSTS = {  # epoch times on the 2-core CPUs the project has run on: what the teacher computes in there
     "kd_overhead_cpu-intel-xeon-processor-2c": "Intel Xeon with AMX: BF16 teacher",
-    "kd_overhead_cpu-amd-epyc-2c": "AMD EPYC, no AMX: FP32 teacher"}
+    "kd_overhead_cpu-amd-epyc-2c": "AMD EPYC with AVX-512 BF16: BF16 teacher"}
 CPU_PROFILES = ("kd_profile_cpu-intel-xeon-processor-2c_160px_b16", "kd_profile_cpu-intel-xeon-processor-2c_640px_b16",
                 "kd_profile_cpu-intel-xeon-processor-2c_640px_b16_fp32",
-                "kd_profile_cpu-amd-epyc-2c_160px_b16", "kd_profile_cpu-amd-epyc-2c_640px_b16")
+                "kd_profile_cpu-amd-epyc-2c_160px_b16", "kd_profile_cpu-amd-epyc-2c_640px_b16",
+                "kd_profile_cpu-amd-epyc-2c_640px_b16_fp32")
+CPU_NAMES = {"amd-epyc": "AMD EPYC (AVX-512 BF16)", "intel-xeon": "Intel Xeon (AMX)"}
 COST_RUNS = {"plain": "plain training (no teacher)",
              "detkd": "**detkd, one teacher** (default: teacher one batch ahead in a worker thread)",
              "detkd_fp32": "detkd, one teacher, FP32 (`--teacher-half false`)",
@@ -291,8 +293,8 @@ def render_cpu_cost() -> str:
         plain, kd = r["profile"]["plain"], r["profile"]["kd"]
         ms = kd["ms"]
         other = sum(ms.get(k, 0.0) for k in ("detection loss", "anchor weights (verified)", "cls KD", "box KD"))
-        cpu = ("AMD EPYC, FP32 teacher" if "amd" in stem else
-               "Intel Xeon (AMX), FP32 teacher" if stem.endswith("_fp32") else "Intel Xeon (AMX), BF16 teacher")
+        half = r["settings"].get("teacher_half", "False") == "True"  # files without it ran before BF16 on CPU
+        cpu = next(name for key, name in CPU_NAMES.items() if key in stem) + (", BF16" if half else ", FP32") + " teacher"
         lines.append(f"| [{cpu}, {r['settings']['imgsz']} px, {r['settings']['batch']}](results.md#{stem}) | "
                      f"{ms['step'] / plain['ms']['step']:.2f}× | {ms['teacher forward']:.0f} ms | "
                      f"{ms['feature KD (+ adapters)']:.0f} ms | {ms['guard (gradient alignment)']:.0f} ms | "

@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pseudo-labels, on top of the soft KD); off: soft KD only [0.25]")
     k.add_argument("--min-teacher-map", type=float, help="refuse to start if the teacher's val mAP50-95 is lower")
     k.add_argument("--teacher-val", type=_bool, metavar="BOOL", help="validate the teacher at start [true]")
-    k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="reduced-precision teacher: FP16 on CUDA, BF16 on CPUs with AMX [true]")
+    k.add_argument("--teacher-half", type=_bool, metavar="BOOL", help="reduced-precision teacher: FP16 on CUDA, BF16 on CPUs with AMX or AVX-512 BF16 [true]")
     k.add_argument("--teacher-graphs", type=_bool, metavar="BOOL",
                    help="CUDA graphs + side stream for the teacher on CUDA [true]")
     k.add_argument("--teacher-overlap", type=_bool, metavar="BOOL",

@@ -6,8 +6,8 @@
 * forward runs under ``torch.no_grad()`` (not ``inference_mode``: its outputs are targets inside the student's
   autograd graph, which inference tensors cannot be);
 * it is optimised for inference: Conv+BN fused; on CUDA also FP16 weights, channels_last memory format, CUDA
-  graphs and a side stream that overlaps it with the student; on a CPU with BF16 matrix units (Intel AMX) BF16
-  weights and channels_last, about 4× faster there (see ``benchmarks/kd_overhead.py`` for numbers).
+  graphs and a side stream that overlaps it with the student; on a CPU with fast BF16 (Intel AMX: about 4×; AVX-512
+  BF16, e.g. AMD Zen 4: about 2×) BF16 weights and channels_last (numbers: ``benchmarks/kd_overhead.py``).
 
 It returns what distillation needs, in FP32: DFL logits (B, A, 4·R), class logits (B, A, C) and the neck
 features (the Detect head's inputs, P3/P4/P5). It runs backbone + neck + the head's raw branches only: the head's
@@ -145,7 +145,7 @@ class FrozenTeacher:
 
     def optimize(self, half: bool = True, cuda_graphs: bool = True) -> "FrozenTeacher":
         """Fuse Conv+BN; on CUDA also FP16 (if ``half``), channels_last, CUDA graphs and a side stream; on a CPU with
-        BF16 matrix units (:func:`cpu_has_fast_bf16`) BF16 (if ``half``) and channels_last.
+        fast BF16 (:func:`cpu_has_fast_bf16`: AMX or AVX-512 BF16) BF16 (if ``half``) and channels_last.
 
         Reduced precision changes the targets by a few parts in a thousand of their range (BF16 keeps 8 mantissa
         bits, FP16 11): far below what distillation can resolve, and what makes the teacher cheap.
@@ -257,7 +257,7 @@ class FrozenTeacher:
     # ---------------------------------------------------------------------------------------------- facts
     @property
     def precision(self) -> str:
-        """The precision the teacher computes in: 'fp32', 'fp16' (CUDA) or 'bf16' (CPU with AMX)."""
+        """The precision the teacher computes in: 'fp32', 'fp16' (CUDA) or 'bf16' (CPU with AMX or AVX-512 BF16)."""
         return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
 
     @property
