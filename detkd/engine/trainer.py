@@ -23,6 +23,9 @@ What it changes, each at the narrowest point of the parent class:
 * ``get_dataloader`` — with ``kd.unlabeled``: the training loader mixes unlabelled images in
                       (``data/unlabeled.py``); ``save_metrics`` adds each epoch's image counts to ``results.csv``.
 
+Its training-loop callbacks are in ``engine/kd_callbacks.py``, the teacher's validation helpers in
+``engine/teacher_validation.py``, the resumed run's teacher checks in ``engine/resume_teachers.py``.
+
 Everything else — dataloaders, augmentation, assigner, EMA (student only), AMP, checkpoints, validation, DDP,
 resume, plots, quantization-aware training of the student (``quantize=8``; detkd's checks: ``engine/qat.py``) — is
 Ultralytics' own.
@@ -31,28 +34,30 @@ Ultralytics' own.
 from __future__ import annotations
 
 import math
-import random
-from contextlib import contextmanager
 from copy import copy, deepcopy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from detkd import offline
 from detkd.config import KDConfig, register_detkd_arguments
 from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
-                                      load_balancer, load_guard, reset_adapters, save_kd_state, written_checkpoints)
+                                      load_balancer, reset_adapters, save_kd_state, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
 from detkd.engine.incremental import (OldClassTargets, describe_union, incremental_data, mask_background_loss,
                                       remap_labels, start_from_old_model)
-from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KD_TERM_OF, KDGuard, shared_across_ranks
+from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
+from detkd.engine.kd_callbacks import (average_label_items_over_labeled_batches, report_class_groups,
+                                      restore_balancer_on_resume, restore_guard_on_resume, update_kd_progress,
+                                      watch_kd_alignment)
 from detkd.engine.qat import check_qat_run, refuse_quantized_teacher
+from detkd.engine.resume_teachers import check_resumed_teachers, repointed_teachers
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
+from detkd.engine.teacher_validation import DetectionOutputValidator, rng_preserved, validated_in_data_classes
 from detkd.errors import ConfigError, DetKDError
 from detkd.models.adapters import FeatureAdapters
-from detkd.models.class_map import ClassMappedTeacher, map_inference_output
+from detkd.models.class_map import ClassMappedTeacher
 from detkd.models.compat import check_compatibility, teacher_class_map
 from detkd.models.ensemble import TeacherEnsemble
 from detkd.models.loading import YAML_SUFFIXES, load_detection_model
@@ -61,7 +66,6 @@ from detkd.models.teacher import FrozenTeacher, feature_channels, teacher_precis
 offline.install()
 register_detkd_arguments()
 
-from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
@@ -101,15 +105,15 @@ class DistillationTrainer(StudentTrainer):
         self._adapters_in_loss = None  # adapters, or their DDP wrapper
         self.teacher_metrics: dict = {}
         self.student_start_metrics: dict = {}
-        self.add_callback("on_train_epoch_start", _update_kd_progress)
+        self.add_callback("on_train_epoch_start", update_kd_progress)
         self.guard = KDGuard(mode=self.kd.guard)
-        self.add_callback("on_train_epoch_end", _watch_kd_alignment)
-        self.add_callback("on_train_start", _restore_guard_on_resume)
+        self.add_callback("on_train_epoch_end", watch_kd_alignment)
+        self.add_callback("on_train_start", restore_guard_on_resume)
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
-        self.add_callback("on_train_batch_end", _average_label_items_over_labeled_batches)
-        self.add_callback("on_train_start", _restore_balancer_on_resume)
+        self.add_callback("on_train_batch_end", average_label_items_over_labeled_batches)
+        self.add_callback("on_train_start", restore_balancer_on_resume)
         self.class_group_metrics: dict = {}  # a teacher with other classes: final AP per class group
-        self.add_callback("on_train_end", _report_class_groups)
+        self.add_callback("on_train_end", report_class_groups)
 
     def _checked_kd(self) -> KDConfig:
         """The run's KD settings (from the args: given, or the checkpoint's on resume), refused when unusable."""
@@ -131,14 +135,14 @@ class DistillationTrainer(StudentTrainer):
         if self.resume and self.args.kd:
             if moved:
                 self._repoint_teacher(moved)
-            _check_resumed_teachers(KDConfig.coerce(dict(self.args.kd)).teachers)
+            check_resumed_teachers(KDConfig.coerce(dict(self.args.kd)).teachers)
 
     def _repoint_teacher(self, moved) -> None:
-        """Resume with the run's teacher(s) re-pointed to ``moved`` (see :func:`_repointed`); checked against the
+        """Resume with the run's teacher(s) re-pointed to ``moved`` (see :func:`detkd.engine.resume_teachers.repointed_teachers`); checked against the
         student like any teacher at setup, and against the saved adapters (same feature widths)."""
         saved = KDConfig.coerce(dict(self.args.kd))
         given = moved if isinstance(moved, (list, tuple)) else [moved]
-        teachers = _repointed(saved.teachers, [str(t) for t in given])
+        teachers = repointed_teachers(saved.teachers, [str(t) for t in given])
         if [Path(t).resolve() for t in teachers] == [Path(t).resolve() for t in saved.teachers]:
             return
         new = KDConfig.coerce({**saved.to_dict(), "teacher": _one_or_list(teachers)})  # weights stay per teacher
@@ -553,52 +557,6 @@ class DistillationTrainer(StudentTrainer):
         return getattr(getattr(unwrap_model(self.model), "criterion", None), "balancer", None)
 
 
-class DetectionOutputValidator(DetectionValidator):
-    """Ultralytics' DetectionValidator for any Detect-family head: a Segment or Pose teacher is scored on its boxes and
-    classes, the outputs it is distilled through (its mask coefficients or keypoints are not read as classes)."""
-
-    teacher_class_map = None  # a teacher with other classes: its outputs mapped to the data's (models/class_map.py)
-
-    def postprocess(self, preds):
-        y = preds[0] if isinstance(preds, (list, tuple)) else preds  # eval output: (inference, raw)
-        y = y[0] if isinstance(y, (list, tuple)) else y  # Segment: (inference, mask protos)
-        if self.teacher_class_map is not None:
-            y = map_inference_output(y, self.teacher_class_map, self.end2end)
-        return super().postprocess(y[..., :6] if self.end2end else y[:, : 4 + self.nc])
-
-
-@contextmanager
-def validated_in_data_classes(validator, model, class_map):
-    """Validate a teacher with other classes in the data's classes: the validator maps its outputs, and the model
-    is named with the data's classes meanwhile (Ultralytics reads ``model.names`` for the class count)."""
-    if class_map is None:
-        yield
-        return
-    names = model.names
-    validator.teacher_class_map = class_map
-    model.names = dict(enumerate(class_map.student_names))
-    try:
-        yield
-    finally:
-        model.names = names
-
-
-@contextmanager
-def rng_preserved():
-    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit: side work draws no random numbers
-    from the training stream."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 def _detection_criterion(student):
     """The student's detection loss to wrap: the one Ultralytics already built when it has (a resumed end-to-end
     student's ``E2ELoss`` is positioned on its one-to-many/one-to-one schedule by ``resume_training``), else a new one
@@ -611,127 +569,6 @@ def _detection_criterion(student):
 
 def _one_or_list(paths: list[str]):
     return paths[0] if len(paths) == 1 else paths
-
-
-def _teacher_found(path: str) -> bool:
-    """The teacher file is where the run recorded it (a model YAML always is)."""
-    from detkd.errors import WeightsNotFoundError
-    from detkd.models.loading import resolve_model_path
-
-    try:
-        resolve_model_path(path, role="teacher")
-    except WeightsNotFoundError:
-        return False
-    return True
-
-
-def _repointed(saved: list[str], given: list[str]) -> list[str]:
-    """The run's teachers ``saved`` with the paths ``given`` on resume put in: one path per teacher (in the run's
-    order), or one per teacher no longer found (in the run's order, the others kept). Anything else is refused."""
-    if len(given) == len(saved):
-        return list(given)
-    missing = [i for i, t in enumerate(saved) if not _teacher_found(t)]
-    if missing and len(given) == len(missing):
-        teachers = list(saved)
-        for i, path in zip(missing, given):
-            teachers[i] = path
-        return teachers
-    lost = f"{len(missing)} not found ({', '.join(saved[i] for i in missing)})" if missing else "all found"
-    raise ConfigError(f"cannot re-point the teachers on resume: the run distils from {len(saved)} teacher"
-                      f"{'s' if len(saved) != 1 else ''} {saved}, {lost}; {len(given)} given. Give --teacher once "
-                      f"per teacher not found, or once per teacher in the run's order.")
-
-
-def _check_resumed_teachers(teachers: list[str]) -> None:
-    """A resume re-attaches the run's teacher(s): refuse, naming --teacher, when one is no longer where it was."""
-    for t in teachers:
-        if not _teacher_found(t):
-            raise ConfigError(f"cannot resume: the run's teacher '{t}' is not found (moved or deleted). Give its new "
-                              f"path with --teacher PATH (several teachers: once per teacher not found, or once per "
-                              f"teacher in the run's order; Python: distill(resume=..., teacher=PATH)); it is "
-                              f"checked against the student like any teacher.")
-
-
-def _watch_kd_alignment(trainer: DistillationTrainer) -> None:
-    """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term; with ``--kd-guard
-    adapt`` the next epoch's scale of each term (rank 0's guard decides, every DDP rank applies: engine/guard.py)."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not isinstance(criterion, DistillationLoss):
-        return
-    if RANK in {-1, 0}:
-        w = criterion.term_weights()
-        active = {t: w[k] > 0 for t, k in KD_TERM_OF.items()}
-        for msg in trainer.guard.update(trainer.epoch + 1, trainer.tloss, active):
-            LOGGER.warning(f"{PREFIX}{msg}")
-        trainer.guard.save(trainer.save_dir)
-    scales = trainer.guard.loss_scales()  # all 1 in warn mode
-    criterion.term_scales = shared_across_ranks(scales) if trainer.kd.guard == "adapt" else scales
-
-
-def _update_kd_progress(trainer: DistillationTrainer) -> None:
-    """on_train_epoch_start: let the KD weight schedule know where training is."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if isinstance(criterion, DistillationLoss):
-        criterion.progress = trainer.epoch / max(trainer.epochs, 1)
-        criterion.alignment.start_epoch()  # the KD guard's feature cosine: measured on the epoch's first batch
-    if trainer.labeled_means is not None:
-        trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
-
-
-def _report_class_groups(trainer: DistillationTrainer) -> None:
-    """on_train_end (after the final validation): with a teacher that has other classes (a class map,
-    ``--keep-teacher-classes``), the final AP per class group: the classes the teacher teaches, the others, all."""
-    from detkd.eval.class_groups import format_group_table, group_ap, groups_from_mask, per_class_from_ultralytics
-
-    members = getattr(trainer.teacher, "members", None) or [trainer.teacher]
-    masks = [m.class_mask for m in members if isinstance(m, ClassMappedTeacher)]
-    metrics = getattr(getattr(trainer, "validator", None), "metrics", None)
-    if not masks or RANK not in {-1, 0} or getattr(metrics, "box", None) is None:
-        return
-    names = list(trainer.data["names"].values())
-    taught = torch.stack(masks).any(0).tolist()
-    trainer.class_group_metrics = group_ap(per_class_from_ultralytics(metrics, names), groups_from_mask(names, taught))
-    LOGGER.info(f"{PREFIX}final AP per class group (val split):\n" + format_group_table(trainer.class_group_metrics))
-
-
-def _restore_guard_on_resume(trainer: DistillationTrainer) -> None:
-    """on_train_start (the criterion is installed): a resume continues the KD guard saved with its checkpoint — its
-    history and, with ``--kd-guard adapt``, the scales of the terms; without it (older runs) the guard restarts."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not trainer.resume or not isinstance(criterion, DistillationLoss):
-        return
-    why_not = load_guard(trainer.guard, trainer.args.model, epoch=trainer.start_epoch - 1)
-    if why_not:
-        (LOGGER.warning if trainer.kd.guard == "adapt" else LOGGER.info)(
-            f"{PREFIX}{why_not}: the KD guard restarts" + (" (every term at x1)." if trainer.kd.guard == "adapt"
-                                                           else "."))
-    criterion.term_scales = trainer.guard.loss_scales()
-
-
-def _restore_balancer_on_resume(trainer: DistillationTrainer) -> None:
-    """on_train_start (the criterion is installed): a resume continues the loss balancer's running scale saved with
-    its checkpoint; without it (older runs) the scale restarts, with a warning."""
-    balancer = trainer._balancer()
-    if not trainer.resume or balancer is None:
-        return
-    why_not = load_balancer(balancer, trainer.args.model, epoch=trainer.start_epoch - 1)
-    if why_not:
-        LOGGER.warning(f"{PREFIX}{why_not}: the --kd-balance running scale restarts.")
-    else:
-        LOGGER.info(f"{PREFIX}resumed the --kd-balance running scale from {adapters_path(trainer.args.model)}")
-
-
-def _average_label_items_over_labeled_batches(trainer: DistillationTrainer) -> None:
-    """on_train_batch_end, with unlabelled images: the detection items of ``tloss`` (results.csv's train/box_loss
-    ...) become their mean over the batches with labelled images (:class:`detkd.engine.unlabeled.LabeledBatchMean`)."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not isinstance(criterion, DistillationLoss) or not trainer.kd.unlabeled or trainer.tloss is None:
-        return
-    if trainer.labeled_means is None:
-        from detkd.engine.unlabeled import LabeledBatchMean
-
-        trainer.labeled_means = LabeledBatchMean(criterion.label_items())
-    trainer.tloss = trainer.labeled_means.update(trainer.loss_items, criterion.last_batch_labeled, trainer.tloss)
 
 
 _BUILTIN_DISTILL_MSG = (

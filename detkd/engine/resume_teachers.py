@@ -1,0 +1,45 @@
+"""A resumed run's teachers: each must still be where the run recorded it, or be re-pointed with ``--teacher``
+(used by :meth:`detkd.engine.trainer.DistillationTrainer.check_resume`)."""
+
+from __future__ import annotations
+
+from detkd.errors import ConfigError
+
+
+def teacher_found(path: str) -> bool:
+    """The teacher file is where the run recorded it (a model YAML always is)."""
+    from detkd.errors import WeightsNotFoundError
+    from detkd.models.loading import resolve_model_path
+
+    try:
+        resolve_model_path(path, role="teacher")
+    except WeightsNotFoundError:
+        return False
+    return True
+
+
+def repointed_teachers(saved: list[str], given: list[str]) -> list[str]:
+    """The run's teachers ``saved`` with the paths ``given`` on resume put in: one path per teacher (in the run's
+    order), or one per teacher no longer found (in the run's order, the others kept). Anything else is refused."""
+    if len(given) == len(saved):
+        return list(given)
+    missing = [i for i, t in enumerate(saved) if not teacher_found(t)]
+    if missing and len(given) == len(missing):
+        teachers = list(saved)
+        for i, path in zip(missing, given):
+            teachers[i] = path
+        return teachers
+    lost = f"{len(missing)} not found ({', '.join(saved[i] for i in missing)})" if missing else "all found"
+    raise ConfigError(f"cannot re-point the teachers on resume: the run distils from {len(saved)} teacher"
+                      f"{'s' if len(saved) != 1 else ''} {saved}, {lost}; {len(given)} given. Give --teacher once "
+                      f"per teacher not found, or once per teacher in the run's order.")
+
+
+def check_resumed_teachers(teachers: list[str]) -> None:
+    """A resume re-attaches the run's teacher(s): refuse, naming --teacher, when one is no longer where it was."""
+    for t in teachers:
+        if not teacher_found(t):
+            raise ConfigError(f"cannot resume: the run's teacher '{t}' is not found (moved or deleted). Give its new "
+                              f"path with --teacher PATH (several teachers: once per teacher not found, or once per "
+                              f"teacher in the run's order; Python: distill(resume=..., teacher=PATH)); it is "
+                              f"checked against the student like any teacher.")
