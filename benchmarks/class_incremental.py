@@ -345,12 +345,21 @@ def summarise(runs: dict) -> dict:
     return out
 
 
-def targets(summary: dict, joint_share: float, incremental: str = "incremental") -> dict:
+def targets(summary: dict, joint_share: float, incremental: str = "incremental", n_old: int | None = None,
+            n_new: int | None = None) -> dict:
     """The issue's three checks, each with its numbers (None where a row is missing); ``incremental``: the row
-    checked (the default, or a ``--variant`` row: then ``variants`` holds each one's first two checks)."""
+    checked (the default, or a ``--variant`` row: then ``variants`` holds each one's first two checks).
+
+    For scale, with the class counts ``n_old`` (A) and ``n_new`` (B): ``no_forgetting_bound``, the AP over all
+    classes of a model that kept the old model's A AP and learnt B as well as fine-tuning does,
+    (n_old·AP_A(old model) + n_new·AP_B(fine-tuning)) / (n_old + n_new), and its ratio to joint training's."""
     inc, ft, joint = summary.get(incremental), summary.get("finetune"), summary.get("joint")
     sup, base = summary.get("superset"), summary.get("old")
-    out = {"keeps_old_classes": None, "reaches_joint_share": None, "superset_never_below_baseline": None}
+    out = {"keeps_old_classes": None, "reaches_joint_share": None, "superset_never_below_baseline": None,
+           "no_forgetting_bound": None}
+    if base and ft and joint and n_old and n_new and joint["all"]["mean"]:
+        bound = (n_old * base["old"]["mean"] + n_new * ft["new"]["mean"]) / (n_old + n_new)
+        out["no_forgetting_bound"] = {"all": bound, "ratio": bound / joint["all"]["mean"]}
     if inc and ft:
         worst, best = min(inc["old"]["runs"]), max(ft["old"]["runs"])
         out["keeps_old_classes"] = {"met": worst > best, "incremental_worst_seed": worst, "finetune_best_seed": best}
@@ -423,6 +432,11 @@ def render(result: dict) -> str:
             lines.append(f"| {row_label(kind, result['runs'])} | {a['epochs']} | {', '.join(map(str, a['seeds']))} | {_cell(a['old'])} "
                          f"| {_cell(a['new'])} | {_cell(a['all'])} | {_per_seed(a['all'])} | {_epoch_s(a)} |")
     lines += ["", "Targets (detkd's default recipe):", "", *_target_lines(t, s["joint_share"])]
+    bound = t.get("no_forgetting_bound")
+    if bound:
+        lines += ["", f"For scale: a model that forgot nothing (the old model's AP on A) and learnt B as well as "
+                      f"fine-tuning does would score {bound['all']:.3f} over all classes = {bound['ratio']:.2f}× "
+                      f"joint training's (joint training also has labels for the A objects of the new images)."]
     for name, vt in t.get("variants", {}).items():
         lines += ["", f"The same targets for {row_label('incremental_' + name, result['runs'])}:", "",
                   *_target_lines(vt, s["joint_share"])]
@@ -530,7 +544,7 @@ def main(argv=None) -> int:
                 "workers": args.workers, "device": args.device, "seeds": args.seeds, "joint_share": args.joint_share, "kd": args.kd,
                 "train_args": args.train_args, "variants": args.variants}
     result = {"machine": machine, "settings": settings, "split": split, "summary": summary,
-              "targets": targets(summary, args.joint_share), "runs": state["runs"], "pending": pending}
+              "targets": targets(summary, args.joint_share, n_old=len(args.old), n_new=len(args.new)), "runs": state["runs"], "pending": pending}
     write_json_and_markdown(args.out_dir / f"class_incremental_{args.tag}_{machine_tag(machine, args.device)}",
                             result, render(result))
     if left_now:

@@ -114,6 +114,11 @@ def test_targets_on_hand_made_numbers():
     assert t["superset_never_below_baseline"]["delta_mean"] == pytest.approx(0.0)
     runs["su1"] = _run("superset", 1, 0.20, 0.0, 0.10)
     assert ci.targets(ci.summarise(runs), 0.85)["superset_never_below_baseline"]["met"]  # equal is not below
+    # for scale: forgetting nothing (the old model's A: 0.25) and learning B as fine-tuning does (0.31), over 2 A + 1
+    # B classes: (2 * 0.25 + 0.31) / 3 = 0.27 = 0.711x joint's 0.38
+    bound = ci.targets(summary, 0.85, n_old=2, n_new=1)["no_forgetting_bound"]
+    assert bound["all"] == pytest.approx(0.27) and bound["ratio"] == pytest.approx(0.27 / 0.38)
+    assert ci.targets(summary, 0.85)["no_forgetting_bound"] is None  # class counts unknown: not computed
 
 
 @pytest.mark.slow

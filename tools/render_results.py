@@ -366,6 +366,9 @@ def render_classes(results_md: str) -> str:
                     if keep else "—"),
             "all": (f"≥ {share['target']:.2f}× joint: {share['ratio']:.4f}×, {'met' if share['met'] else 'not met'}"
                     if share and share.get("ratio") is not None else "—")}
+        bound = t.get("no_forgetting_bound")
+        if bound and share:  # what forgetting nothing would reach (the old model's A + fine-tuning's B)
+            targets["all"] += f" (forgetting nothing: {bound['ratio']:.2f}×)"
         labels = {"old": "A", "new": "B", "all": "all"}
         for i, group in enumerate(("old", "new", "all")):
             first = f"{name}: {', '.join(s['old'])} → {', '.join(s['new'])} ({setup})" if i == 0 else ""
