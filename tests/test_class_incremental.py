@@ -154,7 +154,13 @@ def test_protocol_runs_every_row_reports_and_reuses_runs(tmp_path, shapes_coco, 
         per = [v for v in r["per_class"].values() if v is not None]
         assert r["groups"]["all"]["AP"] == pytest.approx(sum(per) / len(per))
     assert set(result["targets"]) == {"keeps_old_classes", "reaches_joint_share", "superset_never_below_baseline",
-                                      "variants"}
+                                      "no_forgetting_bound", "variants"}
+    bound, summary = result["targets"]["no_forgetting_bound"], result["summary"]  # 2 old classes, 1 new
+    if summary["joint"]["all"]["mean"] == 0:  # tiny runs may score 0: no ratio to give
+        assert bound is None
+    else:
+        assert bound["all"] == pytest.approx((2 * summary["old"]["old"]["mean"] + summary["finetune"]["new"]["mean"])
+                                             / 3)
     md = report.with_suffix(".md").read_text()
     assert "## New classes on top of an old model" in md and "## A teacher with more classes" in md
     assert "| fine-tuning the old model on the new data | 1 | 0 |" in md and "left out: cross" in md
