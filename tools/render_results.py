@@ -70,6 +70,8 @@ HEADLINE = (
                 "detkd"),
     HeadlineRow("raccoon, 160 px, a larger teacher the student cannot follow", "distill_gain_raccoon_chain",
                 "YOLOv8-m", "detkd", "no gain: see [teachers](docs/teachers.md#raccoon)"),
+    HeadlineRow("raccoon, 160 px, the larger teacher re-run (new teacher, BF16)", "distill_gain_raccoon_v8m_guard",
+                "YOLOv8-m", "detkd", "one seed below: see [the KD guard](docs/recipe.md#the-kd-guard)"),
     HeadlineRow("raccoon, 640 px (previous default: `union`, constant)", "distill_gain_raccoon", "YOLOv8-s", "detkd"),
 )
 
