@@ -91,7 +91,7 @@ def render_markdown(r: dict) -> str:
 
     s, summary = r["settings"], r["summary"]
     seeds = s["seeds"]
-    unit = r.get("bf16_unit", "AMX" if r["amx"] else None)  # files before AVX-512 BF16 counted recorded AMX only
+    unit = r["bf16_unit"] if "bf16_unit" in r else "AMX" if r.get("amx") else None  # older files: AMX or not
     lines = [f"# BF16 vs FP32 teacher — {r['machine']['cpu']['name']}", "", f"{machine_line(r['machine'])}.", "",
              f"The demo's setting and recipe ({s['imgsz']} px; teacher yolov8s on {s['n_teacher']} images, "
              f"{s['teacher_epochs']} epochs; students yolov8n on {s['n_student']} images, {s['epochs']} epochs; "
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     seeds = [run_seed(seed, args) for seed in args.seeds]
     info = machine_info("cpu")
     unit = cpu_bf16_unit()
-    result = {"machine": info, "bf16_unit": unit, "amx": unit == "AMX",
+    result = {"machine": info, "bf16_unit": unit,
               "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
               "seeds": seeds, "summary": summarise(seeds)}
     write_json_and_markdown(args.out_dir / f"teacher_precision_{machine_tag(info, 'cpu')}", result,

@@ -20,11 +20,17 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 PREFIX = colorstr("detkd: ")
 
 
+def _distillation_loss(trainer) -> DistillationLoss | None:
+    """The student's criterion when it is detkd's (None before ``_setup_train`` installs it)."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    return criterion if isinstance(criterion, DistillationLoss) else None
+
+
 def watch_kd_alignment(trainer) -> None:
     """on_train_epoch_end: does KD pull with the labels or against them? Warn once per term; with ``--kd-guard
     adapt`` the next epoch's scale of each term (rank 0's guard decides, every DDP rank applies: engine/guard.py)."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not isinstance(criterion, DistillationLoss):
+    criterion = _distillation_loss(trainer)
+    if criterion is None:
         return
     if RANK in {-1, 0}:
         w = criterion.term_weights()
@@ -38,8 +44,8 @@ def watch_kd_alignment(trainer) -> None:
 
 def update_kd_progress(trainer) -> None:
     """on_train_epoch_start: let the KD weight schedule know where training is."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if isinstance(criterion, DistillationLoss):
+    criterion = _distillation_loss(trainer)
+    if criterion is not None:
         criterion.progress = trainer.epoch / max(trainer.epochs, 1)
         criterion.alignment.start_epoch()  # the KD guard's feature cosine: measured on the epoch's first batch
     if trainer.labeled_means is not None:
@@ -65,8 +71,8 @@ def report_class_groups(trainer) -> None:
 def restore_guard_on_resume(trainer) -> None:
     """on_train_start (the criterion is installed): a resume continues the KD guard saved with its checkpoint — its
     history and, with ``--kd-guard adapt``, the scales of the terms; without it (older runs) the guard restarts."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not trainer.resume or not isinstance(criterion, DistillationLoss):
+    criterion = _distillation_loss(trainer)
+    if not trainer.resume or criterion is None:
         return
     why_not = load_guard(trainer.guard, trainer.args.model, epoch=trainer.start_epoch - 1)
     if why_not:
@@ -92,8 +98,8 @@ def restore_balancer_on_resume(trainer) -> None:
 def average_label_items_over_labeled_batches(trainer) -> None:
     """on_train_batch_end, with unlabelled images: the detection items of ``tloss`` (results.csv's train/box_loss
     ...) become their mean over the batches with labelled images (:class:`detkd.engine.unlabeled.LabeledBatchMean`)."""
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    if not isinstance(criterion, DistillationLoss) or not trainer.kd.unlabeled or trainer.tloss is None:
+    criterion = _distillation_loss(trainer)
+    if criterion is None or not trainer.kd.unlabeled or trainer.tloss is None:
         return
     if trainer.labeled_means is None:
         from detkd.engine.unlabeled import LabeledBatchMean

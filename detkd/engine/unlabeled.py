@@ -86,6 +86,7 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
     labeled (B,) bool.
     """
     import torchvision
+    from ultralytics.utils import ops
 
     h, w = batch["img"].shape[2:]
     scale = teacher_boxes_px.new_tensor([w, h, w, h])
@@ -100,8 +101,7 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
         kept = torchvision.ops.batched_nms(b, s, c, PSEUDO_NMS_IOU)[:PSEUDO_MAX_DET]
         if label_iou is not None:
             kept = kept[~_on_a_label(b[kept], batch, i, scale, label_iou)]
-        xyxy = (b[kept] / scale).clamp(0, 1)
-        xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+        xywh = ops.xyxy2xywh((b[kept] / scale).clamp(0, 1))
         idx.append(torch.full((len(kept),), i, dtype=batch["batch_idx"].dtype, device=idx[0].device))
         cls.append(c[kept].to(cls[0].dtype).view(-1, 1).to(cls[0].device))
         boxes.append(xywh.to(boxes[0].dtype).to(boxes[0].device))
@@ -113,12 +113,12 @@ def pseudo_label_targets(batch: dict, labeled: torch.Tensor, teacher_boxes_px: t
 def _on_a_label(boxes_px: torch.Tensor, batch: dict, image: int, scale: torch.Tensor, iou: float) -> torch.Tensor:
     """(N,) bool: which of ``boxes_px`` (N, 4) xyxy px overlap one of image ``image``'s labels at IoU ≥ ``iou``."""
     import torchvision
+    from ultralytics.utils import ops
 
     mine = batch["batch_idx"].view(-1) == image
     if not bool(mine.any()):
         return torch.zeros(len(boxes_px), dtype=torch.bool, device=boxes_px.device)
-    xywh = batch["bboxes"][mine.to(batch["bboxes"].device)].to(boxes_px)
-    labels = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1) * scale
+    labels = ops.xywh2xyxy(batch["bboxes"][mine.to(batch["bboxes"].device)].to(boxes_px)) * scale
     return (torchvision.ops.box_iou(boxes_px, labels) >= iou).any(1)
 
 
