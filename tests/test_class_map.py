@@ -343,6 +343,26 @@ def test_the_widened_head_keeps_the_old_rows_exactly():
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
 
 
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_a_coco_sized_old_model_is_widened_and_predicts_its_classes_exactly_as_before(cfg):
+    # Ultralytics sizes the class branch's hidden convs by the class count (c3 = max(ch[0], min(nc, 100))): from 80 to
+    # 82 classes they widen from 80 to 82 channels too. The widened model must still be the old model on its classes.
+    from detkd.engine.incremental import widen_from
+
+    torch.manual_seed(0)
+    old = _net(80, [f"c{i}" for i in range(80)], cfg)
+    student = _net(82, [f"c{i}" for i in range(82)], cfg)
+    for m in old.modules():  # trained-looking BN statistics, so a copy that ignores them would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    assert widen_from(student, old, n_old=80)
+    old.eval(), student.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        y_old, y_new = old(x)[0], student(x)[0]  # (B, 4 + C, A) boxes and class probabilities
+    assert torch.allclose(y_new[:, :4 + 80], y_old, atol=1e-5)
+
+
 def test_teacher_targets_are_added_for_the_unlabelled_classes_only():
     from detkd.engine.incremental import add_teacher_pseudo_labels
 

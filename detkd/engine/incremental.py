@@ -62,25 +62,33 @@ def remap_labels(dataset, data_to_union: list[int]) -> None:
 
 
 def widen_from(student, source, n_old: int) -> bool:
-    """Copy ``source``'s weights into ``student`` when they are the same architecture but for the number of classes:
-    every tensor of equal shape copied; each class-row tensor ((n_old, ...) in ``source``, (n, ...) in ``student``,
-    n > n_old) gets the old rows [:n_old] copied exactly, the new rows keep the student's initialisation. Returns
-    False (and changes nothing) when the architectures differ."""
+    """Copy ``source``'s weights into ``student`` when they are the same architecture but for the number of classes
+    (``n_old`` in ``source``, more in ``student``); returns False (and changes nothing) when the architectures differ.
+
+    Every tensor of equal shape is copied. Only the head's class branches (``cv3``, ``one2one_cv3``) may differ:
+    their last conv has one row per class, and Ultralytics sizes their hidden convs by the class count too
+    (c3 = max(ch[0], min(nc, 100)): 80 → 82 classes widens them from 80 to 82 channels). A tensor there that grew is
+    copied into its leading slice (the old rows, channels and statistics exactly) and its new rows keep the student's
+    initialisation; a conv weight whose inputs grew gets 0 from its new inputs into its old outputs. So the widened
+    model computes exactly the old model's scores for the old classes (function-preserving widening, as in Net2Net),
+    and the new channels and classes learn from there."""
     target, weights = student.state_dict(), source.float().state_dict()
     if set(target) != set(weights):
         return False
-    plan = {}
+    head = f"model.{len(student.model) - 1}."
     for key, value in weights.items():
         have = target[key]
         if have.shape == value.shape:
-            plan[key] = (value, None)
-        elif have.dim() and have.shape[1:] == value.shape[1:] and value.shape[0] == n_old < have.shape[0]:
-            plan[key] = (value, n_old)
-        else:
+            continue
+        in_class_branch = key.startswith(head) and key[len(head):].startswith(("cv3.", "one2one_cv3."))
+        if not in_class_branch or have.dim() != value.dim() or any(h < v for h, v in zip(have.shape, value.shape)):
             return False
     with torch.no_grad():
-        for key, (value, rows) in plan.items():
-            (target[key] if rows is None else target[key][:rows]).copy_(value)
+        for key, value in weights.items():
+            have = target[key]
+            have[tuple(slice(0, n) for n in value.shape)].copy_(value)
+            if have.dim() > 1 and have.shape[1] > value.shape[1]:  # new inputs: nothing into the old outputs
+                have[:value.shape[0], value.shape[1]:].zero_()
     return True
 
 
