@@ -244,6 +244,8 @@ def test_each_teacher_of_an_ensemble_is_mapped_from_its_own_class_list_before_th
     p = ensemble(torch.zeros(1)).scores.sigmoid().view(-1)
     assert p[:2].tolist() == pytest.approx([(0.8 + 0.4) / 2, (0.1 + 0.3) / 2], abs=1e-5)  # cat, dog: both teachers
     assert class_mask_of(ensemble).tolist() == [True, True, False]  # bird: only one teacher knows it, no logit KD
+    # its confidence (anchor weights, pseudo-labels) is the teacher's that knows it: "has no bird class" is not "no bird"
+    assert p[2].item() == pytest.approx(0.5, abs=1e-5)  # the second teacher's bird (was 0.25: halved)
 
 
 # ---------------------------------------------------------------------------------------- AP per class group
@@ -361,6 +363,54 @@ def test_a_coco_sized_old_model_is_widened_and_predicts_its_classes_exactly_as_b
     with torch.no_grad():
         y_old, y_new = old(x)[0], student(x)[0]  # (B, 4 + C, A) boxes and class probabilities
     assert torch.allclose(y_new[:, :4 + 80], y_old, atol=1e-5)
+
+
+def _mapped_criterion(teacher_names, student_names, **kd):
+    from ultralytics.cfg import DEFAULT_CFG
+
+    from detkd.engine.criterion import DistillationLoss
+    from detkd.models.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    student = _net(len(student_names), student_names)
+    student.args = DEFAULT_CFG
+    teacher = ClassMappedTeacher(FrozenTeacher(_net(len(teacher_names), teacher_names), torch.device("cpu")),
+                                 build_class_map(teacher_names, student_names))
+    return DistillationLoss(student.init_criterion(), teacher, None, KDConfig(teacher="t.pt", feat_kd=0.0, **kd))
+
+
+def _anchors(teacher_out, strides):
+    from ultralytics.utils.tal import make_anchors
+
+    return make_anchors(teacher_out.feats, torch.tensor(strides), 0.5)
+
+
+def test_verified_weights_come_only_from_labels_of_classes_the_teacher_knows():
+    # Teacher [car, person], data [car, bus]: the teacher has no score for 'bus' (sigma(ABSENT) ~ 2e-9). Weights
+    # normalised by their sum must not put all the KD on the bus anchors because they are the only ones left.
+    crit = _mapped_criterion(["car", "person"], ["car", "bus"])
+    img = torch.rand(1, 3, 64, 64)
+    t_out = crit.teacher(img)
+    anchor_points, stride_tensor = _anchors(t_out, crit.teacher.strides)
+    bus = {"img": img, "cls": torch.tensor([[1.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]]),
+           "batch_idx": torch.zeros(1)}
+    w = crit.anchor_weights(t_out, bus, None, anchor_points, stride_tensor)
+    assert w.abs().sum().item() == 0.0  # a bus label verifies nothing the teacher says
+    car = dict(bus, cls=torch.tensor([[0.0]]))
+    assert crit.anchor_weights(t_out, car, None, anchor_points, stride_tensor).sum() > 0  # a car label does
+
+
+def test_incremental_without_pseudo_labels_weights_old_classes_by_the_teachers_confidence():
+    from detkd.engine.incremental import OldClassTargets
+
+    conf = torch.logit(torch.tensor([[[0.9, 0.2], [0.1, 0.3], [0.05, 0.6]]]))  # (B=1, A=3, C=2): class 0 is old
+    out = HeadOutputs(torch.zeros(1, 3, 64), conf, [])
+    unlabelled = torch.tensor([True, False])
+    weights = torch.tensor([[0.0, 0.5, 0.0]])  # e.g. verified, from the labels of the new class
+    soft = OldClassTargets(unlabelled, None, 16).anchor_weights(weights, out)
+    assert soft.tolist()[0] == pytest.approx([0.9, 0.5, 0.05], abs=1e-6)  # max(weights, old-class confidence)
+    hard = OldClassTargets(unlabelled, 0.25, 16).anchor_weights(weights, out)
+    assert torch.equal(hard, weights)  # with pseudo-labels they are labels: verified weights cover them
 
 
 def test_teacher_targets_are_added_for_the_unlabelled_classes_only():

@@ -28,7 +28,7 @@ from detkd.losses.localization import (box_iou_kd_loss, decode_boxes, distance_k
 from detkd.losses.logit import classification_kd_loss
 from detkd.losses.schedule import schedule_factor
 from detkd.losses.weighting import anchor_weights, confidence_logits, verified_weights
-from detkd.models.class_map import class_mask_of
+from detkd.models.class_map import class_mask_of, confidence_mask_of
 from detkd.models.teacher import FrozenTeacher, split_head_outputs
 
 KD_LOSS_NAMES = ("cls_kd", "box_kd", "feat_kd")
@@ -177,9 +177,9 @@ class DistillationLoss:
             raise RuntimeError(f"teacher/student head shapes differ: {tuple(teacher.scores.shape)} vs "
                                f"{tuple(student.scores.shape)} (strides or classes changed after the checks?)")
         raw = {}
-        for share, t_out, t_reg in self.loss_teachers(teacher):
+        for share, t_out, t_reg, known in self.loss_teachers(teacher):
             part = self.teacher_terms(student, t_out, t_reg, batch, fg_mask, anchor_points, stride_tensor, one2one,
-                                      labeled, w)
+                                      labeled, w, known)
             raw = {k: raw.get(k, 0.0) + share * v for k, v in part.items()}
         for name, value in raw.items():
             terms[name] = self.weighted(name, w, value)
@@ -193,22 +193,24 @@ class DistillationLoss:
                 masks, self.kd.mgd_mask_ratio))
         return terms
 
-    def loss_teachers(self, teacher) -> list[tuple[float, object, int]]:
-        """(share, outputs, reg_max) of each teacher the logit and box KD losses are taken against: the teacher (or
-        the ensemble's combined outputs) once, or with ``ensemble_rule='losses'`` every member with its weight —
-        L = Σ_k w_k · L(student, teacher k) (see :mod:`detkd.models.ensemble`)."""
+    def loss_teachers(self, teacher) -> list[tuple[float, object, int, torch.Tensor | None]]:
+        """(share, outputs, reg_max, classes with a confidence) of each teacher the logit and box KD losses are taken
+        against: the teacher (or the ensemble's combined outputs) once, or with ``ensemble_rule='losses'`` every
+        member with its weight — L = Σ_k w_k · L(student, teacher k) (see :mod:`detkd.models.ensemble`)."""
         if teacher.members and self.kd.ensemble_rule == "losses":
-            return [(w, out, m.reg_max) for w, out, m in zip(self.teacher.weights, teacher.members,
-                                                              self.teacher.members)]
-        return [(1.0, teacher, self.teacher.reg_max)]
+            return [(w, out, m.reg_max, confidence_mask_of(m)) for w, out, m in
+                    zip(self.teacher.weights, teacher.members, self.teacher.members)]
+        return [(1.0, teacher, self.teacher.reg_max, confidence_mask_of(self.teacher))]
 
     def teacher_terms(self, student, teacher, t_reg, batch, fg_mask, anchor_points, stride_tensor, one2one, labeled,
-                      w) -> dict[str, torch.Tensor]:
+                      w, known=None) -> dict[str, torch.Tensor]:
         """Unweighted logit and box KD against one teacher's outputs: its anchor weights, the one-to-many branch and,
         for end-to-end students, the one-to-one branch (E2E weights when ``e2e_schedule``)."""
-        weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg)
+        weights = self.anchor_weights(teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg, known)
         if labeled is not None:
             weights = teacher_confidence_weights(weights, confidence_logits(teacher), labeled)
+        if self.old_class_targets is not None:  # incremental: where the teacher sees its unlabelled classes
+            weights = self.old_class_targets.anchor_weights(weights, teacher)
         raw = self.head_terms(student, teacher, weights, anchor_points, w, t_reg)
         if one2one is not None:
             o2m_w, o2o_w = (self.det.o2m, self.det.o2o) if self.kd.e2e_schedule else (1.0, 1.0)
@@ -245,15 +247,18 @@ class DistillationLoss:
         """weight × raw term, or weight × raw balanced against the detection loss (``balance='detection'``)."""
         return weights[name] * (self.balancer(name, raw) if self.balancer is not None else raw)
 
-    def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg=None) -> torch.Tensor:
-        """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`)."""
+    def anchor_weights(self, teacher, batch, fg_mask, anchor_points, stride_tensor, t_reg=None,
+                       known=None) -> torch.Tensor:
+        """(B, A) anchor weights of the logit and box terms (see :mod:`detkd.losses.weighting`); ``known`` (C,) bool:
+        the classes the teacher has a confidence for (``verified`` reads only those labels; None: the teacher's)."""
         if self.kd.anchor_weighting != "verified":
             return anchor_weights(confidence_logits(teacher), fg_mask, self.kd.anchor_weighting)
         conf = confidence_logits(teacher)
         gt_labels, gt_boxes = self.ground_truth(batch, conf.shape[0])
         t_reg = self.teacher.reg_max if t_reg is None else t_reg
         t_boxes = decode_boxes(teacher.boxes, anchor_points, t_reg) * stride_tensor  # px, xyxy
-        return verified_weights(conf, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0)
+        known = confidence_mask_of(self.teacher) if known is None else known
+        return verified_weights(conf, t_boxes, gt_labels, gt_boxes, gt_boxes.sum(2, keepdim=True) > 0, known=known)
 
     def ground_truth(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (B, N, 1) and xyxy pixel boxes (B, N, 4) of the batch, padded per image (Ultralytics' format)."""

@@ -159,6 +159,19 @@ class OldClassTargets:
         return add_teacher_pseudo_labels(batch, rows, t_boxes, confidence_logits(teacher_out), self.unlabelled,
                                          self.conf)
 
+    def anchor_weights(self, weights: torch.Tensor, teacher_out) -> torch.Tensor:
+        """The logit and box KD's anchor weights (B, A). With pseudo-labels the teacher's detections are labels, and
+        the weights (``verified`` included) already cover them: unchanged. Without (``pseudo_conf`` off: soft KD
+        only) no label marks an old-class object, so the teacher's confidence in the unlabelled classes joins in:
+        w_a = max(w_a, max_{c unlabelled} σ(t_ac)) — as on an unlabelled image, for the classes nobody labels."""
+        from detkd.losses.weighting import confidence_logits
+
+        if self.conf is not None:
+            return weights
+        conf = confidence_logits(teacher_out).detach().float().sigmoid()
+        old = conf.masked_fill(~self.unlabelled.to(conf.device), 0.0).amax(-1)
+        return torch.maximum(weights, old.to(weights.dtype))
+
 
 # ------------------------------------------------------------------------------------------ trainer side
 def incremental_data(data: dict, teacher_path: str) -> tuple[dict, list[int], list[bool], list[str]]:

@@ -62,6 +62,7 @@ def verified_weights(
     gt_boxes: torch.Tensor,
     gt_mask: torch.Tensor,
     gt_chunk: int | None = VERIFIED_GT_CHUNK,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """w_a = max_g σ(t_{a,c_g}) · IoU(b^t_a, g): how right the teacher is at each anchor (B, A), in [0, 1].
 
@@ -75,10 +76,16 @@ def verified_weights(
         gt_labels: (B, N, 1) class index of each ground-truth slot (Ultralytics' padded targets).
         gt_boxes: (B, N, 4) xyxy ground-truth boxes.
         gt_mask: (B, N, 1) which slots hold a real box (padding is 0).
+        known: (C,) bool, the classes the teacher has a score for (None: all). A label of another class verifies
+            nothing (a teacher with other classes: :mod:`detkd.models.class_map`) and adds no weight; otherwise its
+            near-zero score would, after the KD terms divide by Σw, put all the weight on those anchors whenever no
+            label of a known class is in the batch.
     """
     b, a, _ = teacher_logits.shape
     n = gt_boxes.shape[1]
     weights = teacher_logits.new_zeros(b, a).float()
+    if known is not None:
+        gt_mask = gt_mask & known.to(gt_labels.device)[gt_labels.long()]
     if n == 0:
         return weights
     probs = teacher_logits.detach().float().sigmoid()

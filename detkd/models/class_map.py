@@ -370,6 +370,17 @@ def class_mask_of(teacher) -> torch.Tensor | None:
     return getattr(teacher, "class_mask", None)
 
 
+def confidence_mask_of(teacher) -> torch.Tensor | None:
+    """The student classes a teacher gives a confidence for, (C_s,) bool, or None for all: like :func:`class_mask_of`
+    but an ensemble's are the classes *some* member covers (its confidence for a class is the mean over the members
+    that know it: :func:`detkd.models.ensemble.combine_scores`)."""
+    members = getattr(teacher, "members", None)
+    if members:
+        masks = [confidence_mask_of(x) for x in members]
+        return None if any(m is None for m in masks) else torch.stack(masks).any(0)
+    return getattr(teacher, "class_mask", None)
+
+
 def map_inference_output(y: torch.Tensor, class_map: ClassMap, end2end: bool = False) -> torch.Tensor:
     """A teacher's decoded inference output in the student's classes (to validate it on the data's classes).
 

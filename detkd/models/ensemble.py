@@ -7,7 +7,8 @@ R DFL bins):
 * class scores, ``bce`` logit KD (independent sigmoids):   p̄_ac = Σ_k w_k σ(t^k_ac),     t̄ = logit(p̄)
 * class scores, ``kl`` logit KD (one softmax over C):        p̄_a  = Σ_k w_k softmax(t^k_a), t̄ = log p̄
 * confidence (anchor weights, ``verified``, unlabelled-image weights, pseudo-labels), whatever the logit KD:
-  c̄_ac = Σ_k w_k σ(t^k_ac), returned as ``conf_logits`` = logit(c̄). ``log p̄`` is a softmax target only: a sigmoid
+  c̄_ac = Σ_k w_k σ(t^k_ac), returned as ``conf_logits`` = logit(c̄); a class only some members know (teachers with
+  other classes) averages over those members. ``log p̄`` is a softmax target only: a sigmoid
   of it is ≥ 1/(C+1) even where every member sees background, so it is never read as a confidence.
 * boxes, all members with the same DFL bins (reg_max R > 1): per side q̄ = Σ_k w_k softmax(z^k), z̄ = log q̄
 * boxes otherwise (e.g. YOLOv8 + YOLO26): expected distances d̄ = Σ_k w_k d^k in grid units, returned as a
@@ -34,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from detkd.losses.localization import expected_distances
+from detkd.models.class_map import ABSENT_LOGIT, confidence_mask_of
 from detkd.models.teacher import FrozenTeacher, HeadOutputs
 
 _EPS = 1e-6
@@ -52,13 +54,26 @@ def normalise_weights(weights, n: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
-def combine_scores(scores: list[torch.Tensor], weights: list[float], mode: str = "bce") -> torch.Tensor:
-    """Members' class logits [(B, A, C)] → the ensemble's logits (B, A, C) (see the module doc)."""
+def combine_scores(scores: list[torch.Tensor], weights: list[float], mode: str = "bce",
+                   known: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Members' class logits [(B, A, C)] → the ensemble's logits (B, A, C) (see the module doc).
+
+    ``known``: per member its classes (C,) bool, None for all (members with other classes: a mapped member has no
+    score for a class no class of its maps to). In ``bce`` mode a class's mean runs over the members that know it,
+    weights renormalised per class, p̄_c = Σ_k w_k 1[c ∈ k] σ(t^k_c) / Σ_k w_k 1[c ∈ k]: a member without the class
+    says nothing about it, not "absent". A class no member knows gets :data:`ABSENT_LOGIT`."""
     if mode == "kl":
         p = sum(w * s.float().softmax(-1) for w, s in zip(weights, scores))
         return p.clamp(min=_EPS).log()
-    p = sum(w * s.float().sigmoid() for w, s in zip(weights, scores)).clamp(_EPS, 1 - _EPS)
-    return torch.logit(p)
+    if known is None or all(k is None for k in known):
+        p = sum(w * s.float().sigmoid() for w, s in zip(weights, scores)).clamp(_EPS, 1 - _EPS)
+        return torch.logit(p)
+    c, device = scores[0].shape[-1], scores[0].device
+    share = torch.stack([w * (torch.ones(c, dtype=torch.bool) if k is None else k.cpu()).float()
+                         for w, k in zip(weights, known)]).to(device)  # (K, C)
+    total = share.sum(0)
+    p = sum(s_k * s.float().sigmoid() for s_k, s in zip(share / total.clamp(min=_EPS), scores))
+    return torch.logit(p.clamp(_EPS, 1 - _EPS)).masked_fill(total <= 0, ABSENT_LOGIT)
 
 
 def combine_boxes(boxes: list[torch.Tensor], reg_maxes: list[int], weights: list[float]) -> tuple[torch.Tensor, int]:
@@ -101,7 +116,8 @@ class TeacherEnsemble:
         boxes, _ = combine_boxes([o.boxes for o in outs], [m.reg_max for m in self.members], self.weights)
         member_scores = [o.scores for o in outs]
         member_conf = [o.scores if o.conf_logits is None else o.conf_logits for o in outs]  # (mapped members)
-        conf = combine_scores(member_conf, self.weights, "bce")  # logit of the mean σ: the ensemble's confidence
+        known = [confidence_mask_of(m) for m in self.members]  # a mapped member: the classes it has a score for
+        conf = combine_scores(member_conf, self.weights, "bce", known)  # logit of the mean σ: the ensemble's confidence
         scores = conf if self.cls_mode == "bce" else combine_scores(member_scores, self.weights, self.cls_mode)
         feats = [torch.cat(level, dim=1) for level in zip(*(o.feats for o in outs))]
         return HeadOutputs(boxes=boxes, scores=scores, feats=feats, members=outs, conf_logits=conf)
