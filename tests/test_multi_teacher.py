@@ -141,6 +141,44 @@ def test_each_teacher_is_validated_and_weak_ones_are_dropped(tmp_path, shapes_ya
     assert ckpt["train_args"]["kd"]["teacher"] == teachers[0]  # a resume re-attaches only the kept teacher
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt(trainer):
+    raise _Interrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_teachers", [2, 3])
+def test_a_run_that_dropped_weak_teachers_resumes_without_judging_them_again(tmp_path, shapes_yaml, monkeypatch,
+                                                                              n_teachers):
+    # The weak-teacher decision is taken once, against the untrained student. A resume must re-attach the kept
+    # teacher(s) (one left used to make the saved settings invalid: resume refused) and not judge them against the
+    # trained student (which could drop another teacher mid-run, or refuse every one).
+    from detkd.api import distill
+    from detkd.engine.trainer import DistillationTrainer
+
+    teachers = [_teacher(tmp_path, "yolov8s.yaml", shapes_yaml, seed) for seed in range(n_teachers)]
+    scores = {"teacher": 0.5, "teacher 1": 0.5, "teacher 2": 0.05, "teacher 3": 0.4, "student (start)": 0.1}
+    quick_val, seen = _fake_val(scores)
+    monkeypatch.setattr(DistillationTrainer, "_quick_val", quick_val)
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=shapes_yaml, project=str(tmp_path), name="drop",
+                       **{**TINY_TRAIN, "epochs": 2}),
+        kd=KDConfig(teacher=teachers, drop_weak_teachers=True))
+    trainer.add_callback("on_model_save", _interrupt)
+    with pytest.raises(_Interrupt):
+        trainer.train()
+    kept = [t for i, t in enumerate(teachers) if i != 1]
+    scores.update({"student (start)": 0.45})  # the resumed student is trained: above teacher 3 (0.4)
+    seen.clear()
+    run = distill(resume=str(trainer.last))
+    saved = torch.load(run.last, weights_only=False)["train_args"]["kd"]["teacher"]
+    assert saved == (kept[0] if len(kept) == 1 else kept)  # the same teachers to the end
+    assert "student (start)" not in seen  # not judged again
+
+
 def test_weak_teachers_refuse_or_warn_without_the_flag(tmp_path, shapes_yaml, monkeypatch):
     from detkd.engine.trainer import DistillationTrainer
 

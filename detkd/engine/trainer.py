@@ -316,7 +316,7 @@ class DistillationTrainer(StudentTrainer):
         if self.kd.validate_teacher:
             # under DDP validation is collective (each rank scores its shard, Ultralytics gathers them on rank 0), so
             # every rank validates; rank 0's decision is then broadcast
-            refusal, weak = self._know_your_teacher()
+            refusal, weak = self._know_your_teacher(judge=not self.resume)
             if RANK != -1 and self.world_size > 1:  # DDP: every rank stops (or drops) together, none waits
                 from torch import distributed as dist
 
@@ -347,8 +347,12 @@ class DistillationTrainer(StudentTrainer):
             LOGGER.info(f"{PREFIX}KD paths for this pair:\n  " + "\n  ".join(student.criterion.describe()))
         student.criterion.progress = self.start_epoch / max(self.epochs, 1)
 
-    def _know_your_teacher(self) -> tuple[str | None, list[int]]:
+    def _know_your_teacher(self, judge: bool = True) -> tuple[str | None, list[int]]:
         """Validate each teacher and the student's starting point once, print them side by side.
+
+        A resumed run (``judge`` False) validates its teachers for the report only: they were judged against the
+        untrained student when the run began (the kept ones are in the checkpoint's settings), and the resumed
+        student is trained, so comparing them now could drop or refuse a teacher mid-run.
 
         Returns (the refusal message, or None; the indices of weak teachers to leave out). A teacher is weak when it
         is not above the student's starting point or below ``min_teacher_map``: with one teacher that is a warning
@@ -361,7 +365,8 @@ class DistillationTrainer(StudentTrainer):
         with rng_preserved():
             per_teacher = [self._quick_val(m.model, label, getattr(m, "class_map", None))
                            for m, label in zip(members, labels)]
-            self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
+            if judge:
+                self.student_start_metrics = self._quick_val(deepcopy(self.ema.ema), "student (start)")
         self.teacher_metrics = dict(per_teacher[0]) if len(members) == 1 else {
             **max(per_teacher, key=lambda m: m["mAP50-95"]),
             "members": [{"teacher": t, **m} for t, m in zip(self.kd.teachers, per_teacher)]}
@@ -369,6 +374,10 @@ class DistillationTrainer(StudentTrainer):
         table = [f"  {'model':<18}{'mAP50-95':>10}{'mAP50':>10}"]
         table += [f"  {label:<18}{m['mAP50-95']:>10.4f}{m['mAP50']:>10.4f}" + (f"  {t}" if len(members) > 1 else "")
                   for label, m, t in zip(labels, per_teacher, self.kd.teachers)]
+        if not judge:
+            LOGGER.info(f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}; resumed: judged against the "
+                        f"student's start when the run began):\n" + "\n".join(table))
+            return None, []
         table.append(f"  {'student (start)':<18}{s50_95:>10.4f}{self.student_start_metrics.get('mAP50', 0.0):>10.4f}")
         LOGGER.info(f"{PREFIX}what you distil from (val split, imgsz={self.args.imgsz}):\n" + "\n".join(table))
         floor = self.kd.min_teacher_map
@@ -406,6 +415,7 @@ class DistillationTrainer(StudentTrainer):
                            f"(--drop-weak-teachers)")
         self.kd.teacher = [teachers[i] for i in keep] if len(keep) > 1 else teachers[keep[0]]
         self.kd.teacher_weights = [weights[i] for i in keep] if weights and len(keep) > 1 else None
+        self.kd.drop_weak_teachers = len(keep) > 1  # decided: one teacher left has nothing to drop on resume
         self.args.kd = self.kd.to_dict()  # saved in last.pt: a resume re-attaches the kept teachers only
         kept = [members[i] for i in keep]
         self.teacher = kept[0] if len(kept) == 1 else TeacherEnsemble(kept, self.kd.teacher_weights, self.kd.cls_mode)
