@@ -239,6 +239,29 @@ def _step(student, crit, batch):
     return loss.detach(), items, [p.grad.clone() for p in student.parameters() if p.grad is not None]
 
 
+def test_an_epoch_redone_after_nan_recovery_trains_with_the_scales_it_had(tmp_path):
+    # Ultralytics' NaN recovery redoes an epoch after on_train_epoch_end has run for it: the guard's update for the
+    # discarded run must not set the scales the redone epoch trains with.
+    from types import SimpleNamespace
+
+    from detkd.engine.kd_callbacks import update_kd_progress, watch_kd_alignment
+
+    student, crit = _criterion(guard="adapt")
+    student.criterion = crit
+    trainer = SimpleNamespace(model=student, guard=KDGuard(threshold=0.0, patience=1, mode="adapt"),
+                              kd=crit.kd, epochs=10, labeled_means=None, save_dir=tmp_path,
+                              tloss={k: torch.tensor(-0.5) for k in ALIGN_ITEMS})
+    for epoch in (0, 1):  # two epochs against the labels: x0.5 from the second epoch, x0.25 planned for the third
+        trainer.epoch = epoch
+        update_kd_progress(trainer)
+        watch_kd_alignment(trainer)
+    assert crit.term_scales["cls_kd"] == 0.25
+    update_kd_progress(trainer)  # NaN recovery: the second epoch (index 1) again
+    assert crit.term_scales["cls_kd"] == 0.5  # what it trained with the first time
+    watch_kd_alignment(trainer)
+    assert trainer.guard.scale_history["kd_scale_cls"] == [1.0, 0.5]  # one record per epoch, the scale it used
+
+
 def test_warn_mode_leaves_the_loss_bit_identical():
     """The loss vector is detection + the weighted KD terms as logged (× batch size), and a warn guard that has seen
     every term against the labels for many epochs changes nothing: loss and gradients bit-identical."""

@@ -182,6 +182,14 @@ class KDGuard:
             self.scale_history[k].append(used[term])
         return messages
 
+    def start_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (1-based) is about to be trained. When its end was already recorded (Ultralytics' NaN
+        recovery discards it and trains it again), forget that record: the redone epoch trains with the scales the
+        epoch had, not the ones its discarded run decided."""
+        if epoch == self.last_epoch and self._before_last is not None:
+            before, self._before_last = self._before_last, None
+            self.load_state_dict(before)
+
     def _judge(self, epoch: int, term: str, value: float) -> list[str]:
         """One epoch of one active term: the streak below the threshold, the warning, the scale (adapt)."""
         item, below = f"kd_align_{term}", value < self.threshold

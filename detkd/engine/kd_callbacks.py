@@ -43,11 +43,16 @@ def watch_kd_alignment(trainer) -> None:
 
 
 def update_kd_progress(trainer) -> None:
-    """on_train_epoch_start: let the KD weight schedule know where training is."""
+    """on_train_epoch_start: let the KD weight schedule know where training is; the guard's scales for this epoch
+    (an epoch redone after NaN recovery trains with the scales it had: :meth:`KDGuard.start_epoch`)."""
     criterion = _distillation_loss(trainer)
     if criterion is not None:
         criterion.progress = trainer.epoch / max(trainer.epochs, 1)
         criterion.alignment.start_epoch()  # the KD guard's feature cosine: measured on the epoch's first batch
+        if RANK in {-1, 0}:
+            trainer.guard.start_epoch(trainer.epoch + 1)
+        scales = trainer.guard.loss_scales()  # all 1 in warn mode
+        criterion.term_scales = shared_across_ranks(scales) if trainer.kd.guard == "adapt" else scales
     if trainer.labeled_means is not None:
         trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
 
