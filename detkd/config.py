@@ -63,7 +63,8 @@ class KDConfig:
             :mod:`detkd.losses.weighting`).
         schedule: ``cosine`` (default: KD decays to ``schedule_final`` by the last epoch, so the student finishes on
             its own loss) / ``linear`` / ``constant`` multiplier on all KD weights over training.
-        schedule_final: the multiplier reached at the last epoch (linear/cosine).
+        schedule_final: the multiplier reached at the end of training (linear/cosine; set per epoch at its start,
+            as Ultralytics' ``lrf``: the last of E epochs trains at the value of progress (E - 1)/E).
         balance: ``none`` (weights multiply the raw terms) or ``detection`` (each term rescaled to its weight times
             the running detection loss, see :mod:`detkd.losses.balance`).
         guard: the KD guard (:mod:`detkd.engine.guard`): ``warn`` (default) logs when a term's gradient works
