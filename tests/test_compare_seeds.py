@@ -160,3 +160,28 @@ def test_an_interrupted_compare_run_resumes_only_with_the_same_settings(tmp_path
     assert interrupted_checkpoint(run, {**fp, "epochs": 4}) is None  # other settings: retrain
     torch.save({"epoch": -1}, run / "weights" / "last.pt")  # finished: nothing to resume
     assert interrupted_checkpoint(run, fp) is None
+
+
+def test_a_negative_delta_is_printed_with_its_sign_not_as_missing():
+    from detkd.compare.report import format_table
+
+    row = dict(params_m=3.2, gflops=8.7, AP=0.288, AP50=0.5, APs=-1.0, APm=0.2, APl=0.3, latency_p50_ms=5.0, fps=200.0)
+    table = format_table([dict(row, label="baseline", kind="baseline", delta_AP=None, AP=0.300),
+                          dict(row, label="distilled: detkd", kind="distilled", delta_AP=-0.012)])
+    distilled = next(line for line in table.splitlines() if "distilled" in line)
+    assert "-0.012" in distilled  # a loss is a number, not '-' (which means "no value")
+    assert distilled.count(" - ") == 1  # APs: pycocotools' -1 (no ground truth of that size) stays '-'
+
+
+def test_the_outcome_across_seeds_names_a_distilled_student_never_the_larger_assistant():
+    from detkd.compare.report import outcome
+
+    rows = []
+    for seed, b, d, a in ((0, 0.30, 0.31, 0.45), (1, 0.31, 0.33, 0.46)):
+        rows += [{"kind": "baseline", "config": "baseline", "config_label": "baseline", "seed": seed, "AP": b},
+                 {"kind": "distilled", "config": "distilled", "config_label": "distilled: detkd", "seed": seed,
+                  "AP": d},
+                 {"kind": "assistant", "config": "assistant", "config_label": "assistant yolov8s (from teacher)",
+                  "seed": seed, "AP": a}]
+    text = outcome(rows)
+    assert "distilled: detkd" in text and "assistant" not in text

@@ -11,6 +11,7 @@ from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
 COLUMNS = ("model", "params (M)", "GFLOPs", "AP", "AP50", "APs", "APm", "APl", "latency p50 (ms)", "FPS",
            "ΔAP vs baseline")
+STUDENT_KD_KINDS = {"distilled", "ultralytics_kd"}  # the student distilled (the assistant is a larger model)
 
 
 def _num(v, fmt: str = ".3f") -> str:
@@ -92,16 +93,17 @@ def is_multi_seed(rows: list[dict]) -> bool:
 
 
 def outcome(rows: list[dict]) -> str:
-    """Which distilled run did best against the baseline, in one sentence (over seeds when there are several)."""
+    """Which distilled student did best against the baseline, in one sentence (over seeds when there are several);
+    the assistant of a chain is a larger model, never the answer."""
     if is_multi_seed(rows):
-        groups = [g for g in aggregate(rows) if g["delta_mean"] is not None]
+        groups = [g for g in aggregate(rows) if g["delta_mean"] is not None and g["kind"] in STUDENT_KD_KINDS]
         if not groups:
             return ""
         best = max(groups, key=lambda g: g["delta_mean"])
         return (f"best configuration: {best['label']}, AP {best['mean']:.3f} ± {best['std']:.3f} over seeds "
                 f"{' '.join(map(str, best['seeds']))} ({best['delta_mean']:+.3f} vs the baseline's mean): "
                 f"{best['verdict']}.")
-    kd = [r for r in rows if r["kind"] in {"distilled", "ultralytics_kd"} and r.get("delta_AP") is not None]
+    kd = [r for r in rows if r["kind"] in STUDENT_KD_KINDS and r.get("delta_AP") is not None]
     if not kd:
         return ""
     best = max(kd, key=lambda r: r["delta_AP"])
@@ -115,7 +117,7 @@ def format_table(rows: list[dict]) -> str:
     """The Markdown results table (padded so it reads in a terminal too)."""
     cells = [list(COLUMNS)]
     for r in rows:
-        delta = "" if r["kind"] == "baseline" else (_num(r["delta_AP"], "+.3f") if r["delta_AP"] is not None else "-")
+        delta = "" if r["kind"] == "baseline" else ("-" if r["delta_AP"] is None else format(r["delta_AP"], "+.3f"))
         cells.append([r["label"], _num(r["params_m"], ".2f"), _num(r["gflops"], ".2f"), _num(r["AP"]),
                       _num(r["AP50"]), _num(r["APs"]), _num(r["APm"]), _num(r["APl"]),
                       _num(r["latency_p50_ms"], ".2f"), _num(r["fps"], ".1f"), delta])
