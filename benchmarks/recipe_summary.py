@@ -48,15 +48,17 @@ def pick_candidate(summary: dict, candidates: str | list[str]) -> str | None:
     return None
 
 
-def acceptance(results: dict[str, dict], candidates: str | list[str]) -> dict:
-    """The three checks of issue 15 for the candidate recipe over datasets {tag: distill_gain result}."""
+def acceptance(results: dict[str, dict], candidates: str | list[str], baselines: dict | None = None) -> dict:
+    """The three checks of issue 15 for the candidate recipe over datasets {tag: distill_gain result}; a file
+    without a baseline of its own is judged against ``baselines[tag]`` (:func:`shared_baselines`) when given."""
     rows, deltas_builtin = {}, []
     for tag, r in results.items():
         agg = r["summary"]
         candidate = pick_candidate(agg, candidates)
-        if candidate is None or "baseline" not in agg:
+        b = agg.get("baseline") or (baselines or {}).get(tag, (None, None))[0]
+        if candidate is None or b is None:
             continue
-        c, b = agg[candidate], agg["baseline"]
+        c = agg[candidate]
         rows[tag] = {"candidate": candidate, "delta": c["mAP50-95"] - b["mAP50-95"],
                      "not_below_baseline": c["mAP50-95"] >= b["mAP50-95"], "beyond_spread": beyond_spread(c, b)}
         if "ultralytics_kd" in agg:
@@ -137,6 +139,20 @@ def dataset_baseline(entry: dict, results: dict[str, dict]) -> dict | None:
         if "baseline" in results.get(tag, {}).get("summary", {}):
             return results[tag]["summary"]["baseline"]
     return None
+
+
+def shared_baselines(protocol: dict | None, results: dict[str, dict]) -> dict[str, tuple[dict, str]]:
+    """{tag: (baseline row, the tag it comes from)} for each results file without a baseline of its own whose
+    dataset has one in another of its files (the protocol runs the baseline once per dataset)."""
+    shared = {}
+    for name in SETS if protocol else ():
+        for entry in protocol["sets"][name].values():
+            tags = [t for t in entry["results"].values() if t in results]
+            own = next((t for t in tags if "baseline" in results[t]["summary"]), None)
+            for t in tags:
+                if own is not None and t != own and "baseline" not in results[t]["summary"]:
+                    shared[t] = (results[own]["summary"]["baseline"], own)
+    return shared
 
 
 def mean_or_none(values: list[float]) -> float | None:
@@ -233,7 +249,7 @@ def protocol_result_files(protocol: dict, results_dir: Path) -> list[Path]:
             if (results_dir / f"distill_gain_{t}.json").exists()]
 
 
-def render(results: dict[str, dict], candidates: str | list[str], checks: dict) -> str:
+def render(results: dict[str, dict], candidates: str | list[str], checks: dict, baselines: dict | None = None) -> str:
     from detkd.bench.report import machine_line
 
     lines = ["# detkd recipe across datasets", ""]
@@ -242,8 +258,11 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict) 
     for tag, r in results.items():
         s, agg = r["settings"], r["summary"]
         base = agg.get("baseline", {}).get("mAP50-95")
+        shared = "" if base is not None or tag not in (baselines or {}) else \
+            f" Δ against the dataset's baseline: {baselines[tag][1]}'s ({baselines[tag][0]['mAP50-95']:.3f})."
+        base = base if not shared else baselines[tag][0]["mAP50-95"]
         lines += [f"## {tag}", "", f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}, "
-                  f"seeds {s['seeds']}. Data: {s['data']}.", "",
+                  f"seeds {s['seeds']}. Data: {s['data']}.{shared}", "",
                   "| run | seeds | mAP50-95 (mean ± spread) | runs | Δ vs baseline | mAP50 |", "|---|---|---:|---|---:|---:|"]
         for kind, a in agg.items():
             spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
@@ -330,11 +349,12 @@ def main(argv=None) -> int:
               f"in {a.results_dir}", file=sys.stderr)
         return 2
     results = load_results(files)
-    checks = acceptance(results, a.candidate)
+    baselines = shared_baselines(protocol, results)
+    checks = acceptance(results, a.candidate, baselines)
     report = protocol_report(protocol, results, a.candidate) if protocol else None
     from detkd.bench.report import write_json_and_markdown
 
-    md = render(results, a.candidate, checks)
+    md = render(results, a.candidate, checks, baselines)
     if report is not None:
         md += "\n" + render_protocol(report)
     write_json_and_markdown(a.out, {"candidate": a.candidate, "checks": checks, "protocol": report,

@@ -94,6 +94,22 @@ def test_gap_closure_and_means_per_set_are_the_hand_computed_ones(recipe_summary
     assert "**not run yet:** d (yolov8s): distill_gain_d_s" in md and "never below the baseline mean: **no**" in md
 
 
+def test_acceptance_judges_a_results_file_against_its_datasets_shared_baseline(recipe_summary):
+    # b_m has no baseline of its own (one per dataset serves both teacher sizes): the acceptance checks and its
+    # per-file table must judge it against b_s's, not leave it out.
+    results = {"b_s": RESULTS["b_s"], "b_m": dict(RESULTS["b_m"], summary={**RESULTS["b_m"]["summary"],
+                                                                           "ultralytics_kd": kind([0.30, 0.30])})}
+    baselines = recipe_summary.shared_baselines(PROTOCOL, results)
+    checks = recipe_summary.acceptance(results, "detkd", baselines)
+    assert sorted(checks["datasets"]) == ["b_m", "b_s"]
+    assert checks["datasets"]["b_m"]["delta"] == pytest.approx(-0.018)
+    assert not checks["never_below_baseline"]
+    assert checks["mean_delta_vs_builtin"] == pytest.approx(0.182 - 0.30)
+    md = recipe_summary.render(results, "detkd", checks, baselines)
+    assert "| **detkd** | 0,1 | 0.182 ± 0.002 | 0.180, 0.184 | -0.018 | 0.500 |" in md
+    assert "the dataset's baseline: b_s's (0.200)" in md
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: p["sets"]["tuning"].update(e=entry(s="e"), f=entry(s="f"), g=entry(s="g")), "at most 3"),
     (lambda p: [p["sets"]["confirmation"].pop(k) for k in ("d", "e")], "at least 3"),
