@@ -225,3 +225,26 @@ def test_fastest_line_compares_a_checkpoint_with_its_exports():
     assert fastest_lines(rows) == [
         "fastest for best.pt b1: openvino int8 (ran int8, best_int8_openvino_model), p50 4.00 ms = 2.5x torch fp32 "
         "(10.00 ms)"]
+
+
+def test_a_teachers_checkpoint_and_a_students_export_of_one_file_name_are_not_one_model(tmp_path):
+    # runs/teacher/weights/best.pt and runs/student/weights/best_int8_openvino_model: both 'best', other models.
+    from detkd.bench.report import fastest_lines
+    from detkd.bench.runner import model_families
+
+    teacher = tmp_path / "teacher" / "weights" / "best.pt"
+    student_pt = tmp_path / "student" / "weights" / "best.pt"
+    student_ov = tmp_path / "student" / "weights" / "best_int8_openvino_model"
+    models = [str(teacher), str(student_ov)]
+    assert model_families(models, ["best.pt", "best_int8_openvino_model"]) == ["best.pt", "best_int8_openvino_model"]
+    both = [str(student_pt), str(student_ov), str(teacher)]
+    assert model_families(both, ["student", "best_int8_openvino_model", "teacher"]) == ["student", "student",
+                                                                                         "teacher"]
+
+    def row(model, family, backend, prec, p50):
+        return {"model": model, "family": family, "backend": backend, "precision": prec, "executed": prec,
+                "batch": 1, "status": "ok", "latency_ms": {"p50": p50}}
+
+    rows = [row("best.pt", "best.pt", "torch", "fp32", 40.0),
+            row("best_int8_openvino_model", "best_int8_openvino_model", "openvino", "int8", 5.0)]
+    assert fastest_lines(rows) == []  # one setting per model: nothing to compare

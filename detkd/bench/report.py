@@ -48,7 +48,8 @@ def model_family(label: str) -> str:
 
 
 def fastest_lines(rows: list[dict]) -> list[str]:
-    """One line per model (a checkpoint and its exports together, :func:`model_family`) and batch with several
+    """One line per model (a checkpoint and its exports together: the rows' ``family``, else :func:`model_family`
+    of the label) and batch with several
     measured settings: the backend x precision with the lowest p50 model-only latency, the precision that really ran,
     and its speed-up over torch FP32 when that row is there.
 
@@ -58,7 +59,7 @@ def fastest_lines(rows: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("status") == "ok":
-            groups.setdefault((model_family(r["model"]), r["batch"]), []).append(r)
+            groups.setdefault((r.get("family") or model_family(r["model"]), r["batch"]), []).append(r)
     lines = []
     for (_, batch), rs in groups.items():
         if len(rs) < 2:

@@ -82,6 +82,21 @@ def model_labels(models) -> list[str]:
     return labels
 
 
+def model_families(models, labels: list[str]) -> list[str]:
+    """Per model, the label of the model it belongs to: a checkpoint and its exports in the same folder
+    (``a/weights/best.pt``, ``a/weights/best_int8_openvino_model``: :func:`detkd.bench.report.model_family`) are one
+    model, named by the first of them given; files of one name in other runs are other models."""
+    from detkd.bench.report import model_family
+
+    first: dict[tuple, str] = {}
+    out = []
+    for m, label in zip(models, labels):
+        key = ("module", label) if isinstance(m, tuple) else \
+            (os.path.dirname(os.path.abspath(str(m).rstrip("/\\"))), model_family(Path(str(m).rstrip("/\\")).name))
+        out.append(first.setdefault(key, label))
+    return out
+
+
 def _skipped(label: str, backend: str, precision: str, batch: int, imgsz: int, reason: str, profile: dict | None = None) -> dict:
     return {"model": label, **(profile or {}), "backend": backend, "provider": None, "device": None,
             "precision": precision, "imgsz": imgsz, "batch": batch, "threads": None, "status": "skipped",
@@ -186,7 +201,9 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
         raise DetKDError(f"--imgsz {imgsz} must be a positive multiple of 32.")
     dev = resolve_device(device)
     named, unreadable = [], {}
-    for m, label in zip(models, model_labels(models)):
+    labels = model_labels(models)
+    families = model_families(models, labels)
+    for m, label in zip(models, labels):
         try:
             named.append((label, *_model_source(m)))
         except DetKDError as e:
@@ -250,6 +267,7 @@ def run_benchmarks(models, imgsz: int = 640, batches=(1,), device: str = "cpu", 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the setting's AutoBackend copies are gone; keep the next setting's memory clean
         r = rows[-1]
+        r["family"] = families[mi]  # which model the row belongs to (a checkpoint and its exports: one)
         if r["status"] == "ok":
             LOGGER.info(f"  {label:<16} {backend:<11} {prec} b{batch:<3} {r['latency_ms']['mean']:9.2f} ms "
                         f"{r['throughput_img_s']:9.1f} img/s  ({r['provider']}, ran {r['executed']})")
