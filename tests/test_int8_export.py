@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from detkd.cli import main
+from detkd.errors import ConfigError
 
 IMGSZ = 64
 FAST = ["--imgsz", str(IMGSZ), "--time-budget", "0.2", "--calib-images", "16"]
@@ -109,10 +110,26 @@ def test_unreadable_calibration_images_fail_in_one_line(tmp_path, student_pt, sh
     good = split_images(shapes_yaml, "train")[0]
     (train / "good.jpg").write_bytes(good.read_bytes())
     cfg = YAML.load(shapes_yaml)
-    YAML.save(tmp_path / "data.yaml", {"path": str(tmp_path), "train": "images/train", "val": "images/train",
-                                       "nc": cfg["nc"], "names": cfg["names"]})
+    YAML.save(tmp_path / "data.yaml", {"path": str(tmp_path), "train": "images/train",
+                                       "val": str(Path(cfg["path"]) / cfg["val"]), "nc": cfg["nc"],
+                                       "names": cfg["names"]})
     _fails_with(capsys, ["export", "--model", str(student_pt), "--int8", "--data", str(tmp_path / "data.yaml"),
                          "--format", "onnx", *FAST], "1 of 2 calibration images cannot be read", "broken.jpg")
+
+
+def test_int8_is_never_calibrated_on_the_val_images_it_is_scored_on(tmp_path, shapes_yaml):
+    # An evaluation-only dataset (a COCO folder without train annotations) has its val split as 'train'.
+    from ultralytics.utils import YAML
+
+    from detkd.export.int8 import pick_calibration_images, split_images
+
+    cfg = YAML.load(shapes_yaml)
+    val = str(Path(cfg["path"]) / cfg["val"])
+    YAML.save(tmp_path / "val_only.yaml", {"train": val, "val": val, "nc": cfg["nc"], "names": cfg["names"]})
+    with pytest.raises(ConfigError, match="are the val split.s: INT8 calibrated on them would be scored on"):
+        pick_calibration_images(tmp_path / "val_only.yaml", 5)
+    val_images = set(split_images(shapes_yaml, "val"))
+    assert not val_images & set(pick_calibration_images(shapes_yaml, 1000))  # a train split: none of val
 
 
 def test_int8_without_the_deploy_extra_names_it(monkeypatch, student_pt, shapes_coco, capsys):

@@ -120,19 +120,27 @@ def split_images(data_yaml: str | Path, split: str = "train") -> list[Path]:
 
 
 def pick_calibration_images(data_yaml: str | Path, n: int = DEFAULT_CALIB_IMAGES, seed: int = 0) -> list[Path]:
-    """``min(n, available)`` training images drawn with ``seed`` (sorted), every one checked readable.
+    """``min(n, available)`` training images drawn with ``seed`` (sorted), every one checked readable; never a val
+    image (the INT8 model is scored on val).
 
-    Raises :class:`ConfigError` when the training split has no image or a drawn image cannot be decoded (naming
-    them): calibrating on fewer images than stated would change the INT8 model silently.
+    Raises :class:`ConfigError` when the training split has no image besides the val split's (an evaluation-only
+    dataset has its val images as 'train') or a drawn image cannot be decoded (naming them): calibrating on fewer
+    images than stated would change the INT8 model silently.
     """
     import cv2
 
     if int(n) < 1:
         raise ConfigError(f"--calib-images {n} must be >= 1.")
-    images = split_images(data_yaml, "train")
-    if not images:
+    train = split_images(data_yaml, "train")
+    if not train:
         raise ConfigError(f"no training images found in {data_yaml} to calibrate INT8 on: its 'train' entry must "
                           f"name a folder or list of images.")
+    val = {p.resolve() for p in split_images(data_yaml, "val")}
+    images = [p for p in train if p.resolve() not in val]
+    if not images:
+        raise ConfigError(f"the training images of {data_yaml} are the val split's: INT8 calibrated on them would be "
+                          f"scored on the images it was calibrated on. Export with a dataset that has a training "
+                          f"split (--data; a COCO folder with annotations/instances_train.json).")
     chosen = sorted(random.Random(int(seed)).sample(images, min(int(n), len(images))))
     unreadable = [p for p in chosen if not p.is_file() or cv2.imread(str(p)) is None]
     if unreadable:
