@@ -167,6 +167,8 @@ def test_evaluate_coco_random_model_matches_pycocotools(shapes, tmp_path):
     none = evaluate_coco("yolov8n.yaml", shapes, imgsz=64, conf=0.999, out_dir=tmp_path / "none", verbose=False)
     assert none["n_detections"] == 0 and none["AP"] == 0.0 and none["AR100"] == 0.0  # nothing found: a score, no crash
     assert json.loads((tmp_path / "none" / "predictions.json").read_text()) == []
+    again = evaluate_coco("yolov8n.yaml", shapes, imgsz=64, conf=0.999, out_dir=tmp_path, verbose=False)  # re-scored
+    assert json.loads(Path(again["detections_json"]).read_text()) == []  # not the earlier run's detections
 
 
 def test_evaluate_coco_yolo_object_and_mismatched_classes(shapes, tmp_path, random_model):

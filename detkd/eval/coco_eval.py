@@ -125,9 +125,8 @@ def evaluate_coco(model, data, split: str = "val", imgsz: int = 640, conf: float
     m = dict(validator.coco_metrics)
     seconds = time.perf_counter() - t0
 
-    dets_file = out_dir / "predictions.json"  # written by Ultralytics' validator when anything was detected
-    if not dets_file.is_file():
-        dets_file.write_text(json.dumps(validator.jdict))
+    dets_file = out_dir / "predictions.json"  # Ultralytics' validator writes it only when anything was detected:
+    dets_file.write_text(json.dumps(validator.jdict))  # always this run's (a folder scored again holds the last's)
     m.update(validator.ran or {})
     match = validator.class_match
     if match is not None:
