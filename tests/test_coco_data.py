@@ -119,6 +119,18 @@ def test_cache_reused_and_keyed_by_content(tmp_path):
     assert y2 != y1 and y2.is_file()
 
 
+@pytest.mark.parametrize("folder", ["Customer Dataset Exports/Round 2 annotations/final version of the set",
+                                    "it's: here"])
+def test_a_dataset_path_yaml_would_wrap_or_quote_is_written_whole(tmp_path, folder):
+    # YAML wraps a long plain value with spaces and quotes one with ': ': the cached data.yaml must still point at
+    # the cache folder itself (it pointed at the deleted temporary one, and the cache was reused broken).
+    root = make_shapes_dataset(tmp_path / folder, SyntheticSpec(n_train=2, n_val=2, imgsz=64))
+    data_yaml = prepare_dataset(root, verbose=False, for_training=True)
+    cfg = yaml.safe_load(data_yaml.read_text())
+    assert Path(cfg["path"]).resolve() == data_yaml.parent.resolve()
+    assert load_coco_meta(data_yaml)["category_ids"]
+
+
 @pytest.mark.parametrize("yaml_dirs", [False, True])
 def test_cache_reconverts_when_images_appear_or_disappear(tmp_path, yaml_dirs):
     """The cache key covers the image files (names, sizes, mtimes), not only the JSON."""

@@ -43,7 +43,7 @@ import yaml
 
 from detkd.errors import DatasetError
 
-CONVERTER_VERSION = "2"  # 2: labels in the EXIF-rotated frame; exif_stored maps
+CONVERTER_VERSION = "3"  # 2: labels in the EXIF-rotated frame; exif_stored maps. 3: data.yaml retargeted whole
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -380,9 +380,23 @@ def check_trainable(data_yaml: str | Path) -> None:
 
 
 def _retarget(tmp: Path, final: Path) -> None:
-    """Rewrite the temporary folder's own path inside its data.yaml to the final one."""
+    """Rewrite the temporary folder's own path inside its data.yaml to the final one: in the parsed values (YAML
+    wraps a long path with spaces over two lines and quotes one with ': ', so the text may not hold it whole)."""
+    import yaml
+
     y = tmp / "data.yaml"
-    y.write_text(y.read_text().replace(str(tmp.resolve()), str(final.resolve())))
+    text = y.read_text()
+    header = "".join(f"{line}\n" for line in text.splitlines()[:1] if line.startswith("#"))
+    old, new = str(tmp.resolve()), str(final.resolve())
+
+    def moved(v):
+        if isinstance(v, str):
+            return new + v[len(old):] if v == old or v.startswith(old + os.sep) else v
+        if isinstance(v, dict):
+            return {k: moved(x) for k, x in v.items()}
+        return [moved(x) for x in v] if isinstance(v, list) else v
+
+    y.write_text(header + yaml.safe_dump(moved(yaml.safe_load(text)), sort_keys=False, allow_unicode=True))
 
 
 def _log_reports(folder: Path) -> None:
