@@ -371,3 +371,12 @@ def test_report_table_readable(tmp_path):
     root = write_coco(tmp_path / "d", [img(1), img(2)], [ann(1, 1, [1, 1, 10, 10]), ann(2, 7, [1, 1, 1, 1])])
     t = report_of(root).report.table()
     assert "annotations_unknown_image" in t and "images_background" in t and "skipped" in t
+
+
+def test_one_class_name_under_two_ids_across_splits_is_refused(tmp_path):
+    # train 'cat' = id 1, val 'cat' = id 7: two classes named 'cat' would validate a class the model never learnt.
+    write_coco(tmp_path, [img(1)], [ann(1, 1, [5, 5, 20, 20], cat=1)], [{"id": 1, "name": "cat"}], split="train")
+    write_coco(tmp_path, [img(1)], [ann(1, 1, [5, 5, 20, 20], cat=7)], [{"id": 7, "name": "cat"}], split="val")
+    with pytest.raises(DatasetError, match=r"'cat' is category id 1 in .*instances_train.json' and 7 in .*"
+                                           r"instances_val.json'.*one category list"):
+        prepare_dataset(tmp_path, verbose=False)

@@ -281,13 +281,20 @@ def load_split(json_path: Path, image_dir: Path | None, root: Path, split: str, 
 
 
 def merge_categories(splits: dict) -> list[dict]:
-    """Union of the splits' categories sorted by id; one id with two names across splits is an error."""
+    """Union of the splits' categories sorted by id; one id with two names, or one name with two ids, across splits
+    is an error (the splits would not mean the same classes)."""
     cats: dict = {}
+    ids: dict = {}  # name -> (id, the json it came from)
     for s in splits.values():
         for c in s.categories:
             if cats.setdefault(c["id"], c["name"]) != c["name"]:
                 raise DatasetError(f"category id {c['id']} is '{cats[c['id']]}' in one split and '{c['name']}' in "
                                    f"'{s.json_path}'. All splits must share one category list.")
+            first_id, where = ids.setdefault(c["name"], (c["id"], s.json_path))
+            if first_id != c["id"]:
+                raise DatasetError(f"'{c['name']}' is category id {first_id} in '{where}' and {c['id']} in "
+                                   f"'{s.json_path}': two classes of one name. All splits must share one category "
+                                   f"list (give each category the same id in every split).")
     return [{"id": i, "name": cats[i]} for i in sorted(cats)]
 
 
