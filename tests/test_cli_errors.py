@@ -82,3 +82,30 @@ def test_help_states_each_default_once(capsys):
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "weight of class-logit KD (0 = off) [1.0]" in text
     assert "(default: yolov8n.yaml)" in text
+
+
+@pytest.mark.parametrize("case", ["config_train_list", "yaml_images_missing", "unlabeled_no_file_name"])
+def test_more_bad_inputs_are_one_line_exit_2(capfd, tmp_path, shapes_yaml, teacher_pt, case):
+    import json
+
+    from detkd.cli import main
+
+    argv = ["distill", "--teacher", teacher_pt, "--data", shapes_yaml, "--project", str(tmp_path), "--device", "cpu"]
+    if case == "config_train_list":  # 'train:' must be a mapping of Ultralytics arguments
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text("kd:\n  cls_kd: 1.0\ntrain: [epochs, 3]\n")
+        argv += ["--config", str(cfg)]
+        expected = "'train:' in"
+    elif case == "yaml_images_missing":  # a plain Ultralytics data.yaml whose image folders are not there
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"path: {tmp_path / 'nowhere'}\ntrain: images/train\nval: images/val\nnames: {{0: a, 1: b}}\n")
+        argv[argv.index(shapes_yaml)] = str(bad)
+        expected = "images not found"
+    else:  # a COCO JSON of unlabelled images whose image entry has no file_name
+        js = tmp_path / "unl.json"
+        js.write_text(json.dumps({"images": [{"id": 1, "width": 64, "height": 64}], "annotations": []}))
+        argv += ["--unlabeled", str(js)]
+        expected = "file_name"
+    assert main(argv) == 2
+    out, err = capfd.readouterr()
+    assert expected in err and err.count("error:") == 1 and "Traceback" not in out + err

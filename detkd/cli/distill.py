@@ -185,7 +185,11 @@ def build_settings(args) -> tuple[object, dict]:
     if args.config:
         kd = KDConfig.from_yaml(args.config, **kd_overrides)
         raw = yaml.safe_load(open(args.config)) or {}
-        train.update(raw.get("train", {}) or {})
+        section = raw.get("train") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"'train:' in {args.config} must be a mapping of Ultralytics training arguments "
+                              f"('train:' then '  epochs: 100' on the next line), not a {type(section).__name__}.")
+        train.update(section)
     else:
         kd = KDConfig.from_dict(kd_overrides)
     train.update({f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None})

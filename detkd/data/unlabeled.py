@@ -188,6 +188,12 @@ def _from_coco_json(p: Path, image_dir: Path | None = None) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--unlabeled '{p}' is not a COCO JSON with an 'images' list ({type(e).__name__}).") from None
     annotated = {a.get("image_id") for a in coco.get("annotations") or []}
+    unnamed = [im.get("id") if isinstance(im, dict) else im for im in images
+               if not isinstance(im, dict) or not isinstance(im.get("file_name"), str)]
+    if unnamed:
+        raise ConfigError(f"--unlabeled '{p}': {len(unnamed)} image entr{'y has' if len(unnamed) == 1 else 'ies have'} "
+                          f"no file_name (image id {unnamed[0]}): give each image its file name, relative to the "
+                          f"image folder.")
     names = [im["file_name"] for im in images if im.get("id") not in annotated]
     if not names:
         raise ConfigError(f"--unlabeled '{p}': every image in it has annotations. Unlabelled images are those "

@@ -54,6 +54,20 @@ class StudentTrainer(DetectionTrainer):
             remove_stub_run_dir(self._new_run_dir)
             raise
 
+    def get_dataset(self):
+        """Ultralytics' data description; its dataset errors (a data.yaml whose images are not where it says, a key
+        missing) become one :class:`~detkd.errors.DatasetError` naming the file, not a traceback."""
+        from detkd.errors import DatasetError
+
+        try:
+            return super().get_dataset()
+        except RuntimeError as e:
+            if not str(e).startswith("Dataset "):
+                raise
+            why = " ".join(str(e.__cause__ or e).replace("❌", "").replace("⚠️", "").split())
+            raise DatasetError(f"data '{self.args.data}': {why}. Fix its path/train/val entries (paths relative to "
+                               f"'path'), or pass a COCO dataset folder.") from None
+
     def check_resume(self, overrides):
         """Ultralytics' resume, writing into the run folder of the given checkpoint (``<run>/weights/last.pt``).
 
