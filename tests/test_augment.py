@@ -72,6 +72,8 @@ def test_bad_specs(tmp_path):
         load_augmentations("albumentations:no_such_fn")
     with pytest.raises(ConfigError, match="A.Lambda"):
         load_augmentations([A.Lambda(image=lambda x, **k: x)])
+    with pytest.raises(ConfigError, match="A.Lambda"):  # inside OneOf: still not storable in a checkpoint
+        load_augmentations([A.OneOf([A.Blur(p=1.0), A.Lambda(image=lambda x, **k: x)], p=0.5)])
     with pytest.raises(ConfigError, match="expected a .yaml"):
         load_augmentations("aug.txt")
 

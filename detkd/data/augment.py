@@ -97,11 +97,16 @@ def _check(transforms: list, where: str) -> list:
         if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
             raise ConfigError(f"{where}: {t!r} is not an albumentations transform (nor a mapping like "
                               f"'{{Blur: {{p: 0.1}}}}').")
-        if isinstance(t, A.Lambda):
+        if _holds_lambda(t, A):
             raise ConfigError(f"{where}: A.Lambda cannot be stored in checkpoints. Subclass A.ImageOnlyTransform "
                               f"or A.DualTransform in an importable module instead.")
         out.append(t)
     return out
+
+
+def _holds_lambda(t, A) -> bool:
+    """``t`` is an ``A.Lambda`` or holds one at any depth (``OneOf``, ``SomeOf``, ``Sequential`` ...)."""
+    return isinstance(t, A.Lambda) or any(_holds_lambda(x, A) for x in getattr(t, "transforms", None) or [])
 
 
 def _load_yaml(path: Path) -> list:
