@@ -380,3 +380,19 @@ def test_one_class_name_under_two_ids_across_splits_is_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"'cat' is category id 1 in .*instances_train.json' and 7 in .*"
                                            r"instances_val.json'.*one category list"):
         prepare_dataset(tmp_path, verbose=False)
+
+
+def test_a_roboflow_export_has_no_phantom_class_for_its_supercategory(tmp_path):
+    # Roboflow COCO exports list the dataset's name as category 0, the supercategory of every real class, with no box
+    cats = [{"id": 0, "name": "raccoons", "supercategory": "none"},
+            {"id": 1, "name": "raccoon", "supercategory": "raccoons"}]
+    for split in ("train", "val"):
+        write_coco(tmp_path, [img(1)], [ann(1, 1, [5, 5, 20, 20], cat=1)], cats, split=split)
+    data_yaml = prepare_dataset(tmp_path, verbose=False)
+    cfg = yaml.safe_load(data_yaml.read_text())
+    assert cfg["names"] == {0: "raccoon"} and cfg["nc"] == 1 and cfg["category_ids"] == [1]
+    assert labels(data_yaml, "train", "im1.jpg")[0][0] == 0  # the raccoon is class 0, not 1 of 2
+    kept = [{"id": 0, "name": "raccoons", "supercategory": "none"}, {"id": 1, "name": "raccoon",
+                                                                     "supercategory": "animal"}]
+    write_coco(tmp_path / "other", [img(1)], [ann(1, 1, [5, 5, 20, 20], cat=1)], kept)
+    assert yaml.safe_load(prepare_dataset(tmp_path / "other", verbose=False).read_text())["nc"] == 2  # a real class

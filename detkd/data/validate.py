@@ -233,7 +233,20 @@ def parse_categories(coco: dict, path: Path) -> list[dict]:
         cats[c["id"]] = name
     if not cats:
         raise DatasetError(f"'{path}' defines no categories. Add a 'categories' list of {{'id', 'name'}}.")
-    return [{"id": i, "name": cats[i]} for i in sorted(cats)]
+    phantom = dataset_supercategory(coco, cats)
+    return [{"id": i, "name": cats[i]} for i in sorted(cats) if i != phantom]
+
+
+def dataset_supercategory(coco: dict, cats: dict[int, str]) -> int | None:
+    """The id of a category that only names the dataset, or None: Roboflow's COCO exports list the dataset as a
+    category (id 0, e.g. 'raccoons') that is the ``supercategory`` of every other category and has no annotation.
+    Kept, it would be a class the detector learns only as background (a one-class dataset trained as two)."""
+    for c in coco["categories"]:
+        others = [x for x in coco["categories"] if x is not c]
+        if others and all(isinstance(x, dict) and x.get("supercategory") == cats[c["id"]] for x in others) \
+                and not any(isinstance(a, dict) and a.get("category_id") == c["id"] for a in coco["annotations"]):
+            return c["id"]
+    return None
 
 
 def _check_image(path: Path) -> tuple[str | None, int, int, str, bool, int]:
