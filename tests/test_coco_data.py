@@ -396,3 +396,17 @@ def test_a_roboflow_export_has_no_phantom_class_for_its_supercategory(tmp_path):
                                                                      "supercategory": "animal"}]
     write_coco(tmp_path / "other", [img(1)], [ann(1, 1, [5, 5, 20, 20], cat=1)], kept)
     assert yaml.safe_load(prepare_dataset(tmp_path / "other", verbose=False).read_text())["nc"] == 2  # a real class
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_a_32_bit_tiff_opencv_cannot_read_is_skipped_not_passed_to_the_loader(tmp_path, mode):
+    from PIL import Image
+
+    root = write_coco(tmp_path / "d", [img(1, "depth.tif"), img(2)], [ann(1, 1, [1, 1, 10, 10]),
+                                                                      ann(2, 2, [1, 1, 10, 10])])
+    path = root / "val" / "depth.tif"
+    Image.fromarray(np.random.default_rng(0).random((48, 64)).astype("float32" if mode == "F" else "int32"),
+                    mode=mode).save(path)
+    assert cv2.imread(str(path)) is None  # why: Ultralytics loads images with OpenCV
+    s = report_of(root)
+    assert s.report.counts["images_32bit"] == 1 and s.report.n_images == 1

@@ -11,6 +11,7 @@ images_missing                 image file not found: image skipped (with its ann
 images_corrupt                 file cannot be decoded (or truncated JPEG): skipped
 images_unsupported_format      extension Ultralytics cannot read: skipped
 images_too_small               a side under 10 px (Ultralytics rejects these): skipped
+images_32bit                   32-bit samples (float or int TIFF: depth, thermal): OpenCV cannot read them: skipped
 images_malformed               image entry without ``id``/``file_name``: skipped
 images_duplicate_id            a later image with an ``id`` already seen: skipped, the first one is kept
 images_name_clash              same path but extension as another image (a.jpg / a.png): skipped (YOLO layout)
@@ -65,6 +66,7 @@ ISSUES: dict[str, str] = {
     "images_corrupt": "skipped",
     "images_unsupported_format": "skipped",
     "images_too_small": "skipped",
+    "images_32bit": "skipped (32-bit samples: OpenCV, Ultralytics' loader, cannot read them; save as 8 or 16 bit)",
     "images_malformed": "skipped",
     "images_duplicate_id": "skipped (first kept)",
     "images_name_clash": "skipped (same label file name as another image)",
@@ -273,6 +275,9 @@ def _check_image(path: Path) -> tuple[str | None, int, int, str, bool, int]:
         return "images_corrupt", 0, 0, "", False, 1
     if min(w, h) < 10:
         return "images_too_small", w, h, mode, False, orientation
+    if mode == "F" or (mode == "I" and fmt == "TIFF"):  # 32-bit float / int samples: cv2.imread gives None (a
+        # 16-bit PNG is 'I;16', and 'I' in old Pillow: OpenCV reads those)
+        return "images_32bit", w, h, mode, False, orientation
     return None, w, h, mode, needs_copy, orientation
 
 
