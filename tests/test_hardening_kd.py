@@ -166,6 +166,20 @@ def test_unlabelled_only_batches_leave_the_detection_scale_alone():
     assert early("cls_kd", 3.0 * theta).item() == 0.0
 
 
+def test_a_kd_term_with_nothing_to_distil_leaves_its_scale_alone():
+    """A raw KD term of exactly 0 (every anchor weight 0: a batch without a box of a class the teacher knows) is not
+    a magnitude: it must not pull K̄ toward 0, which would blow up the next batches' KD weight."""
+    from detkd.losses.balance import LossBalancer
+
+    bal = LossBalancer(momentum=0.9)
+    bal.observe_detection(torch.tensor(1.0))
+    assert bal("cls_kd", torch.tensor(0.0)).item() == 0.0
+    assert bal("cls_kd", torch.tensor(0.5)).item() == pytest.approx(1.0)  # was 10: K̄ = 0.1 x 0.5
+    bal.observe_detection(torch.tensor(1.0))
+    bal("cls_kd", torch.tensor(0.0))
+    assert bal("cls_kd", torch.tensor(0.5)).item() == pytest.approx(1.0)  # was 1.11
+
+
 def _two_rank_balancer(rank: int, init: str, queue) -> None:
     import torch.distributed as dist
 

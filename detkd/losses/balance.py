@@ -13,6 +13,8 @@ Scaling the detection loss by s scales every balanced term by s; scaling a raw K
 
 * Batches with no labelled image (``--unlabeled``, soft KD only) have no detection loss: they leave D̄ as it is (a
   0 there would pull it down, and KD with it). Before the first labelled batch a balanced term is 0.
+* A KD term of exactly 0 (no anchor to distil on: e.g. ``verified`` weights on a batch without a box of a class the
+  teacher knows) leaves K̄_k as it is, for the same reason.
 * Under DDP each batch's D and L_k are averaged over the ranks (one all_reduce each; D over the ranks that had
   labelled images) before the moving averages, so every rank scales KD alike; on one process nothing is reduced.
 * :meth:`LossBalancer.state_dict` is saved with each checkpoint (``engine/checkpoints.py``): a resume continues the
@@ -60,6 +62,18 @@ class LossBalancer:
         self.running[name] = value if prev is None else self.momentum * prev + (1 - self.momentum) * value
         return self.running[name]
 
+    def _average_magnitude(self, name: str, raw: torch.Tensor) -> torch.Tensor:
+        """K̄_name after this batch: a raw term of exactly 0 (no anchor to distil on) is no magnitude and leaves it
+        as it was (the first non-zero value starts it); under DDP the mean over the ranks with a non-zero term. No
+        host sync."""
+        total, count = _sum_across_ranks(torch.stack([raw, (raw != 0).float()]))
+        now = total / count.clamp(min=1.0)
+        prev = self.running.get(name)
+        prev = now if prev is None else prev.to(now.device)  # restored from a checkpoint: on the CPU
+        blended = torch.where(prev > 0, self.momentum * prev + (1 - self.momentum) * now, now)
+        self.running[name] = torch.where(count > 0, blended, prev)
+        return self.running[name]
+
     def observe_detection(self, det_total: torch.Tensor, labeled: bool = True) -> None:
         """Record this batch's detection loss (a scalar: box + cls + dfl with gains); ``labeled`` False: the batch had
         no labelled image (its 0 is not a magnitude). Under DDP: the mean over the ranks with labelled images."""
@@ -78,8 +92,7 @@ class LossBalancer:
         """raw (scalar, with gradient) → raw · D̄ / K̄_name; call :meth:`observe_detection` first each batch."""
         if not self.observed:
             raise RuntimeError("LossBalancer: observe_detection() must be called before balancing a KD term")
-        world = _distributed_world()
-        k = self._average(name, _sum_across_ranks(raw.detach().float().reshape(1))[0] / world)
+        k = self._average_magnitude(name, raw.detach().float())
         detection = self.running.get("detection")
         if detection is None:  # no labelled batch yet: no magnitude to scale to
             return raw * 0.0
