@@ -39,23 +39,28 @@ def mask_box(a: np.ndarray, color) -> list[float]:
 
 
 def write_exif_jpeg(path: Path, orientation: int) -> Image.Image:
-    """A JPEG whose DISPLAYED content is :func:`displayed_image`; returns the stored pixels."""
+    """A JPEG (or, by ``path``'s suffix, a TIFF) whose DISPLAYED content is :func:`displayed_image`; returns the
+    stored pixels."""
     stored = displayed_image().transpose(UNDO[orientation]) if orientation != 1 else displayed_image()
+    if path.suffix == ".tif":
+        stored.save(path, tiffinfo={0x0112: orientation})
+        return stored
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored.save(path, quality=100, subsampling=0, exif=exif)
     return stored
 
 
-def make_dataset(root: Path, orientation: int, frame: str) -> Path:
-    """COCO val split: r.jpg (EXIF ``orientation``) + p.jpg (no EXIF), annotations in ``frame`` of r.jpg."""
+def make_dataset(root: Path, orientation: int, frame: str, suffix: str = ".jpg") -> Path:
+    """COCO val split: r.jpg (EXIF ``orientation``; r.tif with ``suffix``) + p.jpg (no EXIF), annotations in
+    ``frame`` of r."""
     (root / "val").mkdir(parents=True)
     (root / "annotations").mkdir()
-    stored = write_exif_jpeg(root / "val" / "r.jpg", orientation)
+    stored = write_exif_jpeg(root / "val" / f"r{suffix}", orientation)
     displayed_image().save(root / "val" / "p.jpg", quality=100, subsampling=0)
     src = np.asarray(stored) if frame == "stored" else np.asarray(displayed_image())
     h, w = src.shape[:2]
-    images = [{"id": 7, "file_name": "r.jpg", "width": w, "height": h},
+    images = [{"id": 7, "file_name": f"r{suffix}", "width": w, "height": h},
               {"id": 9, "file_name": "p.jpg", "width": DISP_W, "height": DISP_H}]
     anns = []
     for image_id, arr in ((7, src), (9, np.asarray(displayed_image()))):
@@ -88,16 +93,19 @@ def test_box_transform_matches_pil_exif_transpose(o):
 
 
 # ------------------------------------------------------------------------------------------------ conversion
-@pytest.mark.parametrize("orientation, frame", CASES)
-def test_labels_match_what_ultralytics_loads(tmp_path, orientation, frame):
-    """The YOLO labels, read by Ultralytics' YOLODataset, frame the drawn rectangles in the image it loads."""
+@pytest.mark.parametrize("orientation, frame, suffix", [*((o, f, ".jpg") for o, f in CASES),
+                                                         (6, "displayed", ".tif"), (6, "stored", ".tif")])
+def test_labels_match_what_ultralytics_loads(tmp_path, orientation, frame, suffix):
+    """The YOLO labels, read by Ultralytics' YOLODataset, frame the drawn rectangles in the image it loads (a TIFF:
+    Pillow reports its size already turned by the EXIF tag, unlike a JPEG's)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
     from detkd.data.coco import prepare_dataset
 
-    y = prepare_dataset(make_dataset(tmp_path / "d", orientation, frame), cache_dir=tmp_path / "c", verbose=False)
+    y = prepare_dataset(make_dataset(tmp_path / "d", orientation, frame, suffix), cache_dir=tmp_path / "c",
+                        verbose=False)
     report = json.loads((y.parent / "report.json").read_text())["val"]
     assert report["counts"]["images_exif_rotated"] == 1 and report["n_boxes"] == 4
     assert report["counts"].get("images_exif_stored_frame", 0) == (frame == "stored")

@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detkd.data.exif import box_to_displayed, decide_frames, displayed_size, image_orientation
+from detkd.data.exif import SWAPS, box_to_displayed, decide_frames, displayed_size, image_orientation
 from detkd.errors import DatasetError
 
 COCO_FORMAT_URL = "https://cocodataset.org/#format-data"
@@ -251,6 +251,19 @@ def dataset_supercategory(coco: dict, cats: dict[int, str]) -> int | None:
     return None
 
 
+PIL_STORED_SIZE_FORMATS = {"JPEG", "MPO", "PNG", "AVIF"}  # Pillow reports their stored (un-turned) size
+
+
+def _stored_size_from_loaded(path: Path, w: int, h: int) -> tuple[int, int]:
+    """The stored size of an image turned by EXIF 5-8 whose format Pillow may report already turned (TIFF, WebP:
+    it varies with Pillow and OpenCV versions): the transpose of the size Ultralytics' loader gives (decoded, as
+    Ultralytics' ``exif_size`` does for these formats); Pillow's ``(w, h)`` when it cannot be decoded."""
+    from ultralytics.utils.patches import imread
+
+    loaded = imread(str(path))
+    return (w, h) if loaded is None else (loaded.shape[0], loaded.shape[1])
+
+
 def _check_image(path: Path) -> tuple[str | None, int, int, str, bool, int]:
     """Open an image without decoding it fully. Returns (problem or None, stored width, stored height, PIL mode,
     needs_copy, EXIF orientation)."""
@@ -273,6 +286,8 @@ def _check_image(path: Path) -> tuple[str | None, int, int, str, bool, int]:
                     needs_copy = True  # decodable, but Ultralytics re-saves such files in place: don't link
     except Exception:
         return "images_corrupt", 0, 0, "", False, 1
+    if orientation in SWAPS and fmt not in PIL_STORED_SIZE_FORMATS:
+        w, h = _stored_size_from_loaded(path, w, h)
     if min(w, h) < 10:
         return "images_too_small", w, h, mode, False, orientation
     if mode == "F" or (mode == "I" and fmt == "TIFF"):  # 32-bit float / int samples: cv2.imread gives None (a
