@@ -43,7 +43,8 @@ import yaml
 
 from detkd.errors import DatasetError
 
-CONVERTER_VERSION = "4"  # 2: labels in the EXIF-rotated frame; exif_stored maps. 3: data.yaml retargeted whole; 4: no Roboflow dataset category, TIFF/WebP EXIF sizes, 32-bit TIFFs skipped
+CONVERTER_VERSION = "4"  # 2: labels in the EXIF-rotated frame; exif_stored maps. 3: data.yaml retargeted whole.
+# 4: no Roboflow dataset category; TIFF/WebP EXIF sizes as decoded; 32-bit TIFFs skipped
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
