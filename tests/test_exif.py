@@ -203,3 +203,14 @@ def test_json_frame_detected(tmp_path, json_wh, box, frame, mismatch):
     assert c["images_size_mismatch"] == (mismatch or json_wh[0] is None)
     assert s.report.n_boxes == 1 and "r.jpg" in s.report.examples["images_exif_rotated"][0]
     assert "orientation 6" in s.report.table()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_unlabelled_image_shape_is_the_loaded_one(tmp_path, suffix):
+    from ultralytics.utils.patches import imread
+
+    from detkd.data.unlabeled import _image_shape
+
+    path = tmp_path / f"r{suffix}"
+    write_exif_jpeg(path, 6)
+    assert _image_shape(str(path)) == imread(str(path)).shape[:2] == (DISP_H, DISP_W)

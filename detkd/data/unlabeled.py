@@ -254,16 +254,16 @@ def _content_key(path: str) -> str:
 
 # ------------------------------------------------------------------------------------------ datasets
 def _image_shape(im_file: str) -> tuple[int, int] | None:
-    """(h, w) as Ultralytics loads the image (EXIF orientation applied), or None when it cannot be read."""
+    """(h, w) as Ultralytics loads the image (EXIF orientation applied: its ``exif_size``), or None when it cannot be
+    read."""
     from PIL import Image
+    from ultralytics.data.utils import exif_size
 
     try:
         with Image.open(im_file) as im:
             im.verify()
         with Image.open(im_file) as im:
-            (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
-        if orientation in (5, 6, 7, 8):  # stored transposed: loaded as h x w swapped
-            w, h = h, w
+            w, h = exif_size(im)
         return (h, w) if min(h, w) > 9 else None
     except Exception:
         return None
