@@ -1,0 +1,94 @@
+"""Run one dataset x teacher size of the recipe protocol with the settings ``recipe_protocol.json`` fixes for it.
+
+The protocol's runs are long (hours per confirmation dataset on a 2-core CPU) and are split over sessions and over
+parallel processes; typing each ``distill_gain.py`` command by hand invites a wrong epoch count or image size. This
+builds the command from the protocol file (data, image size, student epochs, the teacher's config and epochs, the
+results tag) and runs it, or prints it (``--print``)::
+
+    python benchmarks/recipe_protocol_run.py tables yolov8s                  # teacher, baseline, detkd, built-in
+    python benchmarks/recipe_protocol_run.py tables yolov8m --only teacher   # one kind now (another core: others)
+    python benchmarks/recipe_protocol_run.py chess yolov8s --print
+
+The baseline runs once per dataset (it does not depend on the teacher): with the first teacher size the protocol
+lists for the dataset; ``recipe_summary.py`` judges the other sizes against it. On the confirmation set only the
+candidate (``detkd``, the default recipe) and the baselines run; extra ``distill_gain.py`` arguments after ``--``
+are refused there (no variants, no tuning). Runs go to ``runs/protocol/<tag>`` (``--runs-root``); re-running skips
+what is done and resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = ROOT / "benchmarks" / "recipe_protocol.json"
+KINDS = ("teacher", "baseline", "detkd", "ultralytics_kd")
+
+
+class ProtocolRunError(ValueError):
+    """A dataset, teacher size or argument the protocol does not allow (one line, exit 2)."""
+
+
+def find_entry(protocol: dict, dataset: str) -> tuple[str, dict]:
+    """(set name, the dataset's entry) of ``dataset`` in the protocol."""
+    for set_name, entries in protocol["sets"].items():
+        if dataset in entries:
+            return set_name, entries[dataset]
+    known = ", ".join(name for entries in protocol["sets"].values() for name in entries)
+    raise ProtocolRunError(f"'{dataset}' is not a dataset of the protocol ({known}).")
+
+
+def build_command(protocol: dict, dataset: str, teacher: str, only: list[str] | None = None,
+                  runs_root: str = "runs/protocol", extra: list[str] | None = None) -> list[str]:
+    """The ``distill_gain.py`` argv (after the script) for ``dataset`` with the ``teacher`` size."""
+    set_name, entry = find_entry(protocol, dataset)
+    if teacher not in entry["teachers"]:
+        raise ProtocolRunError(f"'{teacher}' is not a teacher size of '{dataset}' ({', '.join(entry['teachers'])}).")
+    if extra and set_name == "confirmation":
+        raise ProtocolRunError(f"'{dataset}' is confirmation data: only the candidate and the baselines run there, "
+                               f"with the protocol's settings (no extra arguments: {' '.join(extra)}).")
+    kinds = list(only or KINDS)
+    unknown = [k for k in kinds if k.split("_s")[0] not in KINDS]
+    if unknown:
+        raise ProtocolRunError(f"--only {' '.join(unknown)}: the protocol runs {', '.join(KINDS)}.")
+    first_size = next(iter(entry["teachers"]))
+    if teacher != first_size:  # one baseline per dataset: with the first teacher size
+        kinds = [k for k in kinds if not k.startswith("baseline")]
+    t, d = entry["teachers"][teacher], protocol["defaults"]
+    tag = entry["results"][teacher]
+    return ["--data", entry["data"], "--tag", tag, "--teacher-cfg", t["cfg"], "--teacher-epochs", str(t["epochs"]),
+            "--student", d["student"], "--epochs", str(entry["epochs"]), "--imgsz", str(entry["imgsz"]),
+            "--batch", str(d["batch"]), "--workers", str(d["workers"]), "--device", d["device"],
+            "--seeds", *map(str, d["seeds"]), "--no-ablations", "--runs", f"{runs_root}/{tag}",
+            "--only", *kinds, *(extra or [])]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dataset")
+    p.add_argument("teacher", help="a teacher size the protocol lists for the dataset (yolov8s, yolov8m)")
+    p.add_argument("--only", nargs="+", help=f"run only these kinds or runs now ({', '.join(KINDS)}; e.g. detkd_s1)")
+    p.add_argument("--runs-root", default="runs/protocol")
+    p.add_argument("--protocol", type=Path, default=PROTOCOL)
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    try:
+        cmd = build_command(json.loads(a.protocol.read_text()), a.dataset, a.teacher, a.only, a.runs_root, extra)
+    except ProtocolRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    full = [sys.executable, str(ROOT / "benchmarks" / "distill_gain.py"), *cmd]
+    if a.print:
+        print(" ".join(full))
+        return 0
+    return subprocess.call(full, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

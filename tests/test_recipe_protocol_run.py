@@ -1,0 +1,59 @@
+"""recipe_protocol_run builds each protocol run's distill_gain command from the committed protocol file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture()
+def runner():
+    sys.path.insert(0, str(BENCH))
+    import recipe_protocol_run
+
+    return recipe_protocol_run
+
+
+@pytest.fixture()
+def protocol():
+    return json.loads((BENCH / "recipe_protocol.json").read_text())
+
+
+def test_the_command_carries_the_protocols_settings_for_that_dataset_and_teacher(runner, protocol):
+    cmd = runner.build_command(protocol, "tables", "yolov8s")
+    arg = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    assert (arg("--data"), arg("--tag"), arg("--teacher-cfg"), arg("--teacher-epochs")) == \
+        ("../shared/datasets/tables", "tables_v8s", "yolov8s.yaml", "30")
+    assert (arg("--epochs"), arg("--imgsz"), arg("--batch"), arg("--device"), arg("--runs")) == \
+        ("25", "256", "16", "cpu", "runs/protocol/tables_v8s")
+    assert cmd[cmd.index("--seeds") + 1:cmd.index("--seeds") + 3] == ["0", "1"] and "--no-ablations" in cmd
+    assert cmd[cmd.index("--only") + 1:] == ["teacher", "baseline", "detkd", "ultralytics_kd"]
+    larger = runner.build_command(protocol, "chess", "yolov8m")
+    assert larger[larger.index("--only") + 1:] == ["teacher", "detkd", "ultralytics_kd"]  # one baseline per dataset
+    assert larger[larger.index("--teacher-epochs") + 1] == "50" and larger[larger.index("--imgsz") + 1] == "320"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("bccd", "yolov8s"), "not a dataset of the protocol"),
+    (("tables", "yolov8l"), "not a teacher size of 'tables'"),
+    (("tables", "yolov8s", ["mgd"]), "--only mgd"),
+])
+def test_what_the_protocol_does_not_allow_is_refused(runner, protocol, args, message):
+    with pytest.raises(runner.ProtocolRunError, match=message):
+        runner.build_command(protocol, *args)
+
+
+def test_confirmation_data_takes_no_extra_arguments_tuning_data_does(runner, protocol, capsys):
+    with pytest.raises(runner.ProtocolRunError, match="confirmation data"):
+        runner.build_command(protocol, "plates", "yolov8s", extra=["--variant", 'x={"feat_kd": 0}'])
+    assert runner.build_command(protocol, "raccoon", "yolov8s", extra=["--variant", "x={}"])[-2:] == \
+        ["--variant", "x={}"]
+    assert runner.main(["plates", "yolov8s", "--print", "--", "--kd", "{}"]) == 2
+    assert "confirmation data" in capsys.readouterr().err
+    assert runner.main(["plates", "yolov8m", "--print", "--only", "detkd_s1"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("--only detkd_s1")
