@@ -68,6 +68,9 @@ HEADLINE = (
                 "combo"),
     HeadlineRow("shapes, the demo's data (teacher saw 6× the labels), 64 px", "distill_gain_demo_v8s_v8n", "YOLOv8-s",
                 "detkd"),
+    HeadlineRow("tables (scanned pages, 1–3 page-sized tables), 256 px — **confirmation data**, never used to choose "
+                "the recipe", "distill_gain_tables_v8s", "YOLOv8-s", "detkd",
+                "the [protocol](docs/recipe.md#protocol)'s first confirmation result"),
     HeadlineRow("raccoon, 160 px, a larger teacher the student cannot follow", "distill_gain_raccoon_chain",
                 "YOLOv8-m", "detkd", "no gain: see [teachers](docs/teachers.md#raccoon)"),
     HeadlineRow("raccoon, 160 px, the larger teacher re-run (new teacher, BF16)", "distill_gain_raccoon_v8m_guard",
