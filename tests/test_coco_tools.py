@@ -71,3 +71,22 @@ def test_dataset_stats(ds, tmp_path, capsys):
     s2 = json.loads((tmp_path / "s2.json").read_text())[0]
     val = [s for s in stats if s["split"] == "val"][0]
     assert s2["instances"] == val["instances"] and s2["per_class"] == val["per_class"]
+
+
+def test_dataset_stats_without_checking_images_reads_sizes_the_json_lacks(ds, tmp_path):
+    """``--no-check-images`` trusts the JSON's width/height; where an image has none, its size is read from the file
+    (before: 0x0, so every box of it was reported outside the image and left out of the statistics)."""
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    js = copy / "annotations" / "instances_val.json"
+    coco = json.loads(js.read_text())
+    for im in coco["images"]:
+        im.pop("width"), im.pop("height")
+    js.write_text(json.dumps(coco))
+    t = tool("dataset_stats")
+    assert t.main([str(copy), "--split", "val", "--no-check-images", "--json", str(tmp_path / "s.json")]) == 0
+    st = json.loads((tmp_path / "s.json").read_text())[0]
+    assert st["instances"] == len(coco["annotations"]) > 0
+    assert sum(st["sizes"].values()) == st["instances"]

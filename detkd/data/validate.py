@@ -310,7 +310,8 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
                   check_images: bool = True, progress: bool = True) -> CocoSplit:
     """Validate a parsed COCO dict (see :func:`load_coco_json`) whose ``file_name``s are relative to ``image_dir``.
 
-    ``check_images=False`` trusts the JSON's width/height and skips opening files (statistics only).
+    ``check_images=False`` trusts the JSON's width/height and skips opening files (statistics only); an image the
+    JSON gives no size is still opened for it.
     """
     from ultralytics.data.utils import IMG_FORMATS
 
@@ -338,8 +339,9 @@ def validate_coco(coco: dict, json_path: str | Path, image_dir: str | Path, spli
 
     def check(im):
         p = image_dir / im["file_name"]
-        return (im, p, *_check_image(p)) if check_images else (im, p, None, im.get("width", 0), im.get("height", 0),
-                                                                 "RGB", False, 1)
+        w, h = im.get("width"), im.get("height")
+        trusted = not check_images and all(isinstance(v, (int, float)) and v > 0 for v in (w, h))
+        return (im, p, None, w, h, "RGB", False, 1) if trusted else (im, p, *_check_image(p))  # no size: read it
 
     results = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
