@@ -96,12 +96,24 @@ def export_fingerprint(source, variant: str, s) -> dict:
     return normal(fp)
 
 
+def calibration_phrase(calibration: dict, of_available: bool = False) -> str:
+    """How an INT8 file got its ranges, in words: calibrated on n (of the available) training images, the ranges a
+    quantization-aware trained student learnt, or weight-only (nothing to calibrate)."""
+    if calibration.get("qat"):
+        return "quantization-aware trained, the ranges it learnt (no calibration)"
+    if calibration.get("weight_only"):
+        return "weight-only INT8, nothing to calibrate"
+    of = f" of {calibration['available']}" if of_available else ""
+    return f"calibrated on {calibration['n']}{of} training images (seed {calibration['seed']})"
+
+
 def export_variant(spec, source, s, data_yaml: str, out: Path, log=print):
     """Export ``source``'s weights to ``spec.variant`` (reused when its fingerprint matches); set ``spec.weights``.
 
     A new export drops the variant's cached evaluation and speed, which describe the old file."""
     from detkd.compare.experiment import EVAL_MARKER
     from detkd.export.exporter import export_loaded
+    from detkd.engine.qat import float_twin
     from detkd.export.int8 import _quiet_quantizers, export_calibrated
     from detkd.export.student import load_student
 
@@ -121,13 +133,13 @@ def export_variant(spec, source, s, data_yaml: str, out: Path, log=print):
         path, calibration = export_calibrated(net, fmt, data_yaml, folder, "best", imgsz=int(s.imgsz),
                                               calib_images=s.calib_images, calib_seed=s.seed_list[0])
     else:
-        with _quiet_quantizers(False):
-            path, calibration = export_loaded(net, fmt, folder, "best", imgsz=int(s.imgsz)), None
+        with _quiet_quantizers(False):  # a QAT student's FP32 file: without its quantizers (else Ultralytics
+            # writes its INT8 graph, measured and labelled FP32)
+            path, calibration = export_loaded(float_twin(net), fmt, folder, "best", imgsz=int(s.imgsz)), None
     record = {"fingerprint": fp, "path": str(path), "calibration": calibration}
     marker.write_text(json.dumps(record, indent=1, default=str))
     spec.weights, spec.train = str(path), {"reused": False, "path": str(path), "calibration": calibration}
-    log(f"      {spec.label}: exported {path}" + (f" (calibrated on {calibration['n']} training images, seed "
-                                                    f"{calibration['seed']})" if calibration else ""))
+    log(f"      {spec.label}: exported {path}" + (f" ({calibration_phrase(calibration)})" if calibration else ""))
     return spec
 
 
@@ -211,8 +223,7 @@ def format_deploy_section(rows: list[dict]) -> list[str]:
              "Each student run exported to each backend x precision and measured like the rows above: AP of the "
              "exported file on the same split, model-only batch-1 speed on the CPU. ΔAP and speed-up are against "
              "the torch FP32 row the file was exported from."
-             + (f" INT8 files are calibrated on {calib['n']} of {calib['available']} training images (seed "
-                f"{calib['seed']})." if calib else ""), "",
+             + (f" INT8 files: {calibration_phrase(calib, of_available=True)}." if calib else ""), "",
              "| model | backend | precision (ran) | AP | ΔAP vs torch | latency p50 (ms) | FPS | speed-up vs torch |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:

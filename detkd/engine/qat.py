@@ -89,7 +89,8 @@ def float_twin(net):
     return twin
 
 
-def export_qat_int8(net, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 640, device: str = "cpu",
+def export_qat_int8(net, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 640, batch: int = 1,
+                    dynamic: bool = False, device: str = "cpu", opset: int | None = None,
                     verbose: bool = False) -> Path:
     """Export a quantization-aware trained student to INT8 with the ranges it learnt (no calibration).
 
@@ -97,6 +98,7 @@ def export_qat_int8(net, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 
     ONNX converted by OpenVINO (Q/DQ → FakeQuantize, same ranges; FP32 weights kept, OpenVINO compresses them to INT8
     at compile time) as ``out_dir/<stem>_int8_openvino_model/`` with Ultralytics' ``metadata.yaml``, so
     ``YOLO(path)``, ``detkd eval`` and ``detkd bench`` load it like Ultralytics' own OpenVINO INT8 export.
+    ``batch``, ``dynamic`` and ``opset`` are the ONNX export's (OpenVINO keeps its dynamic axes).
     """
     from detkd.export.exporter import export_loaded
 
@@ -106,7 +108,8 @@ def export_qat_int8(net, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="detkd-qat-") as tmp:
-        built = export_loaded(net, "onnx", Path(tmp), stem, imgsz=imgsz, device=device, verbose=verbose)  # Q/DQ
+        built = export_loaded(net, "onnx", Path(tmp), stem, imgsz=imgsz, batch=batch, dynamic=dynamic,
+                              device=device, opset=opset, verbose=verbose)  # Q/DQ
         if fmt == "onnx":
             path = out_dir / f"{stem}_int8.onnx"
             shutil.move(str(built), str(path))

@@ -125,8 +125,12 @@ def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str
     from detkd.engine.qat import export_qat_int8, is_quantized
 
     assert_student_only(net)
+    if is_quantized(net) and half:
+        raise DetKDError("this is a quantization-aware trained (INT8) student: it exports with the INT8 ranges it "
+                         "learnt, so --half does not apply. Drop --half.")
     if fmt == "openvino" and is_quantized(net):  # Ultralytics writes QAT ranges to ONNX Q/DQ only (engine/qat.py)
-        return export_qat_int8(net, fmt, out_dir, stem, imgsz=imgsz, device=device, verbose=verbose)
+        return export_qat_int8(net, fmt, out_dir, stem, imgsz=imgsz, batch=batch, dynamic=dynamic, device=device,
+                               opset=opset, verbose=verbose)
     if simplify is None:
         simplify = importlib.util.find_spec("onnxslim") is not None
     model = net  # Exporter deep-copies before touching anything; pt_path only names the output

@@ -401,10 +401,9 @@ def export_int8(net, fmt: str, data, out_dir: Path, stem: str, imgsz: int = 640,
     result.latency_fp32 = time_artefact(result.fp32_path, imgsz, time_budget=time_budget)
     result.latency_int8 = time_artefact(int8_path, imgsz, time_budget=time_budget)
     if parity:
-        from detkd.export.parity import INT8_PARITY_IMAGES, check_int8_parity, load_parity_images
+        from detkd.export.parity import check_int8_parity
 
-        source = parity_images or _val_folder(data_yaml, split)
-        images = load_parity_images(source, n=INT8_PARITY_IMAGES)
+        images = int8_parity_images(data_yaml, split, parity_images)
         result.parity = check_int8_parity(net, int8_path, images, imgsz=imgsz,
                                           verbose=False, **(parity_kwargs or {}))
     return _saved(result, out_dir, stem)
@@ -430,11 +429,13 @@ def _quiet_quantizers(verbose: bool):
         nncf.setLevel(level)
 
 
-def _val_folder(data_yaml: str, split: str):
-    """The folder of the evaluation split's images (the INT8 parity images: the user's classes, not Ultralytics'
-    sample images)."""
-    files = split_images(data_yaml, split)
-    return files[0].parent if files else None
+def int8_parity_images(data_yaml: str, split: str, parity_images=None) -> list:
+    """The images the INT8 parity check compares on: ``parity_images`` (a file or folder) if given, else the first
+    :data:`~detkd.export.parity.INT8_PARITY_IMAGES` files of the evaluation split — its own files, not their folder
+    (splits given as .txt lists may share one folder with the training images the INT8 file was calibrated on)."""
+    from detkd.export.parity import INT8_PARITY_IMAGES, load_parity_images
+
+    return load_parity_images(parity_images or split_images(data_yaml, split) or None, n=INT8_PARITY_IMAGES)
 
 
 def _saved(result: Int8Result, out_dir: Path, stem: str) -> Int8Result:

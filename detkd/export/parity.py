@@ -96,14 +96,17 @@ class ParityReport:
                 f"{self.n_mismatched} disagree")
 
 
-def load_parity_images(source: str | Path | None = None, n: int = 4) -> list[np.ndarray]:
-    """Up to ``n`` BGR uint8 images (H, W, 3): from a file or directory, else Ultralytics' bundled sample images."""
+def load_parity_images(source: str | Path | list[Path] | None = None, n: int = 4) -> list[np.ndarray]:
+    """Up to ``n`` BGR uint8 images (H, W, 3): from a file, a directory or a list of files (a split's), else
+    Ultralytics' bundled sample images."""
     import cv2
 
     if source is None:
         from ultralytics.utils import ASSETS
 
         files = sorted(Path(ASSETS).glob("*.jpg"))
+    elif isinstance(source, (list, tuple)):
+        files = [Path(f) for f in source]
     else:
         p = Path(source)
         files = [p] if p.is_file() else sorted(f for f in p.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -399,6 +402,7 @@ class Int8ParityReport:
     match_iou: float
     score_margin: float
     max_disagree: float
+    reference: str = "torch FP32"  # the torch side: the FP32 student, or a QAT student's fake-quantized model
 
     def to_dict(self) -> dict:
         return {**asdict(self), "checked": self.checked, "passed": self.passed, "state": self.state}
@@ -427,7 +431,7 @@ class Int8ParityReport:
         return "PASS" if self.checked else "NOTHING COMPARED"
 
     def summary(self) -> str:
-        head = f"INT8 parity {self.state} (torch FP32 vs {self.runtime} INT8, {self.n_images} val images): "
+        head = f"INT8 parity {self.state} ({self.reference} vs {self.runtime} INT8, {self.n_images} val images): "
         if self.state == "NOTHING COMPARED":
             return head + (f"no decidable detection at conf {self.conf:g} or {self.det_conf:g} (torch "
                            f"{self.n_det_torch} / int8 {self.n_det_int8}, all within {self.score_margin:g} of the "
@@ -459,13 +463,16 @@ def check_int8_parity(net: torch.nn.Module, path: str | Path, images: list[np.nd
                       imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, match_iou: float | None = None,
                       score_margin: float | None = None, max_disagree: float | None = None,
                       verbose: bool = True) -> Int8ParityReport:
-    """Compare the detections of the FP32 torch student and its INT8 artefact on the same letterboxed images.
+    """Compare the detections of the FP32 torch student and its INT8 artefact on the same letterboxed images (a
+    quantization-aware trained student: its fake-quantized model, the one it trained and validated as).
 
     Detections: NMS at ``conf``/``iou`` on one-to-many outputs, the rows scoring >= ``conf`` on end-to-end ones; when
     none reaches ``conf`` on either side, compared at :data:`LOW_CONF`. Tolerances default to :data:`INT8_TOLERANCE`.
     Never raises on disagreement: the caller decides (``detkd export --int8`` fails with exit 1).
     """
     from ultralytics.utils import LOGGER
+
+    from detkd.engine.qat import is_quantized
 
     tol = {**INT8_TOLERANCE, **{k: v for k, v in (("match_iou", match_iou), ("score_margin", score_margin),
                                                    ("max_disagree", max_disagree)) if v is not None}}
@@ -494,7 +501,7 @@ def check_int8_parity(net: torch.nn.Module, path: str | Path, images: list[np.nd
     runtime = "openvino" if Path(str(path)).is_dir() else Path(str(path)).suffix.lstrip(".")
     report = Int8ParityReport(n_images=len(x), runtime=runtime, conf=conf, det_conf=det_conf, n_det_torch=n_t,
                               n_det_int8=n_q, n_matched=matched, n_borderline=borderline, n_mismatched=mismatched,
-                              **tol)
+                              reference="torch QAT (fake-quantized)" if is_quantized(net) else "torch FP32", **tol)
     if verbose:
         {"PASS": LOGGER.info, "FAIL": LOGGER.error}.get(report.state, LOGGER.warning)(report.summary())
     return report
