@@ -56,7 +56,8 @@ class KDConfig:
             keep their KD weight for the whole run.
         feat_method: ``cwd`` (channel-wise), ``mse`` or ``mgd``.
         feat_temperature: τ of CWD.
-        feat_fg_mask: ``mse`` only — imitate inside ground-truth boxes only.
+        feat_fg_mask: ``mse`` only — imitate inside ground-truth boxes only (on unlabelled images: inside the
+            teacher's detections at the pseudo-label threshold).
         mgd_mask_ratio: ``mgd`` only — fraction of student feature cells masked.
         anchor_weighting: ``verified`` (default: the teacher's score for the labelled class x IoU of its box with the
             labelled box — imitate the teacher where it is right) / ``union`` / ``teacher`` / ``assigned`` (see

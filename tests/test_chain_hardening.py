@@ -169,3 +169,53 @@ def test_compare_refusal_names_the_assistant(shapes_yaml, teacher_pt):
     s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, assistant="yolov8n-p6.yaml", epochs=1).validate()
     with pytest.raises(IncompatibleModelsError, match="the assistant 4"):
         check_models(s, shapes_yaml)
+
+
+def _images(folder: Path, n: int, seed: int) -> None:
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"f{seed}_{i:03d}.png"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+
+
+def _chain_kd(tmp_path, teacher, data, kd, log):
+    from detkd.engine.assistant import distill_via_assistant
+
+    return distill_via_assistant(teacher, "yolov8n.yaml", student="yolov8n.yaml", data=data, kd=kd,
+                                 project=str(tmp_path / "runs"), name="chain", log=log.append, epochs=3, imgsz=64,
+                                 batch=8, device="cpu", workers=0)
+
+
+def test_a_stage_is_not_reused_when_its_teacher_found_in_weights_changed(tmp_path, shapes_yaml, fake_chain,
+                                                                          monkeypatch):
+    """A teacher given by name and found where detkd looks for weights (``./weights/``) is fingerprinted by its file's
+    hash, as one given by path (before: by its name, so a retrained ``yolov8l.pt`` there reused both stages)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    torch.save({"which": "teacher A"}, tmp_path / "weights" / "myteacher.pt")
+    kd = KDConfig(validate_teacher=False)
+    _chain_kd(tmp_path, "myteacher.pt", shapes_yaml, kd, [])
+    _chain_kd(tmp_path, "myteacher.pt", shapes_yaml, kd, [])
+    assert len(fake_chain.calls) == 2  # unchanged: reused
+    torch.save({"which": "teacher B, retrained"}, tmp_path / "weights" / "myteacher.pt")
+    _chain_kd(tmp_path, "myteacher.pt", shapes_yaml, kd, log := [])
+    assert len(fake_chain.calls) == 4, "\n".join(log)
+
+
+def test_a_stage_is_not_reused_when_its_unlabelled_images_changed(tmp_path, shapes_yaml, teacher_pt, fake_chain):
+    """Other images behind the same ``--unlabeled`` path are other training data (before: only the path was in the
+    fingerprint, so both stages were reused)."""
+    frames = tmp_path / "frames"
+    _images(frames, 4, seed=0)
+    kd = KDConfig(validate_teacher=False, unlabeled=str(frames))
+    _chain_kd(tmp_path, teacher_pt, shapes_yaml, kd, [])
+    _chain_kd(tmp_path, teacher_pt, shapes_yaml, kd, [])
+    assert len(fake_chain.calls) == 2  # unchanged: reused
+    for f in frames.glob("*.png"):
+        f.unlink()
+    _images(frames, 6, seed=7)
+    _chain_kd(tmp_path, teacher_pt, shapes_yaml, kd, log := [])
+    assert len(fake_chain.calls) == 4, "\n".join(log)

@@ -155,6 +155,17 @@ def test_resume_repoints_one_or_every_teacher_of_a_two_teacher_run(tmp_path, sha
     assert _resumed_teachers(last, [str(first), str(moved)]) == [str(first), str(moved)]
     with pytest.raises(ConfigError, match=r"2 teachers .*1 not found \(.*t2\.pt\).*3 given"):
         _resumed_teachers(last, [str(first), str(moved), str(tmp_path / "c.pt")])
+    # another model is not a moved teacher (before: accepted whenever the count matched), nor is a teacher file
+    # overwritten in place: a resume distils from the files the run was trained with
+    other = tmp_path / "other.pt"
+    other.write_bytes(Path(teacher_pt).read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match=r"teacher '.*other\.pt' is not the file the run was trained with"):
+        _resumed_teachers(last, [str(first), str(other)])
+    original = first.read_bytes()
+    first.write_bytes(original + b"\0")
+    with pytest.raises(ConfigError, match=r"teacher '.*t1\.pt' is not the file the run was trained with"):
+        _resumed_teachers(last, str(moved))
+    first.write_bytes(original)
 
     ultralytics_log.clear()
     assert main(["distill", "--resume", str(last), "--teacher", str(moved)]) == 0

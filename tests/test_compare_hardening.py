@@ -214,3 +214,42 @@ def test_a_finished_run_is_reused_after_detkd_adds_a_kd_setting_at_its_default(t
     train_run(next(p for p in plan(s) if p.kind == "distilled"), s, shapes_yaml, s.out_dir, log=lines.append)
     assert len(fake_trainer.made) == 1 and any("reused" in line for line in lines), lines
     assert "teacher_overlap" not in train_fingerprint(spec, s, shapes_yaml)["kd"]  # where the teacher runs: never
+
+
+def _pseudo_rows(tmp_path, teacher_pt, shapes_yaml, kd_configs):
+    """(the distilled + unlabelled rows' KDConfigs by name, the pseudo-labels row's KDConfig) of a compare plan."""
+    import cv2
+    import numpy as np
+
+    from detkd.compare.experiment import CompareSettings, kd_config, plan
+
+    frames = tmp_path / "frames"
+    frames.mkdir(exist_ok=True)
+    for i in range(2):
+        cv2.imwrite(str(frames / f"f{i}.jpg"), np.full((40, 48, 3), 60 * i, dtype=np.uint8))
+    s = CompareSettings(teacher=teacher_pt, data=shapes_yaml, kd_configs=kd_configs, unlabeled=str(frames))
+    s.validate()
+    specs = {r.key: r for r in plan(s)}
+    rows = {n: kd_config(specs[f"distilled-{n}-unlabeled"], s) for n in kd_configs}
+    return rows, kd_config(specs["pseudo-labels"], s) if "pseudo-labels" in specs else None
+
+
+def test_compare_pseudo_label_row_mixes_and_thresholds_as_the_distilled_unlabelled_row(tmp_path, teacher_pt,
+                                                                                      shapes_yaml):
+    """docs/unlabeled.md: the pseudo-labels row has the epoch composition and threshold of the detkd + unlabelled
+    row, so the two differ only in the soft KD. Before: it took the global defaults (ratio 0.5, --pseudo-conf)
+    whatever the KD configuration set."""
+    from detkd.config import PSEUDO_CONF_DEFAULT
+
+    rows, pseudo = _pseudo_rows(tmp_path, teacher_pt, shapes_yaml, {"detkd": {"unlabeled_ratio": 0.25,
+                                                                              "pseudo_conf": 0.5}})
+    assert (pseudo.unlabeled_ratio, pseudo.pseudo_threshold) == (rows["detkd"].unlabeled_ratio,
+                                                                  rows["detkd"].pseudo_threshold) == (0.25, 0.5)
+    assert (pseudo.cls_kd, pseudo.box_kd, pseudo.feat_kd) == (0, 0, 0)
+    # a soft-KD-only configuration beside it does not decide the pseudo-label row
+    rows, pseudo = _pseudo_rows(tmp_path, teacher_pt, shapes_yaml, {"a": {"pseudo_conf": "off"},
+                                                                    "b": {"unlabeled_ratio": 0.25}})
+    assert pseudo.unlabeled_ratio == 0.25 and rows["a"].pseudo_threshold is None
+    # rows that differ among themselves (a threshold sweep): --pseudo-conf at the default composition
+    rows, pseudo = _pseudo_rows(tmp_path, teacher_pt, shapes_yaml, {"a": {"unlabeled_ratio": 0.25}, "b": {}})
+    assert (pseudo.unlabeled_ratio, pseudo.pseudo_threshold) == (0.5, PSEUDO_CONF_DEFAULT)

@@ -455,3 +455,39 @@ def test_unlabeled_gain_keeps_the_scenarios_of_an_earlier_report_of_the_same_pro
     other = {**earlier, "settings": {**settings, "epochs": 30}}
     assert list(unlabeled_gain.merge_earlier(now, other)["scenarios"]) == ["teacher-labeled"]
     assert unlabeled_gain.merge_earlier(now, None) == now
+
+
+def test_feature_kd_with_a_foreground_mask_reaches_unlabelled_images(tmp_path):
+    """``feat_method='mse'`` + ``feat_fg_mask``: on unlabelled images the mask is the teacher's detections at the
+    pseudo-label threshold (before: built from the labels only, all zero there — no feature KD on them at all, and a
+    batch of unlabelled images had feat_kd == 0, against "feature KD needs no label")."""
+    student = _student()
+    teacher = _teacher_model()
+    for conv in teacher.model[-1].cv3:  # a confident teacher: every class scores sigmoid(3) = 0.95 at every anchor
+        torch.nn.init.constant_(conv[-1].bias, 3.0)
+    img = torch.rand(2, 3, 64, 64)
+    student.train()
+    for pseudo in (None, 0.5):  # soft KD only: the default threshold; with pseudo-labels: theirs
+        crit, _ = _criterion(student, teacher, unlabeled=str(tmp_path), feat_method="mse", feat_fg_mask=True,
+                             pseudo_conf=pseudo, cls_kd=0, box_kd=0)
+        batch = {"img": img, "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0),
+                 "labeled": torch.tensor([False, False])}
+        _, items = crit(student(img), batch)
+        assert items["feat_kd"] > 0, pseudo
+
+
+def test_unlabelled_images_get_nothing_written_beside_them_with_cache_disk(tmp_path):
+    """docs/unlabeled.md: nothing is written beside the unlabelled images. Before: cache='disk' was passed on, and
+    Ultralytics saved a .npy next to every frame."""
+    import cv2
+    from ultralytics.cfg import get_cfg
+
+    from detkd.data.unlabeled import build_unlabeled_dataset
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"f{i}.png"), np.full((40, 48, 3), 40 * i, dtype=np.uint8))
+    build_unlabeled_dataset(resolve_unlabeled(frames), get_cfg(overrides=dict(imgsz=64, cache="disk")), 2,
+                            {"nc": 2, "names": {0: "a", 1: "b"}}, 32)
+    assert sorted(p.name for p in frames.iterdir()) == ["f0.png", "f1.png", "f2.png"]

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
-                                     set_aside)
+                                     set_aside, unlabeled_id)
 from detkd.errors import ConfigError, DetKDError, IncompatibleModelsError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
@@ -176,6 +176,28 @@ class CompareSettings:
             return PSEUDO_CONF_DEFAULT
         return KDConfig(unlabeled=self.unlabeled, pseudo_conf=self.pseudo_conf).pseudo_threshold
 
+    def pseudo_label_settings(self) -> dict | None:
+        """``unlabeled_ratio`` and ``pseudo_conf`` (the threshold) of the pseudo-labels baseline: those of the
+        distilled + unlabelled rows with hard pseudo-labels, so that the two differ only in detkd's soft KD; when
+        those rows differ among themselves (a threshold sweep), ``--pseudo-conf`` at the default composition, and
+        its label says so. None: no such row (no unlabelled images, or soft KD only)."""
+        from detkd.config import KDConfig
+
+        if not self.unlabeled:
+            return None
+        found = set()
+        for cfg in self.kd_configs.values() or [{}]:
+            kd = KDConfig(unlabeled=self.unlabeled, pseudo_conf=cfg.get("pseudo_conf", self.pseudo_conf),
+                          **{k: cfg[k] for k in ("unlabeled_ratio",) if k in cfg})
+            if kd.pseudo_threshold is not None:  # soft KD only: no hard labels to mirror
+                found.add((float(kd.unlabeled_ratio), kd.pseudo_threshold))
+        if len(found) > 1:
+            found = {(float(KDConfig().unlabeled_ratio), self.pseudo_conf)} if self.pseudo_conf is not None else set()
+        if not found:
+            return None
+        (ratio, threshold), = found
+        return {"unlabeled_ratio": ratio, "pseudo_conf": threshold}
+
     @property
     def names_by_seed(self) -> bool:
         """``--seeds`` (even one) keys and labels every run by its seed, so seed lists run apart share one folder."""
@@ -257,10 +279,11 @@ def plan(s: CompareSettings) -> list[RunSpec]:
     if s.unlabeled:
         configs += [(f"distilled-{n}-unlabeled", "distilled", f"distilled: {n} + unlabeled",
                      {"pseudo_conf": s.pseudo_conf, **cfg, "unlabeled": s.unlabeled}) for n, cfg in s.kd_configs.items()]
-    if s.unlabeled and s.pseudo_conf is not None:  # pseudo_conf off: no labels for that baseline to learn from
-        configs.append(("pseudo-labels", "distilled", f"pseudo-labels (conf>={s.pseudo_conf:g}, no KD)",
-                        {"cls_kd": 0, "box_kd": 0, "feat_kd": 0, "unlabeled": s.unlabeled,
-                         "pseudo_conf": s.pseudo_conf}))
+    pseudo = s.pseudo_label_settings()  # as the distilled + unlabelled rows mix them; None: pseudo_conf off
+    if pseudo:
+        mix = "" if pseudo["unlabeled_ratio"] == 0.5 else f", {pseudo['unlabeled_ratio']:g} unlabelled"
+        configs.append(("pseudo-labels", "distilled", f"pseudo-labels (conf>={pseudo['pseudo_conf']:g}{mix}, no KD)",
+                        {"cls_kd": 0, "box_kd": 0, "feat_kd": 0, "unlabeled": s.unlabeled, **pseudo}))
     if s.assistant:  # the assistant (distilled from the teacher), then the student distilled from it
         configs.append(("assistant", "assistant", f"assistant {Path(str(s.assistant)).stem} (from teacher)", {}))
         configs.append(("via-assistant", "distilled", "distilled: via assistant", {}))
@@ -283,7 +306,10 @@ def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict
     if spec.kind in {"distilled", "ultralytics_kd", "assistant"}:
         fp["teacher"] = model_id(spec.teacher or s.teacher)
     if spec.kind in {"distilled", "assistant"}:
-        fp["kd"] = kd_signature(kd_config(spec, s).to_dict())
+        kd = kd_config(spec, s).to_dict()
+        fp["kd"] = kd_signature(kd)
+        if unlabeled_id(kd) is not None:  # other images behind the same path: other training data
+            fp["unlabeled"] = unlabeled_id(kd)
     return normal(fp)
 
 

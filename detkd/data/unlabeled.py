@@ -320,12 +320,19 @@ def _unlabeled_dataset_class():
 
 
 def build_unlabeled_dataset(files: list[str], cfg, batch: int, data: dict, stride: int):
-    """The unlabelled images as an Ultralytics training dataset (same augmentation as the labelled set)."""
-    from ultralytics.utils import colorstr
+    """The unlabelled images as an Ultralytics training dataset (same augmentation as the labelled set).
+
+    ``cache='disk'`` is not applied to them: Ultralytics writes its ``.npy`` beside each image, and nothing is written
+    beside the user's unlabelled images (``ram`` is)."""
+    from ultralytics.utils import LOGGER, colorstr
 
     cls = _unlabeled_dataset_class()
+    cache = cfg.cache or None
+    if str(cache).lower() == "disk":
+        LOGGER.info("detkd: unlabeled images are not cached on disk (that writes beside them); cache=ram would be.")
+        cache = None
     return cls(img_path=files, imgsz=cfg.imgsz, batch_size=batch, augment=True, hyp=cfg, rect=False,
-               cache=cfg.cache or None, single_cls=cfg.single_cls or False, stride=stride, pad=0.0,
+               cache=cache, single_cls=cfg.single_cls or False, stride=stride, pad=0.0,
                prefix=colorstr("unlabeled: "), task=cfg.task, classes=None, data=data, fraction=1.0)
 
 

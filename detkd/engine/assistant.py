@@ -26,7 +26,7 @@ from pathlib import Path
 
 from detkd.engine.checkpoints import run_state
 from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
-                                     set_aside)
+                                     set_aside, unlabeled_id)
 
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
@@ -94,11 +94,14 @@ def distill_via_assistant(teacher, assistant, student="yolov8n.yaml", data=None,
 
 def stage_fingerprint(model, teacher, data_yaml: str, kd_fields: dict, train_args: dict) -> dict:
     """What a stage's result depends on: the model it trains and its teacher(s) (file hashes, or a bundled config's
-    name), the data.yaml's hash, the KD settings (:func:`~detkd.engine.fingerprint.kd_signature`) and the training arguments (device,
-    workers, ... left out)."""
-    return normal({"model": model_id(model), "teacher": model_id(teacher), "data": model_id(data_yaml),
-                   "kd": kd_signature(kd_fields),
-                   "train_args": {k: v for k, v in train_args.items() if k not in RUN_ONLY_ARGS}})
+    name), the data.yaml's hash, the KD settings (:func:`~detkd.engine.fingerprint.kd_signature`), the unlabelled
+    images (:func:`~detkd.engine.fingerprint.unlabeled_id`) and the training arguments (device, workers, ... left
+    out)."""
+    fp = {"model": model_id(model), "teacher": model_id(teacher), "data": model_id(data_yaml),
+          "kd": kd_signature(kd_fields), "train_args": {k: v for k, v in train_args.items() if k not in RUN_ONLY_ARGS}}
+    if unlabeled_id(kd_fields) is not None:
+        fp["unlabeled"] = unlabeled_id(kd_fields)
+    return normal(fp)
 
 
 def stage_state(run_dir: Path, fp: dict) -> tuple[str, Path | None]:

@@ -70,15 +70,18 @@ def written_checkpoints(trainer) -> list[Path]:
 
 
 def save_kd_state(checkpoints: list[Path], epoch: int, kd: dict, adapters=None, balancer=None,
-                  guard: dict | None = None) -> None:
+                  guard: dict | None = None, teachers: list | None = None) -> None:
     """Save the KD training state beside each checkpoint in ``checkpoints``, with the epoch it was trained to: the
-    ``adapters`` (feature KD), the ``balancer``'s running scale (``--kd-balance detection``) and the KD ``guard``'s
-    state (``KDGuard.state_dict()``), those given."""
+    ``adapters`` (feature KD), the ``balancer``'s running scale (``--kd-balance detection``), the KD ``guard``'s
+    state (``KDGuard.state_dict()``) and the ``teachers``' identities (file hashes,
+    :func:`~detkd.engine.fingerprint.model_id`: a resume checks it distils from the same files), those given."""
     import io
 
     import torch
 
     state = {"epoch": epoch, "kd": kd}
+    if teachers is not None:
+        state["teachers"] = teachers
     if adapters is not None:
         state["adapters"] = adapters.state_dict()
     if balancer is not None:

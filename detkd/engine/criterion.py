@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from detkd.config import KDConfig
+from detkd.config import PSEUDO_CONF_DEFAULT, KDConfig
 from detkd.engine.guard import ALIGN_ITEMS, AlignmentProbe
 from detkd.engine.unlabeled import (labeled_flags, pseudo_label_targets, scatter_rows, select_images, select_targets,
                                     teacher_confidence_weights)
@@ -186,12 +186,22 @@ class DistillationLoss:
         if w["feat_kd"] > 0:
             masks = None
             if self.kd.feat_method == "mse" and self.kd.feat_fg_mask:
-                masks = boxes_to_masks(batch["bboxes"], batch["batch_idx"], batch["img"].shape[0],
-                                       [f.shape[-2:] for f in teacher.feats])
+                masks = self.foreground_masks(batch, teacher, labeled, anchor_points, stride_tensor)
             terms["feat_kd"] = self.weighted("feat_kd", w, feature_kd_loss(
                 student.feats, teacher.feats, self.adapters, self.kd.feat_method, self.kd.feat_temperature,
                 masks, self.kd.mgd_mask_ratio))
         return terms
+
+    def foreground_masks(self, batch, teacher, labeled, anchor_points, stride_tensor) -> list[torch.Tensor]:
+        """``feat_fg_mask``'s (B, 1, H, W) mask per level: the cells inside the labels' boxes; on unlabelled images
+        (``labeled`` False) inside the teacher's detections at the pseudo-label threshold (its default when
+        pseudo-labels are off) — they have no label, and an empty mask would leave them no feature KD."""
+        if labeled is not None and stride_tensor is not None:
+            t_boxes = decode_boxes(teacher.boxes, anchor_points, self.teacher.reg_max) * stride_tensor
+            batch = pseudo_label_targets(batch, labeled, t_boxes, confidence_logits(teacher),
+                                         self.kd.pseudo_threshold or PSEUDO_CONF_DEFAULT)
+        return boxes_to_masks(batch["bboxes"], batch["batch_idx"], batch["img"].shape[0],
+                              [f.shape[-2:] for f in teacher.feats])
 
     def loss_teachers(self, teacher) -> list[tuple[float, object, int, torch.Tensor | None]]:
         """(share, outputs, reg_max, classes with a confidence) of each teacher the logit and box KD losses are taken

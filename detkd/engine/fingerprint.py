@@ -31,11 +31,37 @@ def file_sha256(path) -> str:
 
 
 def model_id(model) -> dict | list:
-    """What identifies a model argument: its file's hash, or a bundled config's name; a list of them for a list."""
+    """What identifies a model argument: its file's hash — also for a name found where detkd looks for weights
+    (``yolov8l.pt`` in ``./weights/``: :func:`~detkd.models.loading.resolve_model_path`) — or a bundled config's
+    name; a list of them for a list."""
+    from detkd.errors import DetKDError
+    from detkd.models.loading import resolve_model_path
+
     if isinstance(model, (list, tuple)):
         return [model_id(m) for m in model]
     p = Path(str(model))
+    if not p.is_file():
+        try:
+            p = Path(resolve_model_path(str(model)))
+        except DetKDError:  # not found anywhere: its name (the run that needs it says so)
+            pass
     return {"file": p.name, "sha256": file_sha256(p)} if p.is_file() else {"name": str(model)}
+
+
+def unlabeled_id(kd: dict) -> dict | None:
+    """What identifies a run's unlabelled images (None without them): how many, and a hash of their paths, sizes
+    and modification times — other images behind the same ``--unlabeled`` path are other training data. (Not their
+    contents: a pool may hold many thousand frames.)"""
+    from detkd.data.unlabeled import resolve_unlabeled
+
+    if not kd.get("unlabeled"):
+        return None
+    h = hashlib.sha256()
+    files = resolve_unlabeled(kd["unlabeled"])
+    for f in files:
+        st = Path(f).stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"images": len(files), "sha256": h.hexdigest()}
 
 
 def normal(obj):

@@ -43,3 +43,25 @@ def check_resumed_teachers(teachers: list[str]) -> None:
                               f"path with --teacher PATH (several teachers: once per teacher not found, or once per "
                               f"teacher in the run's order; Python: distill(resume=..., teacher=PATH)); it is "
                               f"checked against the student like any teacher.")
+
+
+def check_same_teachers(checkpoint, teachers: list[str]) -> None:
+    """Refuse a resume whose teacher files are not the ones the run was trained with (same SHA-256, wherever they
+    are now): a retrained or replaced teacher, or another model given with ``--teacher``, is a new run. Runs saved
+    before the identities were recorded are not checked."""
+    import torch
+
+    from detkd.engine.checkpoints import adapters_path
+    from detkd.engine.fingerprint import model_id
+
+    path = adapters_path(checkpoint)
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("teachers") if path.is_file() else None
+    if not saved or len(saved) != len(teachers):
+        return
+    for t, was in zip(teachers, saved):
+        now = model_id(t)
+        if was.get("sha256") and now.get("sha256") != was["sha256"]:
+            raise ConfigError(f"cannot resume: teacher '{t}' is not the file the run was trained with (SHA-256 "
+                              f"{str(now.get('sha256'))[:12]}..., the run's {was['sha256'][:12]}... '{was['file']}'). "
+                              f"Distilling from another teacher is a new run: start one (without --resume), or give "
+                              f"the run's own teacher file with --teacher PATH.")

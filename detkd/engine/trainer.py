@@ -45,6 +45,7 @@ from detkd.engine.baseline import StudentTrainer
 from detkd.engine.checkpoints import (ADAPTERS_FILE, adapters_path, drop_optimizer_state, load_adapters,  # noqa: F401
                                       load_balancer, reset_adapters, save_kd_state, written_checkpoints)
 from detkd.engine.criterion import KD_LOSS_NAMES, DistillationLoss
+from detkd.engine.fingerprint import model_id
 from detkd.engine.incremental import (OldClassTargets, describe_union, incremental_data, mask_background_loss,
                                       remap_labels, start_from_old_model)
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
@@ -52,7 +53,7 @@ from detkd.engine.kd_callbacks import (average_label_items_over_labeled_batches,
                                       restore_balancer_on_resume, restore_guard_on_resume, update_kd_progress,
                                       watch_kd_alignment)
 from detkd.engine.qat import check_qat_run, refuse_quantized_teacher
-from detkd.engine.resume_teachers import check_resumed_teachers, repointed_teachers
+from detkd.engine.resume_teachers import check_resumed_teachers, check_same_teachers, repointed_teachers
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
 from detkd.engine.teacher_validation import DetectionOutputValidator, rng_preserved, validated_in_data_classes
 from detkd.errors import ConfigError, DetKDError
@@ -135,7 +136,9 @@ class DistillationTrainer(StudentTrainer):
         if self.resume and self.args.kd:
             if moved:
                 self._repoint_teacher(moved)
-            check_resumed_teachers(KDConfig.coerce(dict(self.args.kd)).teachers)
+            teachers = KDConfig.coerce(dict(self.args.kd)).teachers
+            check_resumed_teachers(teachers)
+            check_same_teachers(self.args.model, teachers)
 
     def _repoint_teacher(self, moved) -> None:
         """Resume with the run's teacher(s) re-pointed to ``moved`` (see :func:`detkd.engine.resume_teachers.repointed_teachers`); checked against the
@@ -559,7 +562,7 @@ class DistillationTrainer(StudentTrainer):
         their epoch (see :mod:`detkd.engine.checkpoints`)."""
         saved = super().save_model()
         save_kd_state(written_checkpoints(self), self.epoch, self.kd.to_dict(), self.adapters, self._balancer(),
-                      self.guard.state_dict())
+                      self.guard.state_dict(), teachers=[model_id(t) for t in self.kd.teachers])
         return saved
 
     def _balancer(self):
