@@ -291,9 +291,11 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict, 
 ROLE_COLOURS = {"baseline": "tab:blue", "ultralytics_kd": "tab:orange", "candidate": "tab:green"}
 
 
-def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidates: list[str] | None = None) -> Path:
+def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidates: list[str] | None = None,
+                baselines: dict[str, tuple[dict, str]] | None = None) -> Path:
     """val mAP50-95 per epoch (mean over seeds) of the chosen kinds, one panel per dataset; the kind ``candidate``
-    stands for the first of ``candidates`` each dataset has."""
+    stands for the first of ``candidates`` each dataset has. A file without a baseline of its own draws the one its
+    dataset shares (``baselines``, :func:`shared_baselines`), labelled with the file it comes from."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,13 +306,17 @@ def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidat
     for ax, (tag, r) in zip(axes[0], results.items()):
         for role in kinds:
             kind = pick_candidate(r["summary"], candidates or []) if role == "candidate" else role
-            curves = [run["curve"]["metrics/mAP50-95(B)"] for run in r["runs"].values()
+            source = r
+            if role == "baseline" and "baseline" not in r["summary"] and tag in (baselines or {}):
+                source = results[baselines[tag][1]]
+            curves = [run["curve"]["metrics/mAP50-95(B)"] for run in source["runs"].values()
                       if run["kind"] == kind and run.get("curve", {}).get("metrics/mAP50-95(B)")]
             if not curves:
                 continue
             length = min(len(c) for c in curves)
             mean = [statistics.mean(c[i] for c in curves) for i in range(length)]
             label = f"candidate: {kind}" if role == "candidate" else kind
+            label += f" (from {baselines[tag][1]})" if source is not r else ""
             ax.plot(range(1, length + 1), mean, label=f"{label} (n={len(curves)})", lw=1.8,
                     color=ROLE_COLOURS.get(role))  # one colour per role in every panel
         ax.set_title(tag)
@@ -359,7 +365,7 @@ def main(argv=None) -> int:
         md += "\n" + render_protocol(report)
     write_json_and_markdown(a.out, {"candidate": a.candidate, "checks": checks, "protocol": report,
                                     "datasets": {t: r["summary"] for t, r in results.items()}}, md)
-    png = plot_curves(results, a.curves, a.out.with_name(a.out.name + "_curves.png"), a.candidate)
+    png = plot_curves(results, a.curves, a.out.with_name(a.out.name + "_curves.png"), a.candidate, baselines)
     print(f"wrote {a.out}.md, {a.out}.json, {png}")
     return 0
 

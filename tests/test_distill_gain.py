@@ -95,7 +95,7 @@ def test_recipe_summary_acceptance_checks(tmp_path):
     assert "**no**" in recipe_summary.render(results, "detkd", recipe_summary.acceptance(results, "detkd"))
 
 
-def test_recipe_summary_candidate_named_differently_per_dataset(tmp_path):
+def test_recipe_summary_candidate_named_differently_per_dataset(tmp_path, monkeypatch):
     """The default recipe ran as variant 'combo' where it was a candidate and as 'detkd' once it was the default:
     with --candidate combo detkd each dataset is judged on the first of them it has; an earlier 'detkd' row (the
     previous default) beside a 'combo' row is not the candidate."""
@@ -126,6 +126,16 @@ def test_recipe_summary_candidate_named_differently_per_dataset(tmp_path):
     png = recipe_summary.plot_curves(results, ["baseline", "candidate"], tmp_path / "curves.png",
                                      candidates=["combo", "detkd"])
     assert png.stat().st_size > 0
+    # a file without a baseline (the protocol's second teacher size) draws its dataset's shared one, labelled so
+    from matplotlib.axes import Axes
+
+    results["new_v8m"] = result("new_v8m", detkd=[0.37, 0.38])
+    labels = []
+    real_plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, *a, **k: (labels.append(k.get("label")), real_plot(ax, *a, **k))[1])
+    recipe_summary.plot_curves(results, ["baseline", "candidate"], tmp_path / "c2.png", ["combo", "detkd"],
+                               baselines={"new_v8m": (results["new"]["summary"]["baseline"], "new")})
+    assert labels[-2:] == ["baseline (from new) (n=2)", "candidate: detkd (n=2)"], labels
 
 
 def test_a_cut_off_run_is_resumed_and_a_finished_one_is_not(tmp_path):
