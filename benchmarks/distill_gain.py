@@ -165,7 +165,8 @@ def plan(args, only: bool = True) -> list[tuple[str, int]]:
     two = bool(args.teacher2_cfg or args.teacher2)
     runs += [("teacher2", 1)] if args.teacher2_cfg and not args.teacher2 else []  # seed 1: another teacher
     runs += [("assistant", 0)] if args.assistant else []
-    runs += [("baseline", s) for s in args.seeds] + [("detkd", s) for s in args.seeds]
+    runs += [] if getattr(args, "baseline_from", None) else [("baseline", s) for s in args.seeds]
+    runs += [("detkd", s) for s in args.seeds]
     runs += [(k, s) for k in (*TWO_TEACHER_KINDS, "detkd_teacher2") for s in args.seeds] if two else []
     runs += [("via_assistant", s) for s in args.seeds] if args.assistant else []
     if args.ultralytics_kd:
@@ -239,6 +240,9 @@ def render(result: dict) -> str:
                      f"{delta} | {a['mAP50']:.3f} | {ratio} | {a['wall_s']:.0f} |")
     if result.get("verdict"):
         lines += ["", f"**Teacher verdict:** {result['verdict']}"]
+    if s.get("baseline_from") not in (None, "None"):
+        lines += ["", f"**Baseline:** not run here — the dataset's baseline is in distill_gain_{s['baseline_from']} "
+                      f"(one per dataset; `recipe_summary.py` judges these runs against it)."]
     if result.get("pending"):
         lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
@@ -296,6 +300,9 @@ def main(argv=None) -> int:
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--variant", dest="variant_items", action="append", default=[], metavar="NAME=JSON",
                    help="a named KD configuration (KDConfig overrides on top of --kd) run on every seed; repeatable")
+    p.add_argument("--baseline-from", metavar="TAG",
+                   help="the dataset's baseline is in the results tagged TAG (the recipe protocol runs one baseline "
+                        "per dataset): no baseline here, and the report says where it is")
     p.add_argument("--only", nargs="+", help="run only these kinds now (teacher baseline detkd ultralytics_kd ...)")
     p.add_argument("--kd", default="{}", help="JSON of KDConfig overrides for all detkd runs")
     p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")

@@ -56,15 +56,20 @@ def build_command(protocol: dict, dataset: str, teacher: str, only: list[str] | 
     if unknown:
         raise ProtocolRunError(f"--only {' '.join(unknown)}: the protocol runs {', '.join(KINDS)}.")
     first_size = next(iter(entry["teachers"]))
+    shared = []
     if teacher != first_size:  # one baseline per dataset: with the first teacher size
         kinds = [k for k in kinds if not k.startswith("baseline")]
+        shared = ["--baseline-from", entry["results"][first_size]]
+        if not kinds:
+            raise ProtocolRunError(f"the baseline of '{dataset}' runs with the first teacher size ({first_size}): "
+                                   f"recipe_protocol_run.py {dataset} {first_size} --only baseline.")
     t, d = entry["teachers"][teacher], protocol["defaults"]
     tag = entry["results"][teacher]
     return ["--data", entry["data"], "--tag", tag, "--teacher-cfg", t["cfg"], "--teacher-epochs", str(t["epochs"]),
             "--student", d["student"], "--epochs", str(entry["epochs"]), "--imgsz", str(entry["imgsz"]),
             "--batch", str(d["batch"]), "--workers", str(d["workers"]), "--device", d["device"],
             "--seeds", *map(str, d["seeds"]), "--no-ablations", "--runs", f"{runs_root}/{tag}",
-            "--only", *kinds, *(extra or [])]
+            *shared, "--only", *kinds, *(extra or [])]
 
 
 def main(argv=None) -> int:

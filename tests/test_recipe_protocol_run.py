@@ -36,12 +36,15 @@ def test_the_command_carries_the_protocols_settings_for_that_dataset_and_teacher
     larger = runner.build_command(protocol, "chess", "yolov8m")
     assert larger[larger.index("--only") + 1:] == ["teacher", "detkd", "ultralytics_kd"]  # one baseline per dataset
     assert larger[larger.index("--teacher-epochs") + 1] == "50" and larger[larger.index("--imgsz") + 1] == "320"
+    assert larger[larger.index("--baseline-from") + 1] == "chess_v8s" and "--baseline-from" not in cmd  # its report
+    # says where the baseline is (before: "not run yet: baseline_s0, baseline_s1")
 
 
 @pytest.mark.parametrize("args, message", [
     (("bccd", "yolov8s"), "not a dataset of the protocol"),
     (("tables", "yolov8l"), "not a teacher size of 'tables'"),
     (("tables", "yolov8s", ["mgd"]), "--only mgd"),
+    (("tables", "yolov8m", ["baseline"]), "runs with the first teacher size"),
 ])
 def test_what_the_protocol_does_not_allow_is_refused(runner, protocol, args, message):
     with pytest.raises(runner.ProtocolRunError, match=message):
