@@ -139,6 +139,7 @@ class KDConfig:
     # ----------------------------------------------------------------------------------------------- checks
     def validate(self) -> "KDConfig":
         """Raise :class:`ConfigError` naming the bad setting and the allowed values."""
+        self._check_bools()
         self._check_numbers()
         for name in ("cls_kd", "box_kd", "box_iou", "feat_kd", "one2one_kd"):
             if float(getattr(self, name)) < 0:
@@ -172,6 +173,21 @@ class KDConfig:
         self.class_map = parse_class_map(self.class_map)  # syntax here; the names when the teacher is loaded
         self._validate_keep_teacher_classes()
         return self
+
+    def _check_bools(self) -> None:
+        """Every on/off setting is a bool: a YAML's quoted "false" or "no" is read as the word says (a non-empty
+        string is truthy in Python — "false" kept the setting on), anything else is refused."""
+        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(f.default, bool) or isinstance(value, bool):
+                continue
+            if isinstance(value, str) and value.strip().lower() in words:
+                setattr(self, f.name, words[value.strip().lower()])
+            elif isinstance(value, int) and value in (0, 1):
+                setattr(self, f.name, bool(value))
+            else:
+                raise ConfigError(f"{f.name}={value!r} must be true or false (default {str(f.default).lower()}).")
 
     def _check_numbers(self) -> None:
         """Every numeric setting is a finite real number (NaN or inf would train on silently, logged as 0 or NaN):
@@ -297,15 +313,22 @@ class KDConfig:
         import yaml
 
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file '{path}' is a folder: give the YAML file in it.")
         if not p.is_file():
             raise ConfigError(f"config file '{path}' not found.")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file '{path}' is not UTF-8 text: save it as a UTF-8 YAML file.") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping.")
         kd = raw.get("kd", {k: v for k, v in raw.items() if k in cls.keys()})
+        if not isinstance(kd, dict):
+            raise ConfigError(f"config file '{path}': 'kd:' must be a mapping of KD settings (e.g. 'cls_kd: 1.0'), "
+                              f"not {type(kd).__name__}.")
         return cls.from_dict({**kd, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod

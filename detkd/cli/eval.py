@@ -53,9 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkd.cli.checks import check_ranges
     from detkd.eval.class_groups import add_class_groups
     from detkd.eval.coco_eval import evaluate_coco
 
+    check_ranges(args, positive=("batch",), unit=("conf", "iou"))
     metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
                             iou=args.iou, batch=args.batch, device=args.device, out_dir=args.out, verbose=True,
                             backend=args.coco_backend, precision=args.precision, class_map=args.class_map)

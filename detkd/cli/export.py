@@ -63,9 +63,11 @@ INT8_ONLY = {"data": None, "calib_images": DEFAULT_CALIB_IMAGES, "calib_seed": 0
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkd.cli.checks import check_ranges
     from detkd.errors import ConfigError
     from detkd.export import export_model
 
+    check_ranges(args, unit=("conf", "iou"), non_negative=("max_int8_drop",))
     if not args.int8:
         given = [f"--{k.replace('_', '-')}" for k in INT8_ONLY if getattr(args, k) != INT8_ONLY[k]]
         if given:

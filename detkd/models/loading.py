@@ -109,7 +109,12 @@ def load_model_and_checkpoint(model: str | Path, role: str = "model", nc: int | 
     resolved = resolve_model_path(model, role)
     ckpt: dict = {}
     if resolved.lower().endswith(YAML_SUFFIXES):
-        net = DetectionModel(resolved, nc=nc, verbose=False)
+        try:
+            net = DetectionModel(resolved, nc=nc, verbose=False)
+        except (KeyError, ValueError, TypeError) as e:  # a data.yaml, or a YAML without backbone/head
+            raise DetKDError(f"{role} '{model}' is not a model YAML (no 'backbone'/'head' that Ultralytics can build: "
+                             f"{type(e).__name__}: {e}). Give a model .yaml such as 'yolov8n.yaml' or a .pt "
+                             f"checkpoint; a dataset's YAML goes to --data.") from None
         net.pt_path = None
     else:
         try:
