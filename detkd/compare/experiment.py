@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
-                                     set_aside, unlabeled_id)
+                                     set_aside, with_unlabeled)
 from detkd.errors import ConfigError, DetKDError, IncompatibleModelsError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
 
@@ -307,9 +307,7 @@ def train_fingerprint(spec: RunSpec, s: CompareSettings, data_yaml: str) -> dict
         fp["teacher"] = model_id(spec.teacher or s.teacher)
     if spec.kind in {"distilled", "assistant"}:
         kd = kd_config(spec, s).to_dict()
-        fp["kd"] = kd_signature(kd)
-        if unlabeled_id(kd) is not None:  # other images behind the same path: other training data
-            fp["unlabeled"] = unlabeled_id(kd)
+        fp = with_unlabeled({**fp, "kd": kd_signature(kd)}, kd)  # other images behind the same path: other data
     return normal(fp)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from detkd.engine.checkpoints import run_state
 from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id, normal, read_json, same_settings,
-                                     set_aside, unlabeled_id)
+                                     set_aside, with_unlabeled)
 
 STAGES = ("assistant", "student")
 MARKER = "chain.json"
@@ -99,9 +99,7 @@ def stage_fingerprint(model, teacher, data_yaml: str, kd_fields: dict, train_arg
     out)."""
     fp = {"model": model_id(model), "teacher": model_id(teacher), "data": model_id(data_yaml),
           "kd": kd_signature(kd_fields), "train_args": {k: v for k, v in train_args.items() if k not in RUN_ONLY_ARGS}}
-    if unlabeled_id(kd_fields) is not None:
-        fp["unlabeled"] = unlabeled_id(kd_fields)
-    return normal(fp)
+    return normal(with_unlabeled(fp, kd_fields))
 
 
 def stage_state(run_dir: Path, fp: dict) -> tuple[str, Path | None]:

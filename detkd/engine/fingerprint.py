@@ -48,6 +48,13 @@ def model_id(model) -> dict | list:
     return {"file": p.name, "sha256": file_sha256(p)} if p.is_file() else {"name": str(model)}
 
 
+def with_unlabeled(fp: dict, kd: dict) -> dict:
+    """``fp`` with the run's unlabelled images identified (:func:`unlabeled_id`) when it has any; a run without them
+    keeps the fingerprint it had before they were recorded."""
+    pool = unlabeled_id(kd)
+    return fp if pool is None else {**fp, "unlabeled": pool}
+
+
 def unlabeled_id(kd: dict) -> dict | None:
     """What identifies a run's unlabelled images (None without them): how many, and a hash of their paths, sizes
     and modification times — other images behind the same ``--unlabeled`` path are other training data. (Not their
