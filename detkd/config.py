@@ -410,6 +410,21 @@ def check_train_args(train_args: dict) -> None:
                           f"'train:' section (arguments: https://docs.ultralytics.com/usage/cfg).") from None
     finally:
         LOGGER.setLevel(level)
+    _check_train_ranges(train_args)
+
+
+def _check_train_ranges(train_args: dict) -> None:
+    """What Ultralytics' ``get_cfg`` lets through and then trains on anyway: ``imgsz=0`` (trains at 32 px),
+    ``batch=0`` (a batch of 16 with a warning), negative ``workers``."""
+    imgsz, batch, workers = (train_args.get(k) for k in ("imgsz", "batch", "workers"))
+    sizes = imgsz if isinstance(imgsz, (list, tuple)) else [imgsz]
+    if imgsz is not None and any(not isinstance(v, (int, float)) or v < 32 for v in sizes):
+        raise ConfigError(f"imgsz={imgsz}: the image size must be at least 32 pixels (a multiple of 32, e.g. 640).")
+    if batch is not None and isinstance(batch, (int, float)) and not (batch >= 1 or batch == -1 or 0 < batch < 1):
+        raise ConfigError(f"batch={batch}: give images per batch (>= 1), -1 (AutoBatch, CUDA) or a fraction of GPU "
+                          f"memory in (0, 1).")
+    if workers is not None and isinstance(workers, (int, float)) and workers < 0:
+        raise ConfigError(f"workers={workers} must be >= 0 (0: load data in the main process).")
 
 
 def check_device(device, what: str = "device") -> None:

@@ -50,6 +50,22 @@ class DemoSettings:
     threads: int | None = None  # torch threads for the teacher and the evaluation; None: every core
     kd: dict = field(default_factory=dict)  # KDConfig fields; {} = DEMO_KD
 
+    def validate(self) -> "DemoSettings":
+        """Counts and sizes the demo cannot run with: one :class:`ConfigError` (as the CLI flag) before any work."""
+        from detkd.errors import ConfigError
+
+        for name in ("n_teacher", "n_student", "n_val", "teacher_epochs", "epochs", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1.")
+        if int(self.imgsz) < 32:
+            raise ConfigError(f"--imgsz {self.imgsz} must be at least 32 pixels (a multiple of 32).")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"--threads {self.threads} must be at least 1.")
+        if self.n_student > self.n_teacher:
+            raise ConfigError(f"--n-student ({self.n_student}) must not exceed --n-teacher ({self.n_teacher}): the "
+                              f"students' labelled images are a subset of the teacher's.")
+        return self
+
     def cores(self) -> int:
         return self.threads or max(1, os.cpu_count() or 1)
 
@@ -245,11 +261,7 @@ def run_demo(s: DemoSettings) -> dict:
     from detkd.data.synthetic import make_shapes_dataset
     from detkd.eval.coco_eval import evaluate_coco
 
-    if s.n_student > s.n_teacher:
-        from detkd.errors import ConfigError
-
-        raise ConfigError(f"--n-student ({s.n_student}) must not exceed --n-teacher ({s.n_teacher}): the students' "
-                          f"labelled images are a subset of the teacher's.")
+    s.validate()
     t_start = time.time()
     n = 5
     out = Path(s.out).resolve()

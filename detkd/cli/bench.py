@@ -38,9 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="results file (default runs/bench/bench_<machine>_<time>.json)")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers out of range and a folder given as --json: one line before any model is timed."""
+    from detkd.cli.checks import check_output_file, check_ranges
+
+    check_ranges(args, positive=("imgsz", "batch", "iters", "min_iters", "threads", "source_shape"),
+                 non_negative=("warmup",), unit=("conf", "iou"), above_zero=("time_budget",))
+    check_output_file(args.json, "--json", "bench.json")
+
+
 def run(args: argparse.Namespace) -> int:
     from detkd.bench import format_table, machine_info, machine_tag, run_benchmarks, write_results
     from detkd.bench.report import fastest_lines, format_notes, machine_line
+
+    check_arguments(args)
 
     precisions = args.precision or (["fp16"] if args.half else ["fp32"])
     settings = {"imgsz": args.imgsz, "batches": args.batch, "device": str(args.device), "precisions": precisions,

@@ -108,7 +108,11 @@ def parse_kd(items: list[str]) -> dict:
                 if key not in KDConfig.keys():
                     raise ConfigError(f"--kd {name}: unknown setting '{key}'. Known: "
                                       f"{', '.join(sorted(KDConfig.keys() - {'teacher'}))}.")
-                cfg[key] = yaml.safe_load(value)
+                try:
+                    cfg[key] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise ConfigError(f"--kd {name}: {key}={value} is not a value (a number, true/false, a word or "
+                                      f"a closed [list]); quote the whole --kd argument in the shell.") from None
             elif part.lower().endswith((".yaml", ".yml")):
                 KDConfig.from_yaml(part)  # missing file, bad YAML, unknown keys: one clear error
                 raw = yaml.safe_load(open(part)) or {}

@@ -52,12 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "classes, all (e.g. after learning new classes from a teacher, docs/classes.md)")
 
 
+def check_class_groups(args: argparse.Namespace) -> None:
+    """--class-groups / --groups-from-teacher against the data's classes before the evaluation (a misspelt class was
+    refused only after it)."""
+    from ultralytics.utils import YAML
+
+    from detkd.data.coco import prepare_dataset
+    from detkd.eval.class_groups import resolve_groups
+
+    names = YAML.load(prepare_dataset(args.data, verbose=False))["names"]
+    resolve_groups(names, args.class_groups, args.groups_from_teacher)
+
+
 def run(args: argparse.Namespace) -> int:
     from detkd.cli.checks import check_ranges
     from detkd.eval.class_groups import add_class_groups
     from detkd.eval.coco_eval import evaluate_coco
 
     check_ranges(args, positive=("batch",), unit=("conf", "iou"))
+    if args.class_groups or args.groups_from_teacher:
+        check_class_groups(args)
     metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
                             iou=args.iou, batch=args.batch, device=args.device, out_dir=args.out, verbose=True,
                             backend=args.coco_backend, precision=args.precision, class_map=args.class_map)

@@ -98,6 +98,7 @@ class CompareSettings:
         for k in ("epochs", "imgsz", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k}={getattr(self, k)} must be >= 1.")
+        self._check_numbers()
         bench_imgsz = int(self.bench_imgsz or self.imgsz)
         if bench_imgsz % 32:
             raise ConfigError(f"benchmark imgsz {bench_imgsz} must be a multiple of 32 (set --imgsz or --bench-imgsz).")
@@ -139,6 +140,27 @@ class CompareSettings:
             self.calib_images = 300 if self.calib_images is None else int(self.calib_images)
             check_deploy_settings(self)
         return self
+
+    def _check_numbers(self) -> None:
+        """Seeds, evaluation and speed settings in range (as their CLI flags), before the first training run: torch,
+        Ultralytics or the timer would refuse them only when the report is built, after every run has trained."""
+        seeds = list(self.seeds or []) + ([self.seed] if self.seed is not None else [])
+        if any(int(s) < 0 for s in seeds):
+            raise ConfigError(f"seed {min(int(s) for s in seeds)}: seeds must be >= 0 (Ultralytics' rule), "
+                              f"e.g. --seeds 0 1.")
+        rules = (("eval_batch", "--eval-batch", lambda v: v >= 1, "at least 1"),
+                 ("eval_conf", "--conf", lambda v: 0 <= v <= 1, "a threshold in [0, 1]"),
+                 ("eval_iou", "--iou", lambda v: 0 <= v <= 1, "a threshold in [0, 1]"),
+                 ("bench_iters", "--bench-iters", lambda v: v >= 1, "at least 1"),
+                 ("bench_min_iters", "bench_min_iters", lambda v: v >= 1, "at least 1"),
+                 ("bench_warmup", "--bench-warmup", lambda v: v >= 0, ">= 0"),
+                 ("bench_imgsz", "--bench-imgsz", lambda v: v >= 32, "at least 32 (a multiple of 32)"),
+                 ("bench_time_budget", "--bench-time", lambda v: v > 0, "above 0 (seconds)"),
+                 ("calib_images", "--calib-images", lambda v: v >= 1, "at least 1"))
+        for name, flag, ok, rule in rules:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{flag} {value} must be {rule}.")
 
     @property
     def teacher_classes(self) -> dict:

@@ -120,6 +120,10 @@ def artefact_kind(path: str | Path) -> str:
         return "yaml"
     if not p.exists():
         raise DetKDError(f"model '{path}' not found. Pass {ARTEFACT_HELP}.")
+    if p.is_dir() and not any(p.glob("*.xml")):
+        inside = next((f for f in (p / "weights" / "best.pt", p / "best.pt") if f.is_file()), None)
+        raise DetKDError(f"model '{path}' is a folder without a model in it: pass " + (
+            f"the checkpoint inside, e.g. {inside}." if inside else f"{ARTEFACT_HELP}."))
     if p.is_dir() or suffix == ".xml":
         _openvino_xml(p)
         folder = p if p.is_dir() else p.parent

@@ -64,9 +64,10 @@ class StudentTrainer(DetectionTrainer):
         except RuntimeError as e:
             if not str(e).startswith("Dataset "):
                 raise
-            why = " ".join(str(e.__cause__ or e).replace("❌", "").replace("⚠️", "").split())
-            raise DatasetError(f"data '{self.args.data}': {why}. Fix its path/train/val entries (paths relative to "
-                               f"'path'), or pass a COCO dataset folder.") from None
+            why = " ".join(str(e.__cause__ or e).replace("❌", "").replace("⚠️", "").split()).rstrip(".")
+            fix = ("Make 'nc' the number of 'names' (or drop 'nc')" if "'nc" in why else
+                   "Fix its path/train/val entries (paths relative to 'path')")
+            raise DatasetError(f"data '{self.args.data}': {why}. {fix}, or pass a COCO dataset folder.") from None
 
     def check_resume(self, overrides):
         """Ultralytics' resume, writing into the run folder of the given checkpoint (``<run>/weights/last.pt``).

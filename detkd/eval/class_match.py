@@ -92,9 +92,10 @@ def match_classes(model_names, data_names, spec=None) -> ClassMatch:
                               "by index.")
         return ClassMatch(BY_INDEX, tuple(data))
     model = names_list(model_names)
-    if [normalise_name(n) for n in model] == [normalise_name(n) for n in data]:
+    same = [normalise_name(n) for n in model] == [normalise_name(n) for n in data]
+    cmap = build_class_map(model, data, spec, role="model") if spec or not same else None  # a bad map: refused
+    if same and (cmap is None or all(t == s for t, s in cmap.pairs)):
         return ClassMatch(SAME, tuple(data))
-    cmap = build_class_map(model, data, spec, role="model")
     if cmap.unmatched_student:
         raise IncompatibleModelsError(
             f"the model does not predict the data's {', '.join(repr(n) for n in cmap.unmatched_student)} (model "

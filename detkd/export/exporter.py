@@ -99,7 +99,17 @@ def _output_location(output: str | Path | None, default_dir: Path, stem: str, su
     out = Path(output)
     if suffix and out.name.endswith(suffix):
         return out.parent, out.name[: -len(suffix)]
+    if out.suffix.lower() in _artefact_suffixes() and not out.is_dir():
+        raise DetKDError(f"--output {out}: a '{out.suffix}' file, but this format writes '{suffix}': name it "
+                         f"{out.with_suffix('').name}{suffix} or give a folder.")
     return out, stem
+
+
+def _artefact_suffixes() -> set[str]:
+    """File suffixes of every export format (``.onnx``, ``.engine``, ...) and of checkpoints."""
+    from ultralytics.engine.exporter import export_formats
+
+    return {s.lower() for s in export_formats()["Suffix"] if s.startswith(".")} | {".pt", ".pth"}
 
 
 def export_loaded(net: torch.nn.Module, fmt: str, out_dir: str | Path, stem: str, imgsz: int = 640, batch: int = 1,

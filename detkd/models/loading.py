@@ -69,8 +69,13 @@ def resolve_model_path(model: str | Path, role: str = "model") -> str:
         )
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
+    if path.is_dir():
+        inside = next((p for p in (path / "weights" / "best.pt", path / "best.pt") if p.is_file()), None)
+        raise WeightsNotFoundError(f"{role} '{name}' is a folder, not a checkpoint or model YAML: give the file"
+                                   + (f", e.g. {inside}." if inside else " (a run's weights/best.pt, or a .yaml)."))
     if suffix in YAML_SUFFIXES:
         if path.is_file():
+            check_model_yaml(path, role)
             return str(path)
         from ultralytics.nn.tasks import yaml_model_load
 
@@ -97,6 +102,24 @@ def resolve_model_path(model: str | Path, role: str = "model") -> str:
             f"e.g. '{stem}.yaml'."
         )
     raise WeightsNotFoundError(f"{role} '{name}': expected a .pt checkpoint or a model .yaml, got '{suffix}'.")
+
+
+def check_model_yaml(path: Path, role: str = "model") -> None:
+    """A model YAML file is a mapping with Ultralytics' ``backbone`` and ``head`` (a data.yaml, a list or a broken
+    file would fail inside Ultralytics' trainer with a traceback)."""
+    import yaml
+
+    from detkd.errors import DetKDError
+
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DetKDError(f"{role} '{path}' is not readable YAML ({type(e).__name__}): fix the file, or give a model "
+                         f".yaml such as 'yolov8n.yaml' or a .pt checkpoint.") from None
+    if not isinstance(cfg, dict) or not {"backbone", "head"} <= set(cfg):
+        raise DetKDError(f"{role} '{path}' is not a model YAML (no 'backbone'/'head' mapping that Ultralytics can "
+                         f"build). Give a model .yaml such as 'yolov8n.yaml' or a .pt checkpoint; a dataset's YAML "
+                         f"goes to --data.")
 
 
 def load_model_and_checkpoint(model: str | Path, role: str = "model", nc: int | None = None):
