@@ -415,7 +415,7 @@ def check_train_args(train_args: dict) -> None:
 
 def _check_train_ranges(train_args: dict) -> None:
     """What Ultralytics' ``get_cfg`` lets through and then trains on anyway: ``imgsz=0`` (trains at 32 px),
-    ``batch=0`` (a batch of 16 with a warning), negative ``workers``."""
+    ``batch=0`` (a batch of 16 with a warning), negative ``workers``, a ``cache`` word it reads as false."""
     imgsz, batch, workers = (train_args.get(k) for k in ("imgsz", "batch", "workers"))
     sizes = imgsz if isinstance(imgsz, (list, tuple)) else [imgsz]
     if imgsz is not None and any(not isinstance(v, (int, float)) or v < 32 for v in sizes):
@@ -425,6 +425,9 @@ def _check_train_ranges(train_args: dict) -> None:
                           f"memory in (0, 1).")
     if workers is not None and isinstance(workers, (int, float)) and workers < 0:
         raise ConfigError(f"workers={workers} must be >= 0 (0: load data in the main process).")
+    cache = train_args.get("cache")
+    if cache is not None and str(cache).strip().lower() not in {"true", "false", "ram", "disk", "none"}:
+        raise ConfigError(f"cache={cache}: use ram, disk or false (Ultralytics reads any other word as false).")
 
 
 def check_device(device, what: str = "device") -> None:

@@ -50,6 +50,9 @@ def test_a_data_yaml_given_as_a_model_is_one_line(shapes_yaml, capsys):
     (["eval", "--batch", "0"], "--batch 0 must be at least 1"),
     (["eval", "--conf", "2"], "--conf 2.0 must be a threshold in [0, 1]"),
     (["eval", "--iou", "-1"], "--iou -1.0 must be a threshold in [0, 1]"),
+    (["eval", "--imgsz", "0"], "--imgsz 0 must be a positive multiple of 32"),
+    (["eval", "--imgsz", "33"], "--imgsz 33 must be a positive multiple of 32"),
+    (["eval", "--out", "CHECKPOINT"], "is a file: give a folder"),
     (["export", "--format", "onnx", "--conf", "5"], "--conf 5.0 must be a threshold"),
     (["export", "--format", "onnx", "--int8", "--max-int8-drop", "-1"], "--max-int8-drop -1.0 must be >= 0"),
 ])
@@ -57,6 +60,7 @@ def test_out_of_range_numbers_are_refused_before_any_work(argv, message, teacher
     from detkd.cli import main
 
     cmd, *rest = argv
+    rest = [teacher_pt if r == "CHECKPOINT" else r for r in rest]
     extra = ["--data", shapes_yaml]
     assert main([cmd, "--model", teacher_pt, *extra, *rest]) == 2
     err = capsys.readouterr().err
@@ -115,6 +119,7 @@ def test_bench_numbers_and_a_folder_as_json_are_refused_before_timing(rest, mess
     (["--batch", "0"], "batch=0: give images per batch"),
     (["--imgsz", "0"], "imgsz=0: the image size must be at least 32"),
     (["--workers", "-1"], "workers=-1 must be >= 0"),
+    (["--cache", "rma"], "cache=rma: use ram, disk or false"),
 ])
 def test_distill_sizes_ultralytics_would_train_on_anyway_are_refused(rest, message, teacher_pt, shapes_yaml, tmp_path,
                                                                      capsys, monkeypatch):

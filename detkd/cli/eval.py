@@ -65,11 +65,18 @@ def check_class_groups(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from detkd.cli.checks import check_ranges
+    from detkd.errors import ConfigError
     from detkd.eval.class_groups import add_class_groups
     from detkd.eval.coco_eval import evaluate_coco
 
     check_ranges(args, positive=("batch",), unit=("conf", "iou"))
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise ConfigError(f"--imgsz {args.imgsz} must be a positive multiple of 32 (the detector's largest stride).")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file: give a folder for metrics.json and predictions.json.")
     if args.class_groups or args.groups_from_teacher:
         check_class_groups(args)
     metrics = evaluate_coco(args.model, args.data, split=args.split, imgsz=args.imgsz, conf=args.conf,
