@@ -132,13 +132,28 @@ def gap_row(summary: dict, candidates: str | list[str], baseline: dict | None = 
             "not_below_baseline": cand >= base}
 
 
-def dataset_baseline(entry: dict, results: dict[str, dict]) -> dict | None:
-    """The baseline row of the first of a dataset's results files that has one (the students trained alone do not
-    depend on the teacher, so one run serves every teacher size)."""
+def dataset_baseline(entry: dict, results: dict[str, dict]) -> tuple[dict | None, str | None]:
+    """(The baseline row, its results tag) of the first of a dataset's results files that has one (the students
+    trained alone do not depend on the teacher, so one run serves every teacher size); (None, None) without one."""
     for tag in entry["results"].values():
         if "baseline" in results.get(tag, {}).get("summary", {}):
-            return results[tag]["summary"]["baseline"]
-    return None
+            return results[tag]["summary"]["baseline"], tag
+    return None, None
+
+
+def seed_maps(result: dict, kind: str) -> dict[int, float]:
+    """{seed: val mAP50-95} of one run kind in a ``distill_gain`` result (from its runs: the summary's list of
+    values is in the order the runs finished, which two lanes may swap)."""
+    return {int(r["seed"]): r["mAP50-95"] for r in result.get("runs", {}).values()
+            if r.get("kind") == kind and "mAP50-95" in r}
+
+
+def seeds_above(candidate: dict[int, float], baseline: dict[int, float]) -> bool | None:
+    """Every candidate seed above the baseline run of the same seed (None when the two did not run the same seeds:
+    nothing to pair)."""
+    if not candidate or set(candidate) != set(baseline):
+        return None
+    return all(candidate[s] > baseline[s] for s in candidate)
 
 
 def shared_baselines(protocol: dict | None, results: dict[str, dict]) -> dict[str, tuple[dict, str]]:
@@ -167,14 +182,17 @@ def protocol_report(protocol: dict, results: dict[str, dict], candidates: str | 
     for set_name in SETS:
         rows, pending = [], []
         for dataset, entry in protocol["sets"][set_name].items():
-            baseline = dataset_baseline(entry, results)
+            baseline, baseline_tag = dataset_baseline(entry, results)
             for teacher, tag in entry["results"].items():
                 named.add(tag)
                 row = gap_row(results[tag]["summary"], candidates, baseline) if tag in results else None
                 if row is None:
                     pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
-                else:
-                    rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, **row})
+                    continue
+                own = "baseline" in results[tag]["summary"]
+                row["seeds_above"] = seeds_above(seed_maps(results[tag], row["candidate"]),
+                                                 seed_maps(results[tag if own else baseline_tag], "baseline"))
+                rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, **row})
         closures = [r["closure"] for r in rows if r["closure"] is not None]
         per_teacher = {}
         for teacher in dict.fromkeys(r["teacher_size"] for r in rows):
@@ -185,10 +203,15 @@ def protocol_report(protocol: dict, results: dict[str, dict], candidates: str | 
         report[set_name] = {"rows": rows, "pending": pending, "mean_closure": mean_or_none(closures),
                             "mean_delta": mean_or_none([r["delta"] for r in rows]),
                             "never_below_baseline": bool(rows) and all(r["not_below_baseline"] for r in rows),
+                            "every_seed_above": bool(rows) and all(r["seeds_above"] for r in rows),
                             "no_gap": [f"{r['dataset']} ({r['teacher_size']})" for r in rows if r["closure"] is None],
                             "per_teacher": per_teacher}
     report["outside"] = sorted(set(results) - named)
     return report
+
+
+def _yes_no(v: bool | None) -> str:
+    return "—" if v is None else ("yes" if v else "**no**")
 
 
 def _pct(v: float | None) -> str:
@@ -205,15 +228,15 @@ def render_protocol(report: dict) -> str:
         part = report[set_name]
         lines += [f"### {set_name.capitalize()} set", ""]
         if part["rows"]:
-            lines += ["| dataset | teacher | candidate run | teacher mAP | baseline | candidate | Δ | gap closure |",
-                      "|---|---|---|---:|---:|---:|---:|---:|"]
+            lines += ["| dataset | teacher | candidate run | teacher mAP | baseline | candidate | Δ | gap closure | "
+                      "every seed above its baseline seed |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
         else:
             lines.append("No results yet.")
         for r in part["rows"]:
             teacher = "—" if r["teacher"] is None else f"{r['teacher']:.3f}"
             lines.append(f"| {r['dataset']} | {r['teacher_size']} | {r['candidate']} | {teacher} | "
                          f"{r['baseline']:.3f} | {r['candidate_map']:.3f} | {r['delta']:+.3f} | "
-                         f"{_pct(r['closure'])} |")
+                         f"{_pct(r['closure'])} | {_yes_no(r['seeds_above'])} |")
         mean_delta = "—" if part["mean_delta"] is None else f"{part['mean_delta']:+.3f}"
         lines += ["", f"- mean gap closure: **{_pct(part['mean_closure'])}**, mean Δ {mean_delta} "
                       f"(n = {len(part['rows'])} dataset × teacher rows)"]
@@ -223,6 +246,8 @@ def render_protocol(report: dict) -> str:
                          f"(n = {t['n']})")
         if part["rows"]:
             lines.append(f"- never below the baseline mean: {'yes' if part['never_below_baseline'] else '**no**'}")
+            lines.append(f"- every candidate seed above the baseline run of the same seed, on every row: "
+                         f"{'yes' if part['every_seed_above'] else '**no**'}")
         if part["no_gap"]:
             lines.append(f"- no gap to close (teacher not above the baseline): {', '.join(part['no_gap'])}")
         if part["pending"]:

@@ -29,7 +29,7 @@ def kind(runs: list[float]) -> dict:
 def result(tag: str, **kinds: list[float]) -> dict:
     from detkd.bench.machine import machine_info
 
-    runs = {f"{k}_s{i}": {"kind": k, "seed": i, "curve": {"metrics/mAP50-95(B)": [0.1, v]}}
+    runs = {f"{k}_s{i}": {"kind": k, "seed": i, "mAP50-95": v, "curve": {"metrics/mAP50-95(B)": [0.1, v]}}
             for k, vals in kinds.items() for i, v in enumerate(vals)}
     return {"settings": {"tag": tag, "student": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 8,
                          "seeds": "[0, 1]", "data": tag}, "machine": machine_info("cpu"), "runs": runs,
@@ -88,10 +88,26 @@ def test_gap_closure_and_means_per_set_are_the_hand_computed_ones(recipe_summary
 
     md = recipe_summary.render_protocol(report)
     assert md.index("### Tuning set") < md.index("### Confirmation set")
-    assert "| b | yolov8m | detkd | 0.380 | 0.200 | 0.182 | -0.018 | -10 % |" in md
-    assert "| a | yolov8s | detkd | 0.510 | 0.310 | 0.360 | +0.050 | 25 % |" in md
+    assert "| b | yolov8m | detkd | 0.380 | 0.200 | 0.182 | -0.018 | -10 % | **no** |" in md
+    assert "| a | yolov8s | detkd | 0.510 | 0.310 | 0.360 | +0.050 | 25 % | yes |" in md
     assert "mean gap closure: **10 %**" in md and "mean gap closure: **25 %**" in md
     assert "**not run yet:** d (yolov8s): distill_gain_d_s" in md and "never below the baseline mean: **no**" in md
+    # every seed above its own baseline seed: b_m's 0.180 / 0.184 against b_s's baseline seeds 0.19 / 0.21
+    assert [r["seeds_above"] for r in confirmation["rows"]] == [True, False, True]
+    assert tuning["every_seed_above"] and not confirmation["every_seed_above"]
+    assert "every candidate seed above the baseline run of the same seed, on every row: **no**" in md
+
+
+def test_seeds_are_paired_by_seed_not_by_the_order_runs_finished(recipe_summary):
+    """Two lanes finish seed 1 before seed 0: the summary's list of values is then [s1, s0]."""
+    res = result("x", baseline=[0.30, 0.28], teacher=[0.5], detkd=[0.33, 0.29])
+    res["runs"] = dict(reversed(list(res["runs"].items())))  # finished in the other order
+    assert recipe_summary.seeds_above(recipe_summary.seed_maps(res, "detkd"),
+                                      recipe_summary.seed_maps(res, "baseline")) is True
+    res["runs"]["detkd_s1"]["mAP50-95"] = 0.27  # seed 1 below its own baseline seed (0.28)
+    assert recipe_summary.seeds_above(recipe_summary.seed_maps(res, "detkd"),
+                                      recipe_summary.seed_maps(res, "baseline")) is False
+    assert recipe_summary.seeds_above({0: 0.4}, {0: 0.3, 1: 0.3}) is None  # different seeds: nothing to pair
 
 
 def test_acceptance_judges_a_results_file_against_its_datasets_shared_baseline(recipe_summary):
