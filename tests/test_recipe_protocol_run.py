@@ -60,3 +60,37 @@ def test_confirmation_data_takes_no_extra_arguments_tuning_data_does(runner, pro
     assert "confirmation data" in capsys.readouterr().err
     assert runner.main(["plates", "yolov8m", "--print", "--only", "detkd_s1"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("--only detkd_s1")
+
+
+def test_yolo26_rows_reuse_the_main_protocols_yolov8s_teacher_and_share_one_baseline(runner, protocol, tmp_path):
+    arg = lambda cmd, flag: cmd[cmd.index(flag) + 1]  # noqa: E731
+    # no YOLOv8-s teacher trained yet under the runs root: trained with the main protocol's settings
+    cmd = runner.build_yolo26_command(protocol, "tables", "yolov8s", runs_root=str(tmp_path))
+    assert (arg(cmd, "--student"), arg(cmd, "--teacher-cfg"), arg(cmd, "--teacher-epochs")) == \
+        ("yolo26n.yaml", "yolov8s.yaml", "30")
+    assert (arg(cmd, "--epochs"), arg(cmd, "--imgsz"), arg(cmd, "--tag")) == ("25", "256", "tables_v8s_26n")
+    assert cmd[cmd.index("--only") + 1:] == ["teacher", "baseline", "detkd", "ultralytics_kd"]
+    # the main protocol's teacher exists: passed, not trained again
+    teacher = tmp_path / "tables_v8s" / "teacher_s0" / "weights" / "best.pt"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_bytes(b"x")
+    (tmp_path / "tables_v8s" / "state.json").write_text(json.dumps({"teacher": str(teacher)}))
+    cmd = runner.build_yolo26_command(protocol, "tables", "yolov8s", runs_root=str(tmp_path))
+    assert arg(cmd, "--teacher") == str(teacher) and "--teacher-cfg" not in cmd
+    assert cmd[cmd.index("--only") + 1:] == ["baseline", "detkd", "ultralytics_kd"]
+    # the YOLO26-s teacher: trained for the YOLOv8-s teacher's epochs; the baseline comes from the first row
+    cmd = runner.build_yolo26_command(protocol, "chess", "yolo26s", runs_root=str(tmp_path))
+    assert (arg(cmd, "--teacher-cfg"), arg(cmd, "--teacher-epochs"), arg(cmd, "--imgsz")) == \
+        ("yolo26s.yaml", "40", "320")
+    assert arg(cmd, "--baseline-from") == "chess_v8s_26n"
+    assert cmd[cmd.index("--only") + 1:] == ["teacher", "detkd", "ultralytics_kd"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("plates", "yolov8s"), "'plates' has no YOLO26-n rows"),
+    (("tables", "yolov8m"), "not a YOLO26-n row's teacher"),
+    (("tables", "yolo26s", ["baseline"]), "runs with the first teacher size .yolov8s."),
+])
+def test_yolo26_rows_the_protocol_does_not_list_are_refused(runner, protocol, args, message, tmp_path):
+    with pytest.raises(runner.ProtocolRunError, match=message):
+        runner.build_yolo26_command(protocol, *args, runs_root=str(tmp_path))
