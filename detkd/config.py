@@ -45,8 +45,9 @@ class KDConfig:
         cls_temperature: temperature T of the logit KD.
         box_kd: weight of box KD (0 disables): localization distillation on the DFL bins when teacher and student
             share them, else L1 + 1-IoU on decoded distances (e.g. YOLO26's reg_max=1 heads).
-        box_temperature: temperature of LD.
-        box_iou: extra weight of the 1−IoU term on decoded student vs teacher boxes (0 disables).
+        box_temperature: temperature of LD (the LD path only).
+        box_iou: extra weight of the 1−IoU term on decoded student vs teacher boxes, added to LD (0 disables; the
+            decoded-distance path always has 1−IoU at weight 1, and the run's start says so when this is set).
         feat_kd: weight of neck-feature imitation at P3/P4/P5 (0 disables).
         one2one_kd: end-to-end students (YOLO26): relative weight of the logit and box KD on the one-to-one branch,
             added to the one-to-many branch's (0: one-to-many only).

@@ -295,3 +295,20 @@ def test_a_resumed_yolo26_student_continues_the_one2many_one2one_schedule(tmp_pa
     resumed.add_callback("on_train_epoch_start", record)
     resumed.train()
     assert seen == pytest.approx({0: 0.8, 1: 0.45, 2: 0.1})
+
+
+def test_box_iou_and_box_temp_set_on_the_distance_path_are_said_to_do_nothing_there():
+    """The decoded-distance path always adds 1-IoU at weight 1 and has no temperature: a --box-iou 0 or --box-temp given
+    for a YOLO26 student changed nothing, without a word (review of the YOLO26 paths)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = __import__("ultralytics.cfg", fromlist=["get_cfg"]).get_cfg()
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    lines = _criterion(student, teacher, box_iou=0.5, box_temperature=4.0).describe()
+    box = next(line for line in lines if line.startswith("box_kd:"))
+    assert "box_iou 0.5, box_temp 4 apply to LD on shared bins only: not used here" in box
+    assert "the teacher's distances stop at 15 grid cells" in box  # a DFL teacher's expected distance is capped
+    plain = next(line for line in _criterion(student, teacher).describe() if line.startswith("box_kd:"))
+    assert "not used here" not in plain

@@ -85,8 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--cls-temp", type=float, help="logit KD temperature [1.0]")
     k.add_argument("--box-kd", type=float, help="weight of box KD: LD on shared DFL bins, else L1 + 1-IoU on decoded "
                                                 "distances (YOLO26 heads) [1.0]")
-    k.add_argument("--box-temp", type=float, help="LD temperature [2.0]")
-    k.add_argument("--box-iou", type=float, help="extra weight of 1-IoU between decoded boxes [0]")
+    k.add_argument("--box-temp", type=float, help="LD temperature (shared DFL bins only) [2.0]")
+    k.add_argument("--box-iou", type=float, help="extra weight of 1-IoU between decoded boxes, added to LD (the "
+                                                "decoded-distance path always has it at 1) [0]")
     k.add_argument("--feat-kd", type=float, help="weight of P3/P4/P5 feature imitation [1.0]")
     k.add_argument("--feat-method", choices=("cwd", "mse", "mgd"), help="feature imitation method [cwd]")
     k.add_argument("--one2one-kd", type=float,

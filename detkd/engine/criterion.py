@@ -64,11 +64,31 @@ class DistillationLoss:
         self.student_reg_max = int(self.dense.reg_max)
         self.box_path = box_kd_path(self.student_reg_max, teacher.reg_max)
 
+    def _distance_path_notes(self) -> str:
+        """What the decoded-distance box KD does not do: a DFL teacher's distances end at its last bin, and the LD
+        settings (``box_iou``, ``box_temperature``) given for it change nothing (1-IoU is always in, at weight 1)."""
+        from dataclasses import fields
+
+        notes = []
+        t = self.teacher.reg_max
+        if t > 1:
+            notes.append(f"the teacher's distances stop at {t - 1} grid cells (its last DFL bin), so its targets "
+                         f"for larger boxes are shorter")
+        default = {f.name: f.default for f in fields(KDConfig)}
+        unused = [f"{flag} {getattr(self.kd, name):g}" for name, flag in (("box_iou", "box_iou"),
+                                                                          ("box_temperature", "box_temp"))
+                  if getattr(self.kd, name) != default[name]]
+        if unused:
+            notes.append(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to LD on shared bins only: "
+                         f"not used here")
+        return "".join(f"; {n}" for n in notes)
+
     def describe(self) -> list[str]:
         """Which path each KD term takes for this teacher/student pair (printed at start)."""
         s, t = self.student_reg_max, self.teacher.reg_max
         box = (f"LD: KL on shared DFL bins (reg_max {s})" if self.box_path == "ld" else
-               f"decoded distances: L1 in grid units + 1-IoU (teacher reg_max {t}, student reg_max {s}: no shared bins)")
+               f"decoded distances: L1 in grid units + 1-IoU (teacher reg_max {t}, student reg_max {s}: no shared bins)"
+               + self._distance_path_notes())
         lines = [f"cls_kd: {self.kd.cls_mode} on the class logits", f"box_kd: {box}",
                  f"feat_kd: {self.kd.feat_method} on the neck features through 1x1 adapters"]
         if self.end2end:
