@@ -40,11 +40,11 @@ def test_hand_computed_l1_and_iou():
 def test_gradients_reach_only_the_student_and_weights_select_anchors():
     torch.manual_seed(1)
     s = torch.rand(1, 3, 4 * 16, requires_grad=True)
-    t = torch.rand(1, 3, 4, requires_grad=False) * 3 + 0.5  # a YOLO26 teacher
-    w = torch.tensor([[1.0, 0.0, 0.0]])
+    t = (torch.rand(1, 3, 4) * 3 + 0.5).requires_grad_(True)  # a YOLO26 teacher that could take a gradient
+    w = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)  # and weights that could
     distance_kd_loss(s, t, w, _anchors(3), student_reg_max=16, teacher_reg_max=1).backward()
     assert s.grad[0, 0].abs().sum() > 0 and s.grad[0, 1:].abs().sum() == 0  # zero-weight anchors get nothing
-    assert t.grad is None
+    assert t.grad is None and w.grad is None
 
 
 def test_decode_boxes_matches_ultralytics_bbox_decode():

@@ -100,8 +100,9 @@ def feature_kd_loss(
     ``cwd``, sum over levels for ``mgd`` (the paper's scale, see the module doc).
 
     ``adapters`` is a :class:`~detkd.models.adapters.FeatureAdapters` or its DDP wrapper: it is only called, so every
-    parameter (alignment, MGD generators) runs inside its forward.
+    parameter (alignment, MGD generators) runs inside its forward. The teacher's features are targets: detached here.
     """
+    teacher_feats = [t.detach() for t in teacher_feats]
     if method not in FEATURE_METHODS:
         raise ValueError(f"unknown feature KD method '{method}' (expected one of {FEATURE_METHODS})")
     if method == "mgd":  # masking and generation run inside the adapters' forward (see models/adapters.py)

@@ -46,8 +46,10 @@ def dfl_kl(student_dist: torch.Tensor, teacher_dist: torch.Tensor, reg_max: int,
 def localization_kd_loss(
     student_dist: torch.Tensor, teacher_dist: torch.Tensor, weights: torch.Tensor, reg_max: int, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Anchor-weighted LD (scalar). Shapes: dists (B, A, 4·R), weights (B, A)."""
-    return weighted_mean(dfl_kl(student_dist, teacher_dist, reg_max, temperature), weights) * temperature**2
+    """Anchor-weighted LD (scalar). Shapes: dists (B, A, 4·R), weights (B, A). The teacher's bins and the weights
+    are targets: detached here."""
+    per_anchor = dfl_kl(student_dist, teacher_dist.detach(), reg_max, temperature)
+    return weighted_mean(per_anchor, weights.detach()) * temperature**2
 
 
 def expected_distances(dist: torch.Tensor, reg_max: int) -> torch.Tensor:
@@ -79,8 +81,10 @@ def distance_kd_loss(
 ) -> torch.Tensor:
     """Box KD on decoded distances when bins are not shared (scalar): weighted L1 in grid units + (1 − IoU).
 
-    Shapes: dists (B, A, 4·R_s) and (B, A, 4·R_t), weights (B, A), anchor_points (A, 2) in grid units.
+    Shapes: dists (B, A, 4·R_s) and (B, A, 4·R_t), weights (B, A), anchor_points (A, 2) in grid units. The teacher's
+    distances and the weights are targets: detached here.
     """
+    teacher_dist, weights = teacher_dist.detach(), weights.detach()
     from ultralytics.utils.tal import dist2bbox
 
     d_s = expected_distances(student_dist, student_reg_max)
@@ -91,8 +95,10 @@ def distance_kd_loss(
 
 
 def box_iou_kd_loss(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σ w·(1 − IoU) / Σ w with xyxy boxes (B, A, 4) (Ultralytics' bbox_iou)."""
+    """Σ w·(1 − IoU) / Σ w with xyxy boxes (B, A, 4) (Ultralytics' bbox_iou); the teacher's boxes and the weights
+    are targets (detached here)."""
     from ultralytics.utils.metrics import bbox_iou
 
+    teacher_boxes, weights = teacher_boxes.detach(), weights.detach()
     iou = bbox_iou(student_boxes, teacher_boxes, xywh=False).squeeze(-1)
     return weighted_mean(1.0 - iou, weights)

@@ -61,7 +61,9 @@ def classification_kd_loss(
 
     ``class_mask`` (C,) bool: only these classes are distilled (a teacher with other classes covers the student's
     classes it maps to, :mod:`detkd.models.class_map`): ``bce`` sums over them, ``kl`` takes both softmaxes over them.
+    The teacher's logits and the weights are targets: no gradient reaches them (detached here).
     """
+    teacher_logits, weights = teacher_logits.detach(), weights.detach()
     if class_mask is not None and not bool(class_mask.all()):
         keep = class_mask.to(student_logits.device).nonzero().view(-1)
         student_logits, teacher_logits = student_logits.index_select(-1, keep), teacher_logits.index_select(-1, keep)
