@@ -60,6 +60,30 @@ def test_dfl_bins_mix_per_side_and_mixed_heads_average_distances():
     assert r == 1 and torch.allclose(dist, 0.25 * expected_distances(z1, 16) + 0.75 * d26)
 
 
+@pytest.mark.parametrize("mode", ["bce", "kl"])
+def test_the_ensemble_applies_its_weights_in_member_order(mode):
+    """Two different teachers weighted 1 : 3 on one image: scores, confidence and DFL bins are the weighted means
+    written out here (identical teachers, as in the tests below, cannot show whether the weights are applied)."""
+    a, b = _teacher("yolov8n.yaml", 0), _teacher("yolov8n.yaml", 1)
+    with torch.no_grad():  # random init gives every teacher about the same scores and bins: make b's differ
+        for cls_branch, box_branch in zip(b.model.model[-1].cv3, b.model.model[-1].cv2):
+            cls_branch[-1].bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+            box_branch[-1].bias.copy_(torch.randn_like(box_branch[-1].bias))
+    img = torch.rand(1, 3, 64, 64)
+    oa, ob, out = a(img), b(img), TeacherEnsemble([a, b], weights=[1, 3], cls_mode=mode)(img)
+    mean_sigmoid = 0.25 * oa.scores.sigmoid() + 0.75 * ob.scores.sigmoid()
+    torch.testing.assert_close(out.conf_logits.sigmoid(), mean_sigmoid, atol=1e-5, rtol=1e-4)
+    if mode == "kl":
+        torch.testing.assert_close(out.scores.exp(), 0.25 * oa.scores.softmax(-1) + 0.75 * ob.scores.softmax(-1),
+                                   atol=1e-5, rtol=1e-4)
+    else:
+        torch.testing.assert_close(out.scores.sigmoid(), mean_sigmoid, atol=1e-5, rtol=1e-4)
+    r, n = a.reg_max, oa.boxes.shape[1]
+    bins = 0.25 * oa.boxes.view(1, n, 4, r).softmax(-1) + 0.75 * ob.boxes.view(1, n, 4, r).softmax(-1)
+    torch.testing.assert_close(out.boxes.view(1, n, 4, r).softmax(-1), bins, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(oa.scores, ob.scores, atol=0.1) and not torch.allclose(oa.boxes, ob.boxes, atol=0.1)
+
+
 def test_two_identical_teachers_are_one_teacher():
     one = _teacher("yolov8n.yaml", 0)
     pair = TeacherEnsemble([one, _teacher("yolov8n.yaml", 0)], cls_mode="bce")

@@ -73,14 +73,23 @@ def test_background_teachers_pseudo_label_nothing(tmp_path, cls_mode):
 
 
 def test_kl_ensemble_keeps_log_mean_softmax_for_the_kl_target():
-    """The softmax KL target is unchanged (log p̄); the confidence is the members' mean sigmoid."""
+    """The softmax KL target is unchanged (log p̄); the confidence is the members' mean sigmoid, weighted. The two
+    members differ (a background teacher and one whose class 1 is confident everywhere), so the weights show."""
     torch.manual_seed(0)
-    ensemble = TeacherEnsemble([_background_teacher(0), _background_teacher(1)], cls_mode="kl", weights=[1, 3])
-    out = ensemble(torch.rand(1, 3, 64, 64))
-    members = [m(torch.rand(1, 3, 64, 64)).scores for m in ensemble.members]
+    confident = _background_teacher(1)
+    with torch.no_grad():
+        for branch in confident.model.model[-1].cv3:
+            branch[-1].bias.copy_(torch.tensor([BACKGROUND_LOGIT, 1.0]))  # class 0 background, class 1 at σ(1)
+    ensemble = TeacherEnsemble([_background_teacher(0), confident], cls_mode="kl", weights=[1, 3])
+    img = torch.rand(1, 3, 64, 64)
+    out = ensemble(img)
+    a, b = (m(img).scores for m in ensemble.members)
     assert torch.allclose(out.scores.exp().sum(-1), torch.ones(1, out.scores.shape[1]), atol=1e-5)
-    expect = 0.25 * members[0].sigmoid() + 0.75 * members[1].sigmoid()
-    assert torch.allclose(out.conf_logits.sigmoid(), expect, atol=1e-6)
+    assert torch.allclose(out.scores.exp(), 0.25 * a.softmax(-1) + 0.75 * b.softmax(-1), atol=1e-6)  # log p̄
+    back, one = torch.sigmoid(torch.tensor(BACKGROUND_LOGIT)), torch.sigmoid(torch.tensor(1.0))
+    conf = out.conf_logits.sigmoid()  # by hand: class 0 background in both, class 1 0.25 σ(-8.5) + 0.75 σ(1)
+    assert torch.allclose(conf[..., 0], back.expand_as(conf[..., 0]), atol=1e-6)
+    assert torch.allclose(conf[..., 1], (0.25 * back + 0.75 * one).expand_as(conf[..., 1]), atol=1e-6)
 
 
 # ---------------------------------------------------------- 8: the logged detection loss, unlabelled-only batches
