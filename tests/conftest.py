@@ -116,5 +116,16 @@ def ultralytics_log():
     LOGGER.setLevel(level)
 
 
+def assert_predicts(model, imgsz: int = 64) -> None:
+    """``model`` (an Ultralytics ``YOLO``) predicts with its own pipeline on a random image, at confidence 0 so that a
+    barely trained model still returns boxes: (N, 6) rows, N > 0, boxes inside the image, classes of its names."""
+    import torch
+
+    d = model.predict(torch.rand(1, 3, imgsz, imgsz), imgsz=imgsz, conf=0.0, verbose=False)[0].boxes.data
+    assert d.ndim == 2 and d.shape[1] == 6 and len(d) > 0, d.shape
+    assert (d[:, :4] >= -1).all() and (d[:, :4] <= imgsz + 1).all()
+    assert ((d[:, 5] >= 0) & (d[:, 5] < len(model.names))).all() and torch.equal(d[:, 5], d[:, 5].round())
+
+
 TINY_TRAIN = dict(imgsz=64, batch=8, epochs=2, device="cpu", workers=0, plots=False, seed=0, exist_ok=True,
                   warmup_epochs=0)

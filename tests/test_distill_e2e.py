@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, assert_predicts
 from detkd.config import KDConfig
 from detkd.engine.trainer import ADAPTERS_FILE, DistillationTrainer
 from detkd.errors import ConfigError, IncompatibleModelsError
@@ -55,8 +55,7 @@ def test_distill_end_to_end(tmp_path, shapes_yaml, teacher_pt):
     fresh = DetectionModel("yolov8n.yaml", nc=4, verbose=False)
     assert sum(p.numel() for p in ckpt["model"].parameters()) == sum(p.numel() for p in fresh.parameters())
     model = YOLO(str(trainer.best))
-    results = model.predict(torch.rand(1, 3, 64, 64), imgsz=64, verbose=False)
-    assert results[0].boxes is not None
+    assert_predicts(model)
     assert (trainer.wdir / ADAPTERS_FILE).is_file()  # adapters kept beside, for resume only
 
 

@@ -117,6 +117,7 @@ def test_labels_match_what_ultralytics_loads(tmp_path, orientation, frame, suffi
         im, (h0, w0), _ = ds.load_image(i)
         assert (h0, w0) == (DISP_H, DISP_W) == tuple(lb["shape"])  # upright, as cv2 applies the EXIF tag
         rgb = im[..., ::-1]
+        assert len(lb["cls"]) == 2  # both rectangles labelled: the loop below checks each
         for c, (cx, cy, bw, bh) in zip(lb["cls"].ravel(), lb["bboxes"]):
             color = RECTS[(1, 5)[int(c)]][2]
             want = mask_box(rgb, color)

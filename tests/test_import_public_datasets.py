@@ -59,7 +59,7 @@ def test_plates_split_by_time_block_never_separates_neighbouring_frames(importer
     out = tmp_path / "plates"
     assert importer.main(["plates", str(repo), str(out), "--max-side", "64"]) == 0  # one command
 
-    where = {}
+    where, boxes = {}, 0
     for split in ("train", "val", "test"):
         c = coco(out, split)
         for img in c["images"]:
@@ -68,7 +68,8 @@ def test_plates_split_by_time_block_never_separates_neighbouring_frames(importer
             where[img["file_name"]] = split
         for ann in c["annotations"]:
             assert ann["bbox"] == [5.0, 10.0, 20.25, 5.0]  # the box scaled with the image (0.5)
-    assert len(where) == len(frames)
+        boxes += len(c["annotations"])
+    assert len(where) == len(frames) and boxes == len(frames)  # one box per frame, none lost
     assert where["a_t1.jpg"] == where["a_t2.jpg"] == where["a_t3.jpg"] == where["a_t29.jpg"]  # one 30-s block
     assert len(set(where.values())) == 3  # 14 blocks land in all three splits
     again = tmp_path / "plates_again"

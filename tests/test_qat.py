@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, named_model, save_checkpoint
+from conftest import TINY_TRAIN, assert_predicts, named_model, save_checkpoint
 from detkd.config import KDConfig
 from detkd.engine.trainer import DistillationTrainer
 
@@ -152,7 +152,7 @@ def test_qat_distillation_quantizes_the_student_only_and_best_pt_loads_with_yolo
     assert not any(t in k for k in ckpt["model"].state_dict() for t in ("teacher", "align", "generator", "adapter"))
     model = YOLO(str(trainer.best))
     assert _quantizers(model.model)
-    assert model.predict(torch.rand(1, 3, 64, 64), imgsz=64, verbose=False)[0].boxes is not None
+    assert_predicts(model)
 
 
 @needs_modelopt

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, assert_predicts
 from detkd.config import KDConfig
 from detkd.engine.trainer import DistillationTrainer
 
@@ -47,8 +47,7 @@ def test_family_pairs_train_and_the_student_predicts(tmp_path, shapes_yaml, teac
     for col in ("train/cls_kd", "train/box_kd", "train/feat_kd"):
         assert row[col] > 0, col
     model = YOLO(str(trainer.best))
-    res = model.predict(torch.rand(1, 3, 64, 64), imgsz=64, verbose=False)
-    assert res[0].boxes is not None
+    assert_predicts(model)
     assert ("26" in student_cfg) == (getattr(model.model.model[-1], "one2one_cv2", None) is not None)
 
 
