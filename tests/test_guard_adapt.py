@@ -262,17 +262,32 @@ def test_an_epoch_redone_after_nan_recovery_trains_with_the_scales_it_had(tmp_pa
     assert trainer.guard.scale_history["kd_scale_cls"] == [1.0, 0.5]  # one record per epoch, the scale it used
 
 
-def test_warn_mode_leaves_the_loss_bit_identical():
+def test_warn_mode_leaves_the_loss_bit_identical(tmp_path):
     """The loss vector is detection + the weighted KD terms as logged (× batch size), and a warn guard that has seen
-    every term against the labels for many epochs changes nothing: loss and gradients bit-identical."""
+    every term against the labels for many epochs, through the trainer's own callbacks, changes nothing: loss and
+    gradients bit-identical to the same epoch's step before the guard saw anything."""
+    from types import SimpleNamespace
+
+    from detkd.engine.kd_callbacks import update_kd_progress, watch_kd_alignment
+
     student, crit = _criterion()
+    student.criterion = crit
+    trainer = SimpleNamespace(model=student, guard=KDGuard(threshold=0.0, patience=1), kd=crit.kd, epochs=10,
+                              labeled_means=None, save_dir=tmp_path,
+                              tloss={k: torch.tensor(-0.9) for k in ALIGN_ITEMS})
     batch = _batch()
+    trainer.epoch = 5
+    update_kd_progress(trainer)  # the schedule's weights at epoch 5, a guard that has seen nothing
     loss, items, grads = _step(student, crit, batch)
     assert torch.equal(loss[3:], torch.stack([items[k] for k in ("cls_kd", "box_kd", "feat_kd")]) * 2)
     assert items["kd_align_feat"] != 0 and -1 <= items["kd_align_feat"] <= 1
-    guard = KDGuard(patience=1)  # warn
-    _feed(guard, [-0.9] * 6)
-    crit.term_scales = guard.loss_scales()
+    for epoch in range(6):  # every term against the labels (alignment -0.9) for six epochs
+        trainer.epoch = epoch
+        update_kd_progress(trainer)
+        watch_kd_alignment(trainer)
+    assert set(trainer.guard.warned) == set(ALIGN_ITEMS)  # it said so for every term ...
+    update_kd_progress(trainer)  # epoch 5 again
+    assert set(crit.term_scales.values()) == {1.0}  # ... and changed nothing
     again, items2, grads2 = _step(student, crit, batch)
     assert torch.equal(loss, again) and all(torch.equal(a, b) for a, b in zip(grads, grads2))
     assert all(torch.equal(items[k], items2[k]) for k in items)
