@@ -11,7 +11,8 @@ import pytest
 
 
 def test_separated_shapes_are_inside_and_apart(tmp_path):
-    """separated=True: every labelled box lies inside the image and no two boxes of an image overlap."""
+    """separated=True: every labelled box lies inside the image and no two shapes of an image overlap (their
+    circumscribed circles are apart, so their boxes can meet only at the corners: under a quarter of the smaller)."""
     from detkd.data.synthetic import SyntheticSpec, make_shapes_dataset
 
     spec = SyntheticSpec(n_train=24, n_val=0, imgsz=64, seed=3, min_objects=2, max_objects=3,
