@@ -114,6 +114,9 @@ def test_pool_slice_follows_the_trainers_epoch_after_a_reset_and_a_resume(tmp_pa
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=8, rank=-1, mode="train")
     pool = loader.dataset.datasets[1]
     assert loader.num_workers == 1
+    slices = [_expected_slice(loader, pool, e) for e in range(3)]  # the pool is cycled: each epoch another 6
+    assert all(len(s) == 6 for s in slices) and len({f for s in slices for f in s}) == 18  # (a skipped or
+    # repeated slice below is then told apart from the right one)
     trainer.epoch = 0
     assert _pool_slice(loader, pool) == _expected_slice(loader, pool, 0)
     trainer.epoch = 1
