@@ -78,6 +78,8 @@ HEADLINE = (
                 "dataset)", baseline_file="distill_gain_tables_v8s"),
     HeadlineRow("chess (12 piece classes, ~10 per board), 320 px — **confirmation data**", "distill_gain_chess_v8s",
                 "YOLOv8-s", "detkd", "the [protocol](docs/recipe.md#protocol)"),
+    HeadlineRow("licence plates (dash-cam frames, tiny plates), 320 px — **confirmation data**",
+                "distill_gain_plates_v8s", "YOLOv8-s", "detkd", "the [protocol](docs/recipe.md#protocol)"),
     HeadlineRow("raccoon, 160 px, a larger teacher the student cannot follow", "distill_gain_raccoon_chain",
                 "YOLOv8-m", "detkd", "no gain: see [teachers](docs/teachers.md#raccoon)"),
     HeadlineRow("raccoon, 160 px, the larger teacher re-run (new teacher, BF16)", "distill_gain_raccoon_v8m_guard",
