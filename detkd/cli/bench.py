@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers out of range and a folder given as --json: one line before any model is timed."""
-    from detkd.cli.checks import check_output_file, check_ranges
+    from detkd.cli.checks import check_output_file
+    from detkd.ranges import check_ranges
 
     check_ranges(args, positive=("imgsz", "batch", "iters", "min_iters", "threads", "source_shape"),
                  non_negative=("warmup",), unit=("conf", "iou"), above_zero=("time_budget",))

@@ -67,7 +67,7 @@ def check_class_groups(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from detkd.cli.checks import check_ranges
+    from detkd.ranges import check_ranges
     from detkd.errors import ConfigError
     from detkd.eval.class_groups import add_class_groups
     from detkd.eval.coco_eval import evaluate_coco

@@ -63,7 +63,7 @@ INT8_ONLY = {"data": None, "calib_images": DEFAULT_CALIB_IMAGES, "calib_seed": 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkd.cli.checks import check_ranges
+    from detkd.ranges import check_ranges
     from detkd.errors import ConfigError
     from detkd.export import export_model
 

@@ -30,6 +30,7 @@ from detkd.engine.fingerprint import (diff, holds_a_run, kd_signature, model_id,
                                      set_aside, with_unlabeled)
 from detkd.errors import ConfigError, DetKDError, IncompatibleModelsError
 from detkd.eval.metrics import BACKEND_LABEL, resolve_backend
+from detkd.ranges import check_ranges
 
 MARKER = "compare_run.json"
 EVAL_MARKER = "compare_eval.json"
@@ -148,19 +149,12 @@ class CompareSettings:
         if any(int(s) < 0 for s in seeds):
             raise ConfigError(f"seed {min(int(s) for s in seeds)}: seeds must be >= 0 (Ultralytics' rule), "
                               f"e.g. --seeds 0 1.")
-        rules = (("eval_batch", "--eval-batch", lambda v: v >= 1, "at least 1"),
-                 ("eval_conf", "--conf", lambda v: 0 <= v <= 1, "a threshold in [0, 1]"),
-                 ("eval_iou", "--iou", lambda v: 0 <= v <= 1, "a threshold in [0, 1]"),
-                 ("bench_iters", "--bench-iters", lambda v: v >= 1, "at least 1"),
-                 ("bench_min_iters", "bench_min_iters", lambda v: v >= 1, "at least 1"),
-                 ("bench_warmup", "--bench-warmup", lambda v: v >= 0, ">= 0"),
-                 ("bench_imgsz", "--bench-imgsz", lambda v: v >= 32, "at least 32 (a multiple of 32)"),
-                 ("bench_time_budget", "--bench-time", lambda v: v > 0, "above 0 (seconds)"),
-                 ("calib_images", "--calib-images", lambda v: v >= 1, "at least 1"))
-        for name, flag, ok, rule in rules:
-            value = getattr(self, name)
-            if value is not None and not ok(value):
-                raise ConfigError(f"{flag} {value} must be {rule}.")
+        check_ranges(self, positive=("eval_batch", "bench_iters", "bench_min_iters", "calib_images"),
+                     unit=("eval_conf", "eval_iou"), non_negative=("bench_warmup",), above_zero=("bench_time_budget",),
+                     flags={"eval_conf": "--conf", "eval_iou": "--iou", "bench_time_budget": "--bench-time",
+                            "bench_min_iters": "bench_min_iters"})
+        if self.bench_imgsz is not None and self.bench_imgsz < 32:
+            raise ConfigError(f"--bench-imgsz {self.bench_imgsz} must be at least 32 (a multiple of 32).")
 
     @property
     def teacher_classes(self) -> dict:
