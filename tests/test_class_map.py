@@ -324,6 +324,25 @@ def test_an_unlabelled_old_class_object_gives_no_background_loss():
     assert torch.equal(loss[..., 1], full[..., 1])  # a labelled class: unchanged
 
 
+def test_an_anchor_on_a_labelled_object_is_background_for_the_old_classes():
+    """The mask is for anchors nobody labelled (maybe an unlabelled old object); an anchor assigned to a labelled
+    object (a new class, or the teacher's detection added as a target) is that object: every other class, the old
+    ones included, is background there. Else nothing stops the old model's guess (a rook called a 'pawn') from
+    growing on the new classes' objects."""
+    import torch.nn.functional as F
+
+    from detkd.engine.incremental import BackgroundMaskedBCE
+
+    pred = torch.tensor([[[1.5, -2.0, 0.3], [1.0, 2.0, -1.0], [0.7, -0.4, 2.5]]])  # (B=1, A=3, C=3); old: 0, 2
+    target = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.9, 0.0], [0.0, 0.0, 0.6]]])  # anchor 1: labelled new class 1
+    loss = BackgroundMaskedBCE(torch.tensor([True, False, True]))(pred, target)    # anchor 2: an old-class target
+    full = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    assert torch.equal(loss[0, 0], torch.tensor([0.0, full[0, 0, 1].item(), 0.0]))  # unassigned: old classes masked
+    assert torch.equal(loss[0, 1], full[0, 1])  # on the labelled object: softplus(1.0) for old class 0, not 0
+    assert loss[0, 1, 0].item() == pytest.approx(math.log1p(math.exp(1.0)))
+    assert torch.equal(loss[0, 2], full[0, 2])  # on the old-class target: the other old class is background too
+
+
 def test_the_widened_head_keeps_the_old_rows_exactly():
     from detkd.engine.incremental import widen_from
 

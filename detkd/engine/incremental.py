@@ -13,8 +13,9 @@ unlabelled A object as background. Here:
   A student checkpoint with the teacher's classes is widened from its own weights; one with the union already is
   loaded as it is; otherwise the student starts from its own config.
 * **labels' loss**: the classes of the teacher that the data does not label get no background loss from the labels
-  (:class:`BackgroundMaskedBCE` replaces the BCE of Ultralytics' detection loss: zero where the target is 0 for such
-  a class): an unlabelled old object is not pushed to background. Their positives still count: the teacher's
+  on the anchors no object is assigned to (:class:`BackgroundMaskedBCE` replaces the BCE of Ultralytics' detection
+  loss): an unlabelled old object is not pushed to background. An anchor assigned to a labelled object is that
+  object, background for every other class. Their positives still count: the teacher's
   confident detections of those classes are added to each image's targets (:func:`add_teacher_pseudo_labels`, the
   pseudo-label machinery of ``--unlabeled``, at ``pseudo_conf``, default 0.25), except on objects the image labels
   (the label wins: the old model calls a new class by an old name, a bus a 'car'), and the soft KD (logit KD on the
@@ -94,7 +95,13 @@ def widen_from(student, source, n_old: int) -> bool:
 
 class BackgroundMaskedBCE(torch.nn.Module):
     """Ultralytics' element-wise BCE (``BCEWithLogitsLoss(reduction='none')``) with no background term for the
-    classes the labels do not cover: loss[b, a, c] = 0 where target[b, a, c] = 0 and ``unlabelled[c]``.
+    classes the labels do not cover on the anchors no object is assigned to:
+    loss[b, a, c] = 0 where ``unlabelled[c]`` and target[b, a, :] = 0.
+
+    Such an anchor may sit on an unlabelled old object, so the old classes get no background loss there. An anchor
+    assigned to an object (a label, or the teacher's detection added as a target) is that object: every other class,
+    the old ones included, is background there as in Ultralytics' loss — else nothing stops the old model's guess on
+    a new class's object (a rook called a 'pawn') from growing.
 
     Shapes: pred, target (B, A, C); unlabelled (C,) bool."""
 
@@ -104,8 +111,8 @@ class BackgroundMaskedBCE(torch.nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
-        background = (target <= 0) & self.unlabelled.to(target.device)
-        return loss.masked_fill(background, 0.0)
+        unassigned = (target <= 0).all(-1, keepdim=True)  # (B, A, 1)
+        return loss.masked_fill(unassigned & self.unlabelled.to(target.device), 0.0)
 
 
 def mask_background_loss(detection_loss, unlabelled: torch.Tensor) -> None:
