@@ -107,3 +107,23 @@ def test_chess_drops_the_rf100_super_class_and_renames_valid_to_val(importer, tm
     assert [(a["category_id"], a["bbox"]) for a in train["annotations"]] == [(4, [40.0, 40.0, 20.0, 20.0])]
     assert coco(out, "val")["annotations"][0]["category_id"] == 12  # white-rook
     assert coco(out, "test")["annotations"] == []
+
+
+def test_aquarium_keeps_every_class_in_its_data_yaml_order(importer, tmp_path):
+    root = "dataset/aquarium_pretrain"
+    repo = git_repo(tmp_path / "aquarium_src", {
+        f"{root}/train/images/a.jpg": jpg(200, 100),
+        f"{root}/train/labels/a.txt": b"0 0.5 0.5 0.1 0.2\n6 0.25 0.5 0.1 0.2\n",
+        f"{root}/valid/images/b.jpg": jpg(200, 100),
+        f"{root}/valid/labels/b.txt": b"4 0.5 0.5 0.5 0.5\n",
+        f"{root}/test/images/c.jpg": jpg(200, 100),
+        f"{root}/test/labels/c.txt": b""})
+    out = tmp_path / "aquarium"
+    assert importer.main(["aquarium", str(repo), str(out)]) == 0
+    train = coco(out, "train")
+    assert [c["name"] for c in train["categories"]] == ["fish", "jellyfish", "penguin", "puffin", "shark",
+                                                        "starfish", "stingray"]
+    assert [(a["category_id"], a["bbox"]) for a in train["annotations"]] == [(1, [90.0, 40.0, 20.0, 20.0]),
+                                                                             (7, [40.0, 40.0, 20.0, 20.0])]
+    assert coco(out, "val")["annotations"][0]["category_id"] == 5  # shark
+    assert coco(out, "test")["annotations"] == []

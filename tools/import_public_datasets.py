@@ -10,6 +10,7 @@ repository, to ``../shared/datasets/<name>``)::
     python tools/import_public_datasets.py plates   /path/to/license-plate-dataset/repo ../shared/datasets/plates
     python tools/import_public_datasets.py tables   /path/to/table-detection-dataset/repo ../shared/datasets/tables
     python tools/import_public_datasets.py chess    /path/to/yolo_object_detection/repo ../shared/datasets/chess
+    python tools/import_public_datasets.py aquarium /path/to/underwater-object-detection/repo ../shared/datasets/aquarium
 
 * ``deeppcb`` — tangsanli5201/DeepPCB (MIT licence): 640×640 binarised PCB scans, 6 defect classes (open, short,
   mousebite, spur, copper, pin-hole), 3–12 small defects per image. Its own trainval/test lists give the split;
@@ -31,6 +32,11 @@ repository, to ``../shared/datasets/<name>``)::
   B. Dwyer), as committed in abhijeetsourav/yolo_object_detection (``chess-pieces-2/``, YOLO txt labels): 289 photos
   (2048×1371) of boards, 12 piece classes (black/white × 6; the RF100 super-class 'bishop', one box, is dropped),
   ~10 pieces per image. Its own train/valid/test split is kept; images stored at ``--max-side`` px.
+* ``aquarium`` — Roboflow's "Aquarium Combined" v2 raw-1024 export (CC BY 4.0, Roboflow; photos from the Henry
+  Doorly Zoo and the National Aquarium, Baltimore), as committed in sumit2011/underwater-object-detection
+  (``dataset/aquarium_pretrain/``, YOLO txt labels): 638 photos (1024 px), 7 classes (fish, jellyfish, penguin,
+  puffin, shark, starfish, stingray), from one to dozens of animals per image. Its own train/valid/test split is
+  kept; images stored at ``--max-side`` px.
 
 The output has the layout detkd reads: ``<out>/{train,val}/*.jpg`` and ``<out>/annotations/instances_{train,val}.json``.
 Reads the snapshot with ``git show`` (the fetched mirrors are bare repositories).
@@ -60,6 +66,8 @@ CHESS_SOURCE_CLASSES = ["bishop", "black-bishop", "black-king", "black-knight", 
                         "black-rook", "white-bishop", "white-king", "white-knight", "white-pawn", "white-queen",
                         "white-rook"]  # the export's data.yaml order (YOLO class ids)
 CHESS_CLASSES = CHESS_SOURCE_CLASSES[1:]  # 'bishop' is RF100's super-class (one box in the whole set): dropped
+AQUARIUM_DIR = "dataset/aquarium_pretrain"
+AQUARIUM_CLASSES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]  # its data.yaml order
 
 
 def git_files(repo: Path) -> list[str]:
@@ -264,17 +272,19 @@ def yolo_boxes(label_text: str, w: int, h: int, source_classes: list[str], class
     return boxes
 
 
-def import_chess(repo: Path, out: Path, max_side: int) -> dict:
+def import_roboflow_yolo(repo: Path, out: Path, max_side: int, root: str, source_classes: list[str],
+                         classes: list[str]) -> dict:
+    """A Roboflow YOLO export (``<root>/{train,valid,test}/{images,labels}``), its own split kept (valid -> val)."""
     files = git_files(repo)
     summary = {}
     for split, source_split in (("train", "train"), ("val", "valid"), ("test", "test")):
-        writer = CocoWriter(out, split, CHESS_CLASSES)
-        prefix = f"{CHESS_DIR}/{source_split}/images/"
+        writer = CocoWriter(out, split, classes)
+        prefix = f"{root}/{source_split}/images/"
         for f in sorted(x for x in files if x.startswith(prefix)):
             img = decode(git_bytes(repo, f))
             h, w = img.shape[:2]
             label = f.replace("/images/", "/labels/").rsplit(".", 1)[0] + ".txt"
-            boxes = yolo_boxes(git_bytes(repo, label).decode(), w, h, CHESS_SOURCE_CLASSES, CHESS_CLASSES)
+            boxes = yolo_boxes(git_bytes(repo, label).decode(), w, h, source_classes, classes)
             img, scale = resize_max_side(img, max_side)
             writer.add(Path(f).stem + ".jpg", img, [(x0 * scale, y0 * scale, x1 * scale, y1 * scale, c)
                                                     for x0, y0, x1, y1, c in boxes])
@@ -284,7 +294,7 @@ def import_chess(repo: Path, out: Path, max_side: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=["deeppcb", "aerial", "plates", "tables", "chess"])
+    p.add_argument("dataset", choices=["deeppcb", "aerial", "plates", "tables", "chess", "aquarium"])
     p.add_argument("repo", type=Path, help="the fetched repository (a git directory)")
     p.add_argument("out", type=Path, help="output folder (COCO layout)")
     p.add_argument("--n-train", type=int, default=300, help="deeppcb: training images kept")
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-s", type=int, default=30, help="plates: frames of one video within this many seconds "
                                                            "share a split")
     p.add_argument("--max-side", type=int, default=None,
-                   help="plates/tables/chess: longer image side stored, px (default: plates 640, others 1024)")
+                   help="plates/tables/chess/aquarium: longer image side stored, px (default: plates 640, others 1024)")
     a = p.parse_args(argv)
     if not (a.repo / "HEAD").exists() and not (a.repo / ".git").exists():
         print(f"error: {a.repo} is not a git repository", file=sys.stderr)
@@ -310,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
                                 0.2 if a.val_fraction is None else a.val_fraction, a.test_fraction)
     elif a.dataset == "tables":
         summary = import_tables(a.repo, a.out, a.max_side or 1024)
+    elif a.dataset == "chess":
+        summary = import_roboflow_yolo(a.repo, a.out, a.max_side or 1024, CHESS_DIR, CHESS_SOURCE_CLASSES,
+                                       CHESS_CLASSES)
     else:
-        summary = import_chess(a.repo, a.out, a.max_side or 1024)
+        summary = import_roboflow_yolo(a.repo, a.out, a.max_side or 1024, AQUARIUM_DIR, AQUARIUM_CLASSES,
+                                       AQUARIUM_CLASSES)
     print(json.dumps({"dataset": a.dataset, "out": str(a.out), **summary}))
     return 0
 
