@@ -78,6 +78,9 @@ HEADLINE = (
                 "dataset)", baseline_file="distill_gain_tables_v8s"),
     HeadlineRow("chess (12 piece classes, ~10 per board), 320 px — **confirmation data**", "distill_gain_chess_v8s",
                 "YOLOv8-s", "detkd", "the [protocol](docs/recipe.md#protocol)"),
+    HeadlineRow("chess, 320 px, the larger teacher — **confirmation data**", "distill_gain_chess_v8m", "YOLOv8-m",
+                "detkd", "baseline: [distill_gain_chess_v8s](docs/results.md#distill_gain_chess_v8s) (one per "
+                "dataset)", baseline_file="distill_gain_chess_v8s"),
     HeadlineRow("licence plates (dash-cam frames, tiny plates), 320 px — **confirmation data**",
                 "distill_gain_plates_v8s", "YOLOv8-s", "detkd", "the [protocol](docs/recipe.md#protocol)"),
     HeadlineRow("raccoon, 160 px, a larger teacher the student cannot follow", "distill_gain_raccoon_chain",
