@@ -444,6 +444,28 @@ def test_teacher_targets_are_added_for_the_unlabelled_classes_only():
     assert out["bboxes"][1].tolist() == pytest.approx([0.25, 0.25, 0.5, 0.5])  # normalised xywh of the old object
 
 
+def test_the_teachers_targets_are_counted_per_old_class_and_a_class_it_never_detects_is_named():
+    """An old class the teacher is never confident about gets no pseudo-labels: only the soft KD keeps it (aquarium's
+    penguins, lost that way). The epoch's report counts the teacher's targets per old class and names such a class
+    once, with the fix."""
+    from detkd.engine.incremental import OldClassTargets
+
+    targets = OldClassTargets(torch.tensor([True, True, False]), 0.25, 1)  # classes 0, 1 old; 2 labelled
+    anchor_points = torch.tensor([[0.5, 0.5], [6.5, 6.5]])  # (A=2, 2) grid units, stride 8
+    stride = torch.full((2, 1), 8.0)
+    out = HeadOutputs(torch.ones(1, 2, 4), torch.tensor([[[3.0, -2.0, -9.0], [3.0, -2.0, 4.0]]]), [])  # class 1: 0.12
+    batch = {"img": torch.zeros(1, 3, 64, 64), "batch_idx": torch.zeros(1), "cls": torch.tensor([[2.0]]),
+             "bboxes": torch.tensor([[0.1, 0.9, 0.1, 0.1]])}
+    for _ in range(2):
+        assert targets(batch, None, out, anchor_points, stride)["cls"].numel() == 3  # the label + 2 teacher targets
+    info, warning = targets.epoch_report(["fish", "penguin", "shark"])
+    assert info.endswith("fish 4, penguin 0") and "0.25" in info
+    assert warning.startswith("penguin:") and "--pseudo-conf" in warning
+    targets(batch, None, out, anchor_points, stride)
+    info, warning = targets.epoch_report(["fish", "penguin", "shark"])
+    assert info.endswith("fish 2, penguin 0") and warning is None  # counted afresh each epoch, warned once
+
+
 def test_a_teacher_detection_on_a_labelled_object_is_not_added_the_label_wins():
     """The old model calls a bus (a new, labelled class) 'car': that object is labelled already, so no 'car' target is
     added on it (two targets on one object split its anchors and train 'bus' as background on half of them)."""
@@ -474,7 +496,7 @@ def test_keep_teacher_classes_bad_inputs_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_incremental_run_widens_the_old_model_and_teaches_its_classes(tmp_path, shapes_yaml):
+def test_incremental_run_widens_the_old_model_and_teaches_its_classes(tmp_path, shapes_yaml, ultralytics_log):
     from detkd.engine.incremental import BackgroundMaskedBCE
     from detkd.engine.trainer import DistillationTrainer
 
@@ -505,6 +527,9 @@ def test_incremental_run_widens_the_old_model_and_teaches_its_classes(tmp_path, 
     assert [(g, m["classes"]) for g, m in groups.items()] == [("teacher's classes", 3), ("new classes", 2),
                                                                ("all", 5)]
     assert groups["all"]["AP"] == pytest.approx(trainer.metrics["metrics/mAP50-95(B)"], abs=1e-6)
+    assert criterion.old_class_targets.warned == {2}  # an untrained 'car' head: no teacher target, named
+    assert any(m.endswith("(its classes the data does not label, conf >= 0.25): car 0") for m in ultralytics_log)
+    assert any("car: the teacher detected none at conf >= 0.25" in m and "--pseudo-conf" in m for m in ultralytics_log)
 
 
 def test_ultralytics_validation_metrics_give_the_group_table():

@@ -57,6 +57,21 @@ def update_kd_progress(trainer) -> None:
         trainer.labeled_means.reset()  # Ultralytics starts a new tloss each epoch
 
 
+def report_teacher_targets(trainer) -> None:
+    """on_train_epoch_end, ``--keep-teacher-classes`` with pseudo-labels: how many targets the teacher added per old
+    class this epoch (summed over DDP ranks), and a warning, once per class, for an old class it gave none."""
+    targets = getattr(_distillation_loss(trainer), "old_class_targets", None)
+    if targets is None or targets.conf is None:
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(targets.added)
+    info, warning = targets.epoch_report(list(trainer.data["names"].values()))
+    if RANK in {-1, 0}:
+        LOGGER.info(f"{PREFIX}{info}")
+        if warning:
+            LOGGER.warning(f"{PREFIX}{warning}")
+
+
 def report_class_groups(trainer) -> None:
     """on_train_end (after the final validation): with a teacher that has other classes (a class map,
     ``--keep-teacher-classes``), the final AP per class group: the classes the teacher teaches, the others, all."""

@@ -50,8 +50,8 @@ from detkd.engine.incremental import (OldClassTargets, describe_union, increment
                                       remap_labels, start_from_old_model)
 from detkd.engine.guard import ALIGN_ITEMS, HEADER_NAMES, KDGuard
 from detkd.engine.kd_callbacks import (average_label_items_over_labeled_batches, report_class_groups,
-                                      restore_balancer_on_resume, restore_guard_on_resume, update_kd_progress,
-                                      watch_kd_alignment)
+                                      report_teacher_targets, restore_balancer_on_resume, restore_guard_on_resume,
+                                      update_kd_progress, watch_kd_alignment)
 from detkd.engine.qat import check_qat_run, refuse_quantized_teacher
 from detkd.engine.resume_teachers import check_resumed_teachers, check_same_teachers, repointed_teachers
 from detkd.engine.teacher_overlap import AHEAD_KEY, TeacherLookahead, TeacherOverlap, teacher_input
@@ -109,6 +109,7 @@ class DistillationTrainer(StudentTrainer):
         self.add_callback("on_train_epoch_start", update_kd_progress)
         self.guard = KDGuard(mode=self.kd.guard)
         self.add_callback("on_train_epoch_end", watch_kd_alignment)
+        self.add_callback("on_train_epoch_end", report_teacher_targets)
         self.add_callback("on_train_start", restore_guard_on_resume)
         self.labeled_means = None  # with unlabelled images: the epoch means of the items that need labels
         self.add_callback("on_train_batch_end", average_label_items_over_labeled_batches)
