@@ -158,15 +158,16 @@ def seeds_above(candidate: dict[int, float], baseline: dict[int, float]) -> bool
 
 def shared_baselines(protocol: dict | None, results: dict[str, dict]) -> dict[str, tuple[dict, str]]:
     """{tag: (baseline row, the tag it comes from)} for each results file without a baseline of its own whose
-    dataset has one in another of its files (the protocol runs the baseline once per dataset)."""
+    dataset has one in another of its files (the protocol runs the baseline once per dataset; the YOLO26-n rows
+    once per dataset too, their own)."""
     shared = {}
-    for name in SETS if protocol else ():
-        for entry in protocol["sets"][name].values():
-            tags = [t for t in entry["results"].values() if t in results]
-            own = next((t for t in tags if "baseline" in results[t]["summary"]), None)
-            for t in tags:
-                if own is not None and t != own and "baseline" not in results[t]["summary"]:
-                    shared[t] = (results[own]["summary"]["baseline"], own)
+    groups = [entry["results"] for name in SETS if protocol for entry in protocol["sets"][name].values()]
+    for teachers in [*groups, *yolo26_datasets(protocol).values()]:
+        tags = [t for t in teachers.values() if t in results]
+        own = next((t for t in tags if "baseline" in results[t]["summary"]), None)
+        for t in tags:
+            if own is not None and t != own and "baseline" not in results[t]["summary"]:
+                shared[t] = (results[own]["summary"]["baseline"], own)
     return shared
 
 
@@ -206,8 +207,60 @@ def protocol_report(protocol: dict, results: dict[str, dict], candidates: str | 
                             "every_seed_above": bool(rows) and all(r["seeds_above"] for r in rows),
                             "no_gap": [f"{r['dataset']} ({r['teacher_size']})" for r in rows if r["closure"] is None],
                             "per_teacher": per_teacher}
+    named |= {tag for teachers in yolo26_datasets(protocol).values() for tag in teachers.values()}
     report["outside"] = sorted(set(results) - named)
     return report
+
+
+def yolo26_report(protocol: dict, results: dict[str, dict], candidates: str | list[str]) -> dict:
+    """Issue 27 item 4: per dataset and teacher of ``yolo26_students``, the YOLO26-n trained alone (the dataset's
+    one baseline), Ultralytics' built-in on the same pair and the candidate; the target: the candidate at or above the
+    built-in on average over the rows that ran (mean of candidate − built-in ≥ 0)."""
+    rows, pending = [], []
+    for dataset, teachers in yolo26_datasets(protocol).items():
+        baseline, _ = dataset_baseline({"results": teachers}, results)
+        for teacher, tag in teachers.items():
+            summary = results.get(tag, {}).get("summary", {})
+            candidate = pick_candidate(summary, candidates)
+            if candidate is None or baseline is None or "ultralytics_kd" not in summary:
+                pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
+                continue
+            cand, builtin = summary[candidate]["mAP50-95"], summary["ultralytics_kd"]["mAP50-95"]
+            rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, "candidate": candidate,
+                         "teacher": summary.get("teacher", {}).get("mAP50-95"), "baseline": baseline["mAP50-95"],
+                         "builtin": builtin, "candidate_map": cand, "delta": cand - baseline["mAP50-95"],
+                         "vs_builtin": cand - builtin,
+                         "candidate_runs": summary[candidate].get("mAP50-95_runs"),
+                         "builtin_runs": summary["ultralytics_kd"].get("mAP50-95_runs")})
+    mean = mean_or_none([r["vs_builtin"] for r in rows])
+    return {"rows": rows, "pending": pending, "mean_vs_builtin": mean,
+            "at_or_above_builtin": None if mean is None else mean >= 0}
+
+
+def render_yolo26(report: dict) -> str:
+    """The YOLO26-n rows: the student alone, the built-in and the candidate on each teacher pair."""
+    lines = ["## YOLO26-n students", "",
+             "YOLO26-n students (val mAP50-95 of best.pt, means over seeds); the YOLO26-n trained alone runs once per "
+             "dataset; Ultralytics' built-in (`distill_model=`) runs on the same teacher pair as detkd.", ""]
+    if report["rows"]:
+        lines += ["| dataset | teacher | teacher mAP | YOLO26-n alone | built-in | detkd | Δ detkd − alone | "
+                  "detkd − built-in | detkd per seed | built-in per seed |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    else:
+        lines.append("No results yet.")
+    for r in report["rows"]:
+        teacher = "—" if r["teacher"] is None else f"{r['teacher']:.3f}"
+        seeds = [" / ".join(f"{v:.3f}" for v in runs or []) for runs in (r["candidate_runs"], r["builtin_runs"])]
+        lines.append(f"| {r['dataset']} | {r['teacher_size']} | {teacher} | {r['baseline']:.3f} | "
+                     f"{r['builtin']:.3f} | {r['candidate_map']:.3f} | {r['delta']:+.3f} | {r['vs_builtin']:+.3f} | "
+                     f"{seeds[0]} | {seeds[1]} |")
+    if report["rows"]:
+        verdict = "yes" if report["at_or_above_builtin"] else "**no**"
+        lines += ["", f"- detkd at or above the built-in on average: {verdict} (mean "
+                      f"{report['mean_vs_builtin']:+.3f} over {len(report['rows'])} dataset × teacher rows)"]
+    if report["pending"]:
+        lines.append(f"- **not run yet:** {'; '.join(report['pending'])}")
+    return "\n".join(lines) + "\n"
 
 
 def _yes_no(v: bool | None) -> str:
@@ -267,9 +320,15 @@ def load_results(files: list[Path]) -> dict[str, dict]:
     return results
 
 
+def yolo26_datasets(protocol: dict | None) -> dict[str, dict[str, str]]:
+    """{dataset: {teacher size: results tag}} of the protocol's YOLO26-n student rows (``yolo26_students``)."""
+    return ((protocol or {}).get("yolo26_students") or {}).get("datasets") or {}
+
+
 def protocol_result_files(protocol: dict, results_dir: Path) -> list[Path]:
     """The ``distill_gain_<tag>.json`` files the protocol names that exist in ``results_dir``."""
     tags = [tag for name in SETS for entry in protocol["sets"][name].values() for tag in entry["results"].values()]
+    tags += [tag for teachers in yolo26_datasets(protocol).values() for tag in teachers.values()]
     return [results_dir / f"distill_gain_{t}.json" for t in dict.fromkeys(tags)
             if (results_dir / f"distill_gain_{t}.json").exists()]
 
@@ -385,11 +444,15 @@ def main(argv=None) -> int:
     report = protocol_report(protocol, results, a.candidate) if protocol else None
     from detkd.bench.report import write_json_and_markdown
 
+    report26 = yolo26_report(protocol, results, a.candidate) if yolo26_datasets(protocol) else None
     md = render(results, a.candidate, checks, baselines)
     if report is not None:
         md += "\n" + render_protocol(report)
+    if report26 is not None:
+        md += "\n" + render_yolo26(report26)
     write_json_and_markdown(a.out, {"candidate": a.candidate, "checks": checks, "protocol": report,
-                                    "datasets": {t: r["summary"] for t, r in results.items()}}, md)
+                                    "yolo26": report26, "datasets": {t: r["summary"] for t, r in results.items()}},
+                            md)
     png = plot_curves(results, a.curves, a.out.with_name(a.out.name + "_curves.png"), a.candidate, baselines)
     print(f"wrote {a.out}.md, {a.out}.json, {png}")
     return 0

@@ -140,16 +140,22 @@ def test_an_unusable_protocol_is_refused_with_the_fix(recipe_summary, change, me
         recipe_summary.check_protocol(protocol)
 
 
-def test_cli_reads_the_protocols_results_and_reports_both_sets(recipe_summary, tmp_path, capsys):
+def run_summary(recipe_summary, tmp_path: Path, protocol: dict, results: dict) -> Path:
+    """recipe_summary's CLI on ``results`` written as distill_gain files, judged by ``protocol``; its --out path."""
     results_dir = tmp_path / "results"
     results_dir.mkdir()
-    for tag, r in RESULTS.items():
+    for tag, r in results.items():
         (results_dir / f"distill_gain_{tag}.json").write_text(json.dumps(r))
-    protocol = tmp_path / "protocol.json"
-    protocol.write_text(json.dumps(PROTOCOL))
+    protocol_file = tmp_path / "protocol.json"
+    protocol_file.write_text(json.dumps(protocol))
     out = tmp_path / "recipe"
-    assert recipe_summary.main(["--protocol", str(protocol), "--results-dir", str(results_dir),
+    assert recipe_summary.main(["--protocol", str(protocol_file), "--results-dir", str(results_dir),
                                 "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_reads_the_protocols_results_and_reports_both_sets(recipe_summary, tmp_path, capsys):
+    out = run_summary(recipe_summary, tmp_path, PROTOCOL, RESULTS)
     written = json.loads(out.with_suffix(".json").read_text())
     assert written["protocol"]["confirmation"]["mean_closure"] == pytest.approx(0.10)
     assert set(written["datasets"]) == {"a_s", "b_s", "b_m", "c_s", "e_s"}  # only what the protocol names
@@ -175,3 +181,34 @@ def test_the_committed_protocol_is_valid_and_keeps_tuning_data_out_of_confirmati
         assert {"yolov8s", "yolov8m"} <= set(e["teachers"]), name  # issue 27 item 2: both teacher sizes
         assert set(e["results"]) == set(e["teachers"]), name  # one results file per teacher size
     assert not any("bccd" in n.lower() for n in {**tuning, **confirmation})
+
+
+YOLO26_PROTOCOL = {**PROTOCOL, "yolo26_students": {"datasets": {"a": {"yolov8s": "a_26", "yolo26s": "a_2626"},
+                                                                "b": {"yolov8s": "b_26", "yolo26s": "b_2626"}}}}
+YOLO26_RESULTS = {
+    **RESULTS,
+    # the YOLO26-n alone 0.31; built-in 0.26; detkd 0.34: Δ +0.03, detkd − built-in +0.08
+    "a_26": result("a_26", baseline=[0.30, 0.32], teacher=[0.40], ultralytics_kd=[0.25, 0.27], detkd=[0.33, 0.35]),
+    # a_26's baseline serves it; built-in 0.32, detkd 0.30: Δ −0.01, detkd − built-in −0.02
+    "a_2626": result("a_2626", teacher=[0.45], ultralytics_kd=[0.31, 0.33], detkd=[0.30, 0.30]),
+}
+
+
+def test_yolo26_students_are_judged_against_the_built_in_on_the_same_pair(recipe_summary, tmp_path):
+    report = recipe_summary.yolo26_report(YOLO26_PROTOCOL, YOLO26_RESULTS, "detkd")
+    rows = {(r["dataset"], r["teacher_size"]): r for r in report["rows"]}
+    assert rows["a", "yolov8s"]["vs_builtin"] == pytest.approx(0.08)
+    assert rows["a", "yolov8s"]["delta"] == pytest.approx(0.03)
+    assert rows["a", "yolo26s"]["baseline"] == pytest.approx(0.31)  # shared from a_26
+    assert rows["a", "yolo26s"]["vs_builtin"] == pytest.approx(-0.02)
+    assert report["mean_vs_builtin"] == pytest.approx(0.03) and report["at_or_above_builtin"]
+    assert report["pending"] == ["b (yolov8s): distill_gain_b_26", "b (yolo26s): distill_gain_b_2626"]
+    md = recipe_summary.render_yolo26(report)
+    assert "| a | yolo26s | 0.450 | 0.310 | 0.320 | 0.300 | -0.010 | -0.020 |" in md
+    assert "detkd at or above the built-in on average: yes (mean +0.030" in md
+
+    out = run_summary(recipe_summary, tmp_path, YOLO26_PROTOCOL, YOLO26_RESULTS)
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert written["yolo26"]["mean_vs_builtin"] == pytest.approx(0.03)
+    assert "a_2626" not in written["protocol"]["outside"]
+    assert "## YOLO26-n students" in out.with_suffix(".md").read_text()
