@@ -375,6 +375,9 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict, 
 ROLE_COLOURS = {"baseline": "tab:blue", "ultralytics_kd": "tab:orange", "candidate": "tab:green"}
 
 
+CURVE_COLUMNS = 5  # panels per row of the curves figure
+
+
 def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidates: list[str] | None = None,
                 baselines: dict[str, tuple[dict, str]] | None = None) -> Path:
     """val mAP50-95 per epoch (mean over seeds) of the chosen kinds, one panel per dataset; the kind ``candidate``
@@ -386,8 +389,12 @@ def plot_curves(results: dict[str, dict], kinds: list[str], path: Path, candidat
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    for ax, (tag, r) in zip(axes[0], results.items()):
+    cols = min(n, CURVE_COLUMNS)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (tag, r) in zip(axes.flat, results.items()):
         for role in kinds:
             kind = pick_candidate(r["summary"], candidates or []) if role == "candidate" else role
             source = r
