@@ -221,17 +221,16 @@ def yolo26_report(protocol: dict, results: dict[str, dict], candidates: str | li
         baseline, _ = dataset_baseline({"results": teachers}, results)
         for teacher, tag in teachers.items():
             summary = results.get(tag, {}).get("summary", {})
-            candidate = pick_candidate(summary, candidates)
-            if candidate is None or baseline is None or "ultralytics_kd" not in summary:
+            row = gap_row(summary, candidates, baseline)
+            if row is None or "ultralytics_kd" not in summary:
                 pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
                 continue
-            cand, builtin = summary[candidate]["mAP50-95"], summary["ultralytics_kd"]["mAP50-95"]
-            rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, "candidate": candidate,
-                         "teacher": summary.get("teacher", {}).get("mAP50-95"), "baseline": baseline["mAP50-95"],
-                         "builtin": builtin, "candidate_map": cand, "delta": cand - baseline["mAP50-95"],
-                         "vs_builtin": cand - builtin,
-                         "candidate_runs": summary[candidate].get("mAP50-95_runs"),
-                         "builtin_runs": summary["ultralytics_kd"].get("mAP50-95_runs")})
+            builtin = summary["ultralytics_kd"]["mAP50-95"]
+            per_seed = {k: [m for _, m in sorted(seed_maps(results[tag], k).items())]
+                        for k in (row["candidate"], "ultralytics_kd")}  # by seed, not in the order runs finished
+            rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, **row, "builtin": builtin,
+                         "vs_builtin": row["candidate_map"] - builtin, "candidate_runs": per_seed[row["candidate"]],
+                         "builtin_runs": per_seed["ultralytics_kd"]})
     mean = mean_or_none([r["vs_builtin"] for r in rows])
     return {"rows": rows, "pending": pending, "mean_vs_builtin": mean,
             "at_or_above_builtin": None if mean is None else mean >= 0}
@@ -250,7 +249,7 @@ def render_yolo26(report: dict) -> str:
         lines.append("No results yet.")
     for r in report["rows"]:
         teacher = "—" if r["teacher"] is None else f"{r['teacher']:.3f}"
-        seeds = [" / ".join(f"{v:.3f}" for v in runs or []) for runs in (r["candidate_runs"], r["builtin_runs"])]
+        seeds = [" / ".join(f"{v:.3f}" for v in runs) for runs in (r["candidate_runs"], r["builtin_runs"])]
         lines.append(f"| {r['dataset']} | {r['teacher_size']} | {teacher} | {r['baseline']:.3f} | "
                      f"{r['builtin']:.3f} | {r['candidate_map']:.3f} | {r['delta']:+.3f} | {r['vs_builtin']:+.3f} | "
                      f"{seeds[0]} | {seeds[1]} |")

@@ -205,6 +205,11 @@ def test_yolo26_students_are_judged_against_the_built_in_on_the_same_pair(recipe
     assert report["pending"] == ["b (yolov8s): distill_gain_b_26", "b (yolo26s): distill_gain_b_2626"]
     md = recipe_summary.render_yolo26(report)
     assert "| a | yolo26s | 0.450 | 0.310 | 0.320 | 0.300 | -0.010 | -0.020 |" in md
+    assert "| +0.080 | 0.330 / 0.350 | 0.250 / 0.270 |" in md  # per seed, seed 0 first
+    swapped = json.loads(json.dumps(YOLO26_RESULTS))  # seed 1 finished first (two lanes): the summary's order
+    swapped["a_26"]["summary"]["detkd"]["mAP50-95_runs"].reverse()
+    md = recipe_summary.render_yolo26(recipe_summary.yolo26_report(YOLO26_PROTOCOL, swapped, "detkd"))
+    assert "| +0.080 | 0.330 / 0.350 | 0.250 / 0.270 |" in md
     assert "detkd at or above the built-in on average: yes (mean +0.030" in md
 
     out = run_summary(recipe_summary, tmp_path, YOLO26_PROTOCOL, YOLO26_RESULTS)
