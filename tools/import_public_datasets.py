@@ -68,6 +68,10 @@ CHESS_SOURCE_CLASSES = ["bishop", "black-bishop", "black-king", "black-knight", 
 CHESS_CLASSES = CHESS_SOURCE_CLASSES[1:]  # 'bishop' is RF100's super-class (one box in the whole set): dropped
 AQUARIUM_DIR = "dataset/aquarium_pretrain"
 AQUARIUM_CLASSES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]  # its data.yaml order
+ROBOFLOW_EXPORTS = {  # dataset: (folder in its repository, the export's class ids, the classes kept)
+    "chess": (CHESS_DIR, CHESS_SOURCE_CLASSES, CHESS_CLASSES),
+    "aquarium": (AQUARIUM_DIR, AQUARIUM_CLASSES, AQUARIUM_CLASSES),
+}
 
 
 def git_files(repo: Path) -> list[str]:
@@ -294,7 +298,7 @@ def import_roboflow_yolo(repo: Path, out: Path, max_side: int, root: str, source
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=["deeppcb", "aerial", "plates", "tables", "chess", "aquarium"])
+    p.add_argument("dataset", choices=["deeppcb", "aerial", "plates", "tables", *ROBOFLOW_EXPORTS])
     p.add_argument("repo", type=Path, help="the fetched repository (a git directory)")
     p.add_argument("out", type=Path, help="output folder (COCO layout)")
     p.add_argument("--n-train", type=int, default=300, help="deeppcb: training images kept")
@@ -320,12 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                                 0.2 if a.val_fraction is None else a.val_fraction, a.test_fraction)
     elif a.dataset == "tables":
         summary = import_tables(a.repo, a.out, a.max_side or 1024)
-    elif a.dataset == "chess":
-        summary = import_roboflow_yolo(a.repo, a.out, a.max_side or 1024, CHESS_DIR, CHESS_SOURCE_CLASSES,
-                                       CHESS_CLASSES)
     else:
-        summary = import_roboflow_yolo(a.repo, a.out, a.max_side or 1024, AQUARIUM_DIR, AQUARIUM_CLASSES,
-                                       AQUARIUM_CLASSES)
+        summary = import_roboflow_yolo(a.repo, a.out, a.max_side or 1024, *ROBOFLOW_EXPORTS[a.dataset])
     print(json.dumps({"dataset": a.dataset, "out": str(a.out), **summary}))
     return 0
 
