@@ -330,12 +330,15 @@ def main(argv=None) -> int:
     state_dir = args.state_dir or args.runs
     state_dir.mkdir(parents=True, exist_ok=True)
     state_file = state_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
-    teacher = args.teacher or state.get("teacher")
+
+    def read_state() -> dict:  # shared with the other processes of a protocol split over several cores
+        return json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
 
     todo, t_start = plan(args), time.perf_counter()
     for i, (kind, seed) in enumerate(todo):
         key = run_key(kind, seed)
+        state = read_state()  # re-read before each run: another process may have trained a teacher meanwhile
+        teacher = args.teacher or state.get("teacher")
         if key in state["runs"]:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
@@ -353,16 +356,16 @@ def main(argv=None) -> int:
             break
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
         result = train_run(kind, args, data_yaml, seed, teacher, key, others=others)
-        # re-read before writing: other processes may share this state (one protocol split over several cores)
-        state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
+        state = read_state()  # re-read before writing: the other processes' runs since this one started stay
         state["runs"][key] = result
         state["machine"] = machine_info(args.device)  # the machine the runs were trained on
         if kind == "teacher":
-            teacher = state["teacher"] = state["runs"][key]["best"]
+            state["teacher"] = state["runs"][key]["best"]
         if kind in {"teacher2", "assistant"}:
             state[kind] = state["runs"][key]["best"]
         state_file.write_text(json.dumps(state, indent=2))
 
+    state = read_state()  # the report: every run so far, this process's and the others'
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
                          for runs in (plan(args, only=False), todo))
     summary = aggregate(state)

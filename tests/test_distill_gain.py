@@ -234,3 +234,37 @@ def test_a_run_waits_only_for_the_teachers_it_learns_from(tmp_path, shapes_coco)
     assert set(state["runs"]) == {"teacher2_s1", "detkd_teacher2_s0"} and "teacher" not in state
     with pytest.raises(SystemExit, match="no teacher yet: run the 'teacher' kind first"):
         distill_gain.main([*argv, "--only", "two_teachers"])
+
+
+def test_a_teacher_another_process_trained_meanwhile_is_used(tmp_path, shapes_coco, monkeypatch):
+    """A protocol split over two cores: this process starts while the other still trains the teacher, runs its
+    baseline first, and by the time its distillation run is due the teacher is in the shared state. The run must use
+    it — not stop with 'no teacher yet' because the state it read at its start had none."""
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    runs = tmp_path / "runs"
+    used = {}
+
+    def fake_run(kind, args, data_yaml, seed, teacher, name, others=None):
+        if kind == "baseline":  # meanwhile the other process finishes the teacher and records it
+            state_file = runs / "state.json"
+            state = json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
+            state["runs"]["teacher_s0"] = {**record("teacher", 0), "best": "other/teacher.pt"}
+            state["teacher"] = "other/teacher.pt"
+            state_file.write_text(json.dumps(state))
+        used[name] = teacher
+        return record(kind, seed)
+
+    def record(kind, seed):
+        return {"kind": kind, "seed": seed, "epochs": 1, "wall_s": 1.0, "median_epoch_s": 1.0, "mAP50-95": 0.1,
+                "mAP50": 0.2, "best": f"{kind}_s{seed}.pt", "resumed": False, "kd": None}
+
+    monkeypatch.setattr(distill_gain, "train_run", fake_run)
+    argv = ["--data", str(shapes_coco), "--tag", "lanes", "--teacher-cfg", "yolov8n.yaml", "--epochs", "1",
+            "--imgsz", "64", "--device", "cpu", "--seeds", "1", "--no-ablations", "--runs", str(runs),
+            "--out-dir", str(tmp_path / "out"), "--only", "baseline_s1", "detkd_s1", "ultralytics_kd_s1"]
+    assert distill_gain.main(argv) == 0
+    assert used == {"baseline_s1": None, "detkd_s1": "other/teacher.pt", "ultralytics_kd_s1": "other/teacher.pt"}
+    state = json.loads((runs / "state.json").read_text())
+    assert set(state["runs"]) == {"teacher_s0", "baseline_s1", "detkd_s1", "ultralytics_kd_s1"}
