@@ -346,11 +346,13 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict, 
         base = base if not shared else baselines[tag][0]["mAP50-95"]
         lines += [f"## {tag}", "", f"Student {s['student']}, {s['epochs']} epochs, {s['imgsz']} px, batch {s['batch']}, "
                   f"seeds {s['seeds']}. Data: {s['data']}.{shared}", "",
-                  "| run | seeds | mAP50-95 (mean ± spread) | runs | Δ vs baseline | mAP50 |", "|---|---|---:|---|---:|---:|"]
+                  "| run | seeds | mAP50-95 (mean ± spread) | per seed | Δ vs baseline | mAP50 |", "|---|---|---:|---|---:|---:|"]
         for kind, a in agg.items():
             spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
             delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind not in ("baseline", "teacher") else ""
-            runs = ", ".join(f"{v:.3f}" for v in a["mAP50-95_runs"])
+            per_seed = seed_maps(r, kind)  # in seed order (the summary's list is in the order the runs finished)
+            values = [per_seed[k] for k in sorted(per_seed)] or a["mAP50-95_runs"]
+            runs = " / ".join(f"{v:.3f}" for v in values)
             name = f"**{kind}**" if kind == checks["datasets"].get(tag, {}).get("candidate") else kind
             lines.append(f"| {name} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | {runs} | "
                          f"{delta} | {a['mAP50']:.3f} |")

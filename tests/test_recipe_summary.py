@@ -110,6 +110,18 @@ def test_seeds_are_paired_by_seed_not_by_the_order_runs_finished(recipe_summary)
     assert recipe_summary.seeds_above({0: 0.4}, {0: 0.3, 1: 0.3}) is None  # different seeds: nothing to pair
 
 
+def test_each_datasets_table_lists_the_values_in_seed_order(recipe_summary):
+    """The per-dataset table's values, seed 0 first, whatever order the lanes finished in (the summary's list was
+    shown as it came: 0.074, 0.093 for seeds 0 / 1 that scored 0.093 / 0.074)."""
+    res = result("x", baseline=[0.093, 0.074], teacher=[0.5], detkd=[0.101, 0.104])
+    res["summary"]["baseline"]["mAP50-95_runs"] = [0.074, 0.093]  # seed 1 finished first
+    md = recipe_summary.render({"x": res}, "detkd", recipe_summary.acceptance({"x": res}, "detkd")).splitlines()
+    header = next(line for line in md if line.startswith("| run | seeds"))
+    assert "| per seed |" in header
+    assert "| 0.093 / 0.074 |" in next(line for line in md if line.startswith("| baseline |"))
+    assert "| 0.101 / 0.104 |" in next(line for line in md if line.startswith("| **detkd** |"))
+
+
 def test_acceptance_judges_a_results_file_against_its_datasets_shared_baseline(recipe_summary):
     # b_m has no baseline of its own (one per dataset serves both teacher sizes): the acceptance checks and its
     # per-file table must judge it against b_s's, not leave it out.
@@ -122,7 +134,7 @@ def test_acceptance_judges_a_results_file_against_its_datasets_shared_baseline(r
     assert not checks["never_below_baseline"]
     assert checks["mean_delta_vs_builtin"] == pytest.approx(0.182 - 0.30)
     md = recipe_summary.render(results, "detkd", checks, baselines)
-    assert "| **detkd** | 0,1 | 0.182 ± 0.002 | 0.180, 0.184 | -0.018 | 0.500 |" in md
+    assert "| **detkd** | 0,1 | 0.182 ± 0.002 | 0.180 / 0.184 | -0.018 | 0.500 |" in md
     assert "the dataset's baseline: b_s's (0.200)" in md
 
 
