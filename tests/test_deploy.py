@@ -58,27 +58,32 @@ def _eval(model, data, out):
 
 
 def test_bench_runs_openvino_and_names_the_precision_that_ran(tmp_path, capsys):
+    """FP32 forced and read back; BF16 measured where this CPU's OpenVINO executes it, else asking for it is refused
+    with the reason before anything runs (no backend asked for would run it: a fallback would be timed as BF16)."""
     pytest.importorskip("openvino")
     from detkd.cli import main
     from detkd.deploy.backends import openvino_precisions
 
+    has_bf16 = "bf16" in openvino_precisions()
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--models", "yolov8n.yaml", "--imgsz", str(IMGSZ), "--backend", "torch", "openvino",
-               "--precision", "fp32", "bf16", "--no-e2e", "--warmup", "1", "--iters", "3", "--min-iters", "3",
-               "--time-budget", "1", "--json", str(out)])
+    args = ["bench", "--models", "yolov8n.yaml", "--imgsz", str(IMGSZ), "--backend", "torch", "openvino",
+            "--no-e2e", "--warmup", "1", "--iters", "3", "--min-iters", "3", "--time-budget", "1", "--json", str(out)]
+    if not has_bf16:
+        assert main([*args, "--precision", "fp32", "bf16"]) == 2
+        assert "OpenVINO bf16 is not executed by this CPU (OpenVINO CPU runs: fp32" in capsys.readouterr().err
+        assert not out.exists()
+    rc = main([*args, "--precision", "fp32", *(["bf16"] if has_bf16 else [])])
     assert rc == 0
     rows = json.loads(out.read_text())["results"]
     ov = {r["precision"]: r for r in rows if r["backend"] == "openvino"}
     assert ov["fp32"]["status"] == "ok" and ov["fp32"]["executed"] == "fp32"  # forced f32, read back
     assert "INFERENCE_PRECISION_HINT fp32" in ov["fp32"]["executed_detail"]
     assert ov["fp32"]["provider"].startswith("OpenVINO")
-    if "bf16" in openvino_precisions():
+    if has_bf16:
         assert ov["bf16"]["status"] == "ok" and ov["bf16"]["executed"] == "bf16"
         assert any("default on this CPU is BF16" in n for n in ov["fp32"]["notes"])
-    else:
-        assert ov["bf16"]["status"] == "skipped" and "not executed by this CPU" in ov["bf16"]["reason"]
-    torch_bf16 = next(r for r in rows if r["backend"] == "torch" and r["precision"] == "bf16")
-    assert torch_bf16["status"] == "skipped" and "openvino backend only" in torch_bf16["reason"]
+        torch_bf16 = next(r for r in rows if r["backend"] == "torch" and r["precision"] == "bf16")
+        assert torch_bf16["status"] == "skipped" and "openvino backend only" in torch_bf16["reason"]
     text = capsys.readouterr().out
     assert "| ran " in text
     assert "fastest for yolov8n.yaml b1: " in text
