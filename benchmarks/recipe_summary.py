@@ -148,6 +148,11 @@ def seed_maps(result: dict, kind: str) -> dict[int, float]:
             if r.get("kind") == kind and "mAP50-95" in r}
 
 
+def values_by_seed(result: dict, kind: str) -> list[float]:
+    """The val mAP50-95 of one run kind's runs, in seed order (see :func:`seed_maps`)."""
+    return [m for _, m in sorted(seed_maps(result, kind).items())]
+
+
 def seeds_above(candidate: dict[int, float], baseline: dict[int, float]) -> bool | None:
     """Every candidate seed above the baseline run of the same seed (None when the two did not run the same seeds:
     nothing to pair)."""
@@ -226,8 +231,7 @@ def yolo26_report(protocol: dict, results: dict[str, dict], candidates: str | li
                 pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
                 continue
             builtin = summary["ultralytics_kd"]["mAP50-95"]
-            per_seed = {k: [m for _, m in sorted(seed_maps(results[tag], k).items())]
-                        for k in (row["candidate"], "ultralytics_kd")}  # by seed, not in the order runs finished
+            per_seed = {k: values_by_seed(results[tag], k) for k in (row["candidate"], "ultralytics_kd")}
             rows.append({"dataset": dataset, "teacher_size": teacher, "tag": tag, **row, "builtin": builtin,
                          "vs_builtin": row["candidate_map"] - builtin, "candidate_runs": per_seed[row["candidate"]],
                          "builtin_runs": per_seed["ultralytics_kd"]})
@@ -350,9 +354,7 @@ def render(results: dict[str, dict], candidates: str | list[str], checks: dict, 
         for kind, a in agg.items():
             spread = f" ± {a['spread']:.3f}" if a["spread"] is not None else ""
             delta = f"{a['mAP50-95'] - base:+.3f}" if base is not None and kind not in ("baseline", "teacher") else ""
-            per_seed = seed_maps(r, kind)  # in seed order (the summary's list is in the order the runs finished)
-            values = [per_seed[k] for k in sorted(per_seed)] or a["mAP50-95_runs"]
-            runs = " / ".join(f"{v:.3f}" for v in values)
+            runs = " / ".join(f"{v:.3f}" for v in values_by_seed(r, kind) or a["mAP50-95_runs"])
             name = f"**{kind}**" if kind == checks["datasets"].get(tag, {}).get("candidate") else kind
             lines.append(f"| {name} | {','.join(map(str, a['seeds']))} | {a['mAP50-95']:.3f}{spread} | {runs} | "
                          f"{delta} | {a['mAP50']:.3f} |")
