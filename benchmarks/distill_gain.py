@@ -31,7 +31,9 @@ Without a GPU, ``--shapes N_TRAIN N_VAL`` generates the demo's procedural datase
 Runs are recorded in ``<state-dir>/state.json`` as they finish; a re-run skips what is already there, so a long
 protocol can be split across several invocations (GPU calls with a time limit): ``--only`` picks runs,
 ``--time-budget S`` starts no run expected to end after S seconds (estimated from the runs already recorded) and
-exits with status 3 while runs remain — call the same command again to go on. A run cut off by a stopped process
+exits with status 3 while runs remain — call the same command again to go on. Several processes (one per core)
+may share one state: each run reads it when it starts, and ``--wait-for-teachers MIN`` lets a distillation run due
+before another process has recorded its teacher wait for it instead of stopping. A run cut off by a stopped process
 (its ``weights/last.pt`` not final) is resumed where it stopped the next time the protocol runs.
 """
 
@@ -145,6 +147,18 @@ def read_curve(results_csv: Path) -> dict[str, list[float]]:
     keep = ["epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss", "train/cls_loss", "train/dfl_loss",
             "train/cls_kd", "train/box_kd", "train/feat_kd", "train/kd_align_cls", "train/kd_align_box"]
     return {k: [float(r[k]) for r in rows] for k in keep if rows and k in rows[0]}
+
+
+WAIT_POLL_S = 30.0  # --wait-for-teachers: how often the shared state is read again
+
+
+def teachers_of(kind: str, args, state: dict) -> tuple[dict, str | None]:
+    """({source: checkpoint or None} for the teacher, teacher2 and assistant sources as ``state`` has them; the first
+    source ``kind`` learns from that is not trained yet, or None). A run waits only for the teachers it learns from."""
+    sources = {"teacher": args.teacher or state.get("teacher"),
+               "teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
+    needs = None if kind in PLAIN_KINDS else next((k for k in teacher_sources(kind, args) if not sources[k]), None)
+    return sources, needs
 
 
 def run_key(kind: str, seed: int) -> str:
@@ -308,6 +322,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-args", default="{}", help="JSON of extra Ultralytics training arguments for all runs")
     p.add_argument("--time-budget", type=float, metavar="S",
                    help="start no run expected to finish after S seconds; exit 3 while runs remain")
+    p.add_argument("--wait-for-teachers", type=float, default=0.0, metavar="MIN",
+                   help="a run due before a teacher it learns from is done waits up to MIN minutes for another "
+                        "process to record it in the shared state (read every 30 s) instead of stopping")
     p.add_argument("--runs", type=Path, default=Path("runs/distill_gain"))
     p.add_argument("--state-dir", type=Path, help="where state.json lives (default: --runs)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -338,13 +355,18 @@ def main(argv=None) -> int:
     for i, (kind, seed) in enumerate(todo):
         key = run_key(kind, seed)
         state = read_state()  # re-read before each run: another process may have trained a teacher meanwhile
-        teacher = args.teacher or state.get("teacher")
         if key in state["runs"]:
             print(f"[{i + 1}/{len(todo)}] {key}: done before, reused", flush=True)
             continue
-        others = {"teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
-        sources = {"teacher": teacher, **others}  # a run waits only for the teachers it learns from
-        needs = None if kind in PLAIN_KINDS else next((k for k in teacher_sources(kind, args) if not sources[k]), None)
+        sources, needs = teachers_of(kind, args, state)
+        if needs and args.wait_for_teachers:
+            print(f"[{i + 1}/{len(todo)}] {key}: waiting up to {args.wait_for_teachers:g} min for the '{needs}' run "
+                  f"(another process trains it) ...", flush=True)
+            deadline = time.monotonic() + 60 * args.wait_for_teachers
+            while needs and time.monotonic() < deadline:
+                time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+                sources, needs = teachers_of(kind, args, read_state())
+        teacher, others = sources["teacher"], {k: v for k, v in sources.items() if k != "teacher"}
         if needs == "teacher":
             raise SystemExit("no teacher yet: run the 'teacher' kind first or pass --teacher")
         if needs:
@@ -369,7 +391,7 @@ def main(argv=None) -> int:
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
                          for runs in (plan(args, only=False), todo))
     summary = aggregate(state)
-    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items"}}, "tag": tag,
+    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items", "wait_for_teachers"}}, "tag": tag,
                 "variants": args.variants}
     if "teacher_s0" in state["runs"]:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs

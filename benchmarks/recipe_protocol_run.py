@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--yolo26", action="store_true",
                    help="the protocol's YOLO26-n student rows (yolo26_students) instead of the YOLOv8-n ones; "
                         "teacher: yolov8s or yolo26s")
+    p.add_argument("--wait-for-teachers", type=float, metavar="MIN",
+                   help="a distillation run due before its teacher is trained (by another process: the protocol "
+                        "split over two cores) waits up to MIN minutes for it instead of stopping")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -136,7 +139,8 @@ def main(argv=None) -> int:
     except ProtocolRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    full = [sys.executable, str(ROOT / "benchmarks" / "distill_gain.py"), *cmd]
+    wait = ["--wait-for-teachers", f"{a.wait_for_teachers:g}"] if a.wait_for_teachers else []  # when, not what
+    full = [sys.executable, str(ROOT / "benchmarks" / "distill_gain.py"), *cmd, *wait]
     if a.print:
         print(" ".join(full))
         return 0

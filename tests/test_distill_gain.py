@@ -268,3 +268,44 @@ def test_a_teacher_another_process_trained_meanwhile_is_used(tmp_path, shapes_co
     assert used == {"baseline_s1": None, "detkd_s1": "other/teacher.pt", "ultralytics_kd_s1": "other/teacher.pt"}
     state = json.loads((runs / "state.json").read_text())
     assert set(state["runs"]) == {"teacher_s0", "baseline_s1", "detkd_s1", "ultralytics_kd_s1"}
+
+
+def test_wait_for_teachers_waits_for_the_other_process_then_gives_up_at_its_limit(tmp_path, shapes_coco, monkeypatch):
+    """The second core's process starts with a distillation run while the first still trains the teacher: with
+    --wait-for-teachers it reads the shared state again until the teacher is there and uses it; a teacher that never
+    comes stops it after MIN minutes with the same 'no teacher yet' as without the option."""
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    runs, used, clock = tmp_path / "runs", {}, {"t": 0.0}
+    state_file = runs / "state.json"
+
+    def fake_sleep(seconds):  # the other process records its teacher after two polls
+        clock["t"] += seconds
+        if clock["t"] >= 2 * distill_gain.WAIT_POLL_S and teacher_arrives:
+            state_file.write_text(json.dumps({"runs": {"teacher_s0": record("teacher", 0)},
+                                              "teacher": "other/teacher.pt"}))
+
+    def record(kind, seed):
+        return {"kind": kind, "seed": seed, "epochs": 1, "wall_s": 1.0, "median_epoch_s": 1.0, "mAP50-95": 0.1,
+                "mAP50": 0.2, "best": f"{kind}_s{seed}.pt", "resumed": False, "kd": None}
+
+    def fake_run(kind, args, data_yaml, seed, teacher, name, others=None):
+        used[name] = teacher
+        return record(kind, seed)
+
+    monkeypatch.setattr(distill_gain, "train_run", fake_run)
+    monkeypatch.setattr(distill_gain.time, "sleep", fake_sleep)
+    monkeypatch.setattr(distill_gain.time, "monotonic", lambda: clock["t"])
+    argv = ["--data", str(shapes_coco), "--tag", "wait", "--teacher-cfg", "yolov8n.yaml", "--epochs", "1",
+            "--imgsz", "64", "--device", "cpu", "--seeds", "1", "--no-ablations", "--runs", str(runs),
+            "--out-dir", str(tmp_path / "out"), "--only", "detkd_s1", "--wait-for-teachers", "5"]
+    teacher_arrives = False
+    with pytest.raises(SystemExit, match="no teacher yet"):
+        distill_gain.main(argv)
+    assert clock["t"] == 5 * 60 and used == {}  # waited the whole limit, trained nothing
+    teacher_arrives, clock["t"] = True, 0.0
+    assert distill_gain.main(argv) == 0
+    assert used == {"detkd_s1": "other/teacher.pt"} and clock["t"] == 2 * distill_gain.WAIT_POLL_S
+    result = json.loads((tmp_path / "out" / "distill_gain_wait.json").read_text())
+    assert "wait_for_teachers" not in result["settings"]  # when a run started is not part of what it measured
