@@ -33,7 +33,9 @@ protocol can be split across several invocations (GPU calls with a time limit): 
 ``--time-budget S`` starts no run expected to end after S seconds (estimated from the runs already recorded) and
 exits with status 3 while runs remain — call the same command again to go on. Several processes (one per core)
 may share one state: each run reads it when it starts, and ``--wait-for-teachers MIN`` lets a distillation run due
-before another process has recorded its teacher wait for it instead of stopping. A run cut off by a stopped process
+before another process has recorded its teacher wait for it instead of stopping. On a fresh machine (the run
+folders gone, the committed results file there) ``--reuse-results`` takes that file's baseline runs — nothing later
+needs their checkpoints — when it was run with the same settings; teachers and distillation runs train again. A run cut off by a stopped process
 (its ``weights/last.pt`` not final) is resumed where it stopped the next time the protocol runs.
 """
 
@@ -149,6 +151,8 @@ def read_curve(results_csv: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in keep if rows and k in rows[0]}
 
 
+REUSABLE_KINDS = {"baseline"}  # --reuse-results: a result nothing else needs the checkpoint of
+SAME_RUN_SETTINGS = ("data", "shapes", "student", "epochs", "imgsz", "batch", "train_args")  # what a baseline trains
 WAIT_POLL_S = 30.0  # --wait-for-teachers: how often the shared state is read again
 
 
@@ -159,6 +163,22 @@ def teachers_of(kind: str, args, state: dict) -> tuple[dict, str | None]:
                "teacher2": args.teacher2 or state.get("teacher2"), "assistant": state.get("assistant")}
     needs = None if kind in PLAIN_KINDS else next((k for k in teacher_sources(kind, args) if not sources[k]), None)
     return sources, needs
+
+
+def reusable_runs(results_file: Path, args) -> dict:
+    """The runs of an earlier results file of this tag that ``--reuse-results`` takes (the baselines: no later run
+    needs their checkpoints), marked ``reused_from``; {} without the file. A file trained with other settings of what
+    a baseline trains (``SAME_RUN_SETTINGS``) is refused: its baselines are not this protocol's."""
+    if not results_file.exists():
+        return {}
+    earlier = json.loads(results_file.read_text())
+    now, then = {k: str(v) for k, v in vars(args).items()}, earlier.get("settings", {})
+    differ = [f"{k} {then.get(k)} (now {now.get(k)})" for k in SAME_RUN_SETTINGS if then.get(k) != now.get(k)]
+    if differ:
+        raise SystemExit(f"--reuse-results: {results_file.name} was run with other settings: {'; '.join(differ)}. "
+                         f"Run without --reuse-results, or with the same settings.")
+    return {key: {**run, "reused_from": results_file.name} for key, run in earlier.get("runs", {}).items()
+            if run.get("kind") in REUSABLE_KINDS}
 
 
 def run_key(kind: str, seed: int) -> str:
@@ -257,6 +277,10 @@ def render(result: dict) -> str:
     if s.get("baseline_from") not in (None, "None"):
         lines += ["", f"**Baseline:** not run here — the dataset's baseline is in distill_gain_{s['baseline_from']} "
                       f"(one per dataset; `recipe_summary.py` judges these runs against it)."]
+    reused = sorted(k for k, r in result["runs"].items() if r.get("reused_from"))
+    if reused:
+        lines += ["", f"**Reused:** {', '.join(reused)} from an earlier session's results file of this tag (the same "
+                      f"settings; `--reuse-results`; the epoch-time ratios compare with that session's baseline epochs)."]
     if result.get("pending"):
         lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
@@ -325,6 +349,9 @@ def main(argv=None) -> int:
     p.add_argument("--wait-for-teachers", type=float, default=0.0, metavar="MIN",
                    help="a run due before a teacher it learns from is done waits up to MIN minutes for another "
                         "process to record it in the shared state (read every 30 s) instead of stopping")
+    p.add_argument("--reuse-results", action="store_true",
+                   help="take the baseline runs of this tag's results file in --out-dir into the state when they are "
+                        "not there (a fresh machine: the run folders are gone, the committed results are not)")
     p.add_argument("--runs", type=Path, default=Path("runs/distill_gain"))
     p.add_argument("--state-dir", type=Path, help="where state.json lives (default: --runs)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -351,6 +378,14 @@ def main(argv=None) -> int:
     def read_state() -> dict:  # shared with the other processes of a protocol split over several cores
         return json.loads(state_file.read_text()) if state_file.exists() else {"runs": {}}
 
+    if args.reuse_results:
+        state = read_state()
+        earlier = {k: v for k, v in reusable_runs(args.out_dir / f"distill_gain_{tag}.json", args).items()
+                   if k not in state["runs"]}
+        if earlier:
+            print(f"reused from the results file: {' '.join(earlier)}", flush=True)
+            state["runs"].update(earlier)
+            state_file.write_text(json.dumps(state, indent=2))
     todo, t_start = plan(args), time.perf_counter()
     for i, (kind, seed) in enumerate(todo):
         key = run_key(kind, seed)
@@ -391,7 +426,7 @@ def main(argv=None) -> int:
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
                          for runs in (plan(args, only=False), todo))
     summary = aggregate(state)
-    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items", "wait_for_teachers"}}, "tag": tag,
+    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items", "wait_for_teachers", "reuse_results"}}, "tag": tag,
                 "variants": args.variants}
     if "teacher_s0" in state["runs"]:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs

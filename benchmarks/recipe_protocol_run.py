@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--wait-for-teachers", type=float, metavar="MIN",
                    help="a distillation run due before its teacher is trained (by another process: the protocol "
                         "split over two cores) waits up to MIN minutes for it instead of stopping")
+    p.add_argument("--reuse-results", action="store_true",
+                   help="take the baseline runs of the row's committed results file (a fresh machine: run folders "
+                        "gone) instead of training them again")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -140,7 +143,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     wait = ["--wait-for-teachers", f"{a.wait_for_teachers:g}"] if a.wait_for_teachers else []  # when, not what
-    full = [sys.executable, str(ROOT / "benchmarks" / "distill_gain.py"), *cmd, *wait]
+    reuse = ["--reuse-results"] if a.reuse_results else []  # the same runs, recorded earlier
+    full = [sys.executable, str(ROOT / "benchmarks" / "distill_gain.py"), *cmd, *wait, *reuse]
     if a.print:
         print(" ".join(full))
         return 0

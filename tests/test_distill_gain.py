@@ -309,3 +309,45 @@ def test_wait_for_teachers_waits_for_the_other_process_then_gives_up_at_its_limi
     assert used == {"detkd_s1": "other/teacher.pt"} and clock["t"] == 2 * distill_gain.WAIT_POLL_S
     result = json.loads((tmp_path / "out" / "distill_gain_wait.json").read_text())
     assert "wait_for_teachers" not in result["settings"]  # when a run started is not part of what it measured
+
+
+def test_reuse_results_takes_the_committed_baselines_on_a_fresh_machine_and_trains_the_rest(tmp_path, shapes_coco,
+                                                                                          monkeypatch):
+    """A session on a fresh machine: the run folders (state.json, checkpoints) are gone, the committed results file
+    is there. --reuse-results takes its baselines (nothing later needs their checkpoints), trains the teacher and the
+    distillation runs again, and the report says which runs were reused; a results file of other settings is refused
+    rather than mixed in."""
+    sys.path.insert(0, str(BENCH))
+    import distill_gain
+
+    trained = []
+
+    def fake_run(kind, args, data_yaml, seed, teacher, name, others=None):
+        trained.append(name)
+        return {"kind": kind, "seed": seed, "epochs": 1, "wall_s": 1.0, "median_epoch_s": 1.0,
+                "mAP50-95": 0.3 if kind == "teacher" else 0.1 + seed / 100, "mAP50": 0.2, "best": f"{name}.pt",
+                "resumed": False, "kd": None}
+
+    monkeypatch.setattr(distill_gain, "train_run", fake_run)
+    out = tmp_path / "out"
+    argv = ["--data", str(shapes_coco), "--tag", "fresh", "--teacher-cfg", "yolov8n.yaml", "--epochs", "1",
+            "--imgsz", "64", "--device", "cpu", "--seeds", "0", "1", "--no-ablations", "--no-ultralytics-kd",
+            "--out-dir", str(out)]
+    assert distill_gain.main([*argv, "--runs", str(tmp_path / "first")]) == 0  # the earlier session
+    assert sorted(trained) == ["baseline_s0", "baseline_s1", "detkd_s0", "detkd_s1", "teacher_s0"]
+
+    trained.clear()  # the next session: a new runs folder, the results file kept
+    assert distill_gain.main([*argv, "--runs", str(tmp_path / "second"), "--reuse-results"]) == 0
+    assert sorted(trained) == ["detkd_s0", "detkd_s1", "teacher_s0"]
+    result = json.loads((out / "distill_gain_fresh.json").read_text())
+    assert result["runs"]["baseline_s1"]["mAP50-95"] == 0.11 and \
+        result["runs"]["baseline_s1"]["reused_from"] == "distill_gain_fresh.json"
+    assert "reused_from" not in result["runs"]["detkd_s1"] and result["pending"] == []
+    assert "**Reused:** baseline_s0, baseline_s1" in (out / "distill_gain_fresh.md").read_text()
+
+    trained.clear()
+    with pytest.raises(SystemExit, match=r"--reuse-results: distill_gain_fresh.json was run with other settings: "
+                                         r"epochs 1 \(now 2\)"):
+        distill_gain.main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:],
+                           "--runs", str(tmp_path / "third"), "--reuse-results"])
+    assert trained == []

@@ -60,12 +60,14 @@ def test_confirmation_data_takes_no_extra_arguments_tuning_data_does(runner, pro
     assert "confirmation data" in capsys.readouterr().err
 
 
-def test_waiting_for_the_teacher_is_allowed_on_confirmation_data_and_reaches_distill_gain(runner, capsys):
-    """--wait-for-teachers says when a run starts, not what it runs: confirmation data takes it (extra distill_gain
-    arguments it refuses), and the command passes it on."""
+def test_waiting_and_reusing_are_allowed_on_confirmation_data_and_reach_distill_gain(runner, capsys):
+    """--wait-for-teachers (when a run starts) and --reuse-results (runs recorded earlier) do not change what a run
+    trains: confirmation data takes them (extra distill_gain arguments it refuses), and the command passes them on."""
     assert runner.main(["plates", "yolov8s", "--only", "detkd_s1", "--wait-for-teachers", "90", "--print"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed[-2:] == ["--wait-for-teachers", "90"] and printed[printed.index("--only") + 1] == "detkd_s1"
+    assert runner.main(["plates", "yolov8s", "--reuse-results", "--print"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "--reuse-results"
     assert runner.main(["plates", "yolov8m", "--print", "--only", "detkd_s1"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("--only detkd_s1")
 
