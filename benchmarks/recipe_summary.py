@@ -228,7 +228,7 @@ def yolo26_report(protocol: dict, results: dict[str, dict], candidates: str | li
             summary = results.get(tag, {}).get("summary", {})
             row = gap_row(summary, candidates, baseline)
             if row is None or "ultralytics_kd" not in summary:
-                pending.append(f"{dataset} ({teacher}): distill_gain_{tag}")
+                pending.append(f"{dataset} ({teacher}): distill_gain_{tag}{partly_run(results.get(tag), baseline)}")
                 continue
             builtin = summary["ultralytics_kd"]["mAP50-95"]
             per_seed = {k: values_by_seed(results[tag], k) for k in (row["candidate"], "ultralytics_kd")}
@@ -238,6 +238,14 @@ def yolo26_report(protocol: dict, results: dict[str, dict], candidates: str | li
     mean = mean_or_none([r["vs_builtin"] for r in rows])
     return {"rows": rows, "pending": pending, "mean_vs_builtin": mean,
             "at_or_above_builtin": None if mean is None else mean >= 0}
+
+
+def partly_run(result: dict | None, baseline: dict | None) -> str:
+    """What a YOLO26-n row's results file has and lacks (a session that ran part of it): '' when it has nothing."""
+    if not result or not result.get("pending"):
+        return ""
+    alone = f"YOLO26-n alone {baseline['mAP50-95']:.3f} in; " if baseline and "baseline" in result["summary"] else ""
+    return f" ({alone}still to run: {', '.join(result['pending'])})"
 
 
 def render_yolo26(report: dict) -> str:

@@ -215,6 +215,11 @@ def test_yolo26_students_are_judged_against_the_built_in_on_the_same_pair(recipe
     assert rows["a", "yolo26s"]["vs_builtin"] == pytest.approx(-0.02)
     assert report["mean_vs_builtin"] == pytest.approx(0.03) and report["at_or_above_builtin"]
     assert report["pending"] == ["b (yolov8s): distill_gain_b_26", "b (yolo26s): distill_gain_b_2626"]
+    partial = {**YOLO26_RESULTS, "b_26": {**result("b_26", baseline=[0.20, 0.22]),  # a session ran its baselines
+                                          "pending": ["teacher_s0", "detkd_s0", "ultralytics_kd_s0"]}}
+    assert recipe_summary.yolo26_report(YOLO26_PROTOCOL, partial, "detkd")["pending"][0] == \
+        "b (yolov8s): distill_gain_b_26 (YOLO26-n alone 0.210 in; still to run: teacher_s0, detkd_s0, " \
+        "ultralytics_kd_s0)"
     md = recipe_summary.render_yolo26(report)
     assert "| a | yolo26s | 0.450 | 0.310 | 0.320 | 0.300 | -0.010 | -0.020 |" in md
     assert "| +0.080 | 0.330 / 0.350 | 0.250 / 0.270 |" in md  # per seed, seed 0 first
