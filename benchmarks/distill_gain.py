@@ -35,8 +35,9 @@ exits with status 3 while runs remain — call the same command again to go on. 
 may share one state: each run reads it when it starts, and ``--wait-for-teachers MIN`` lets a distillation run due
 before another process has recorded its teacher wait for it instead of stopping. On a fresh machine (the run
 folders gone, the committed results file there) ``--reuse-results`` takes that file's baseline runs — nothing later
-needs their checkpoints — when it was run with the same settings; teachers and distillation runs train again. A run cut off by a stopped process
-(its ``weights/last.pt`` not final) is resumed where it stopped the next time the protocol runs.
+needs their checkpoints — when it was run with the same settings; teachers and distillation runs train again. A
+run cut off by a stopped process (its ``weights/last.pt`` not final) is resumed where it stopped the next time the
+protocol runs.
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def read_curve(results_csv: Path) -> dict[str, list[float]]:
 REUSABLE_KINDS = {"baseline"}  # --reuse-results: a result nothing else needs the checkpoint of
 SAME_RUN_SETTINGS = ("data", "shapes", "student", "epochs", "imgsz", "batch", "train_args")  # what a baseline trains
 WAIT_POLL_S = 30.0  # --wait-for-teachers: how often the shared state is read again
+NOT_SETTINGS = {"variants", "variant_items",  # recorded parsed, below
+                "wait_for_teachers", "reuse_results"}  # when runs start and where earlier ones come from, not what runs
 
 
 def teachers_of(kind: str, args, state: dict) -> tuple[dict, str | None]:
@@ -280,7 +283,8 @@ def render(result: dict) -> str:
     reused = sorted(k for k, r in result["runs"].items() if r.get("reused_from"))
     if reused:
         lines += ["", f"**Reused:** {', '.join(reused)} from an earlier session's results file of this tag (the same "
-                      f"settings; `--reuse-results`; the epoch-time ratios compare with that session's baseline epochs)."]
+                      f"settings; `--reuse-results`; the epoch-time ratios compare with that session's baseline "
+                      f"epochs)."]
     if result.get("pending"):
         lines += ["", f"**Not run yet:** {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
@@ -426,7 +430,7 @@ def main(argv=None) -> int:
     pending, left_now = ([run_key(*r) for r in runs if run_key(*r) not in state["runs"]]
                          for runs in (plan(args, only=False), todo))
     summary = aggregate(state)
-    settings = {**{k: str(v) for k, v in vars(args).items() if k not in {"variants", "variant_items", "wait_for_teachers", "reuse_results"}}, "tag": tag,
+    settings = {**{k: str(v) for k, v in vars(args).items() if k not in NOT_SETTINGS}, "tag": tag,
                 "variants": args.variants}
     if "teacher_s0" in state["runs"]:
         settings["teacher"] = None  # trained here: described by teacher_cfg x teacher_epochs
